@@ -7,7 +7,12 @@
 //! Does not own: deciding which routes or tunnels a node needs (see
 //! `calinet-encap`), address allocation (see `calinet-ipam`).
 
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {}
+mod error;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use spec::{
+    CALICO_VNI, DEFAULT_WORKLOAD_PREFIX, FdbSpec, IfName, IpipSpec, LinkKind, LinkSpec, MAIN_TABLE,
+    MacAddr, NeighbourSpec, Ownership, POD_GATEWAY_V4, RouteKey, RouteProtocol, RouteScope,
+    RouteSpec, RouteType, TUNL0, VXLAN_PORT, VxlanSpec, WorkloadSpec,
+};

@@ -8,9 +8,13 @@
 //! `calinet-encap`), address allocation (see `calinet-ipam`).
 
 mod error;
+pub mod plan;
 pub mod spec;
 
 pub use error::{Error, Result};
+pub use plan::{
+    ObservedFdb, ObservedNeighbour, Plan, Replacement, plan_fdb, plan_neighbours, plan_routes,
+};
 pub use spec::{
     CALICO_VNI, DEFAULT_WORKLOAD_PREFIX, FdbSpec, IfName, IpipSpec, LinkKind, LinkSpec, MAIN_TABLE,
     MacAddr, NeighbourSpec, Ownership, POD_GATEWAY_V4, RouteKey, RouteProtocol, RouteScope,

@@ -729,10 +729,10 @@ impl FdbSpec {
         }
     }
 
-    /// The identity of this entry in the kernel (a VXLAN device can hold several
-    /// destinations for one MAC).
-    pub fn key(&self) -> (IfName, MacAddr, IpAddr) {
-        (self.device.clone(), self.mac, self.destination)
+    /// The identity of this entry as the reconciler sees it: one destination per
+    /// VTEP MAC (a second destination for the same MAC is an extra to delete).
+    pub fn key(&self) -> (IfName, MacAddr) {
+        (self.device.clone(), self.mac)
     }
 }
 

@@ -8,7 +8,23 @@
 //! Does not own: evaluating node selectors (the caller supplies an evaluator),
 //! routes or any other kernel state.
 
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {}
+pub mod conformance;
+mod error;
+pub mod keys;
+mod selector;
+pub mod store;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use selector::{AllOnlySelector, NodeSelectorEvaluator};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{
+    CountingStore, KeyValue, MemStore, Revision, RoundTrips, Store, StoreError, TxnOp,
+};
+pub use types::{
+    AffinityState, AllocationAttribute, AllowedUse, AssignmentMode, Attributes, BlockAffinity,
+    BlockCidr, EncapMode, Family, HandleId, IpPool, IpPoolSpec, IpReservation, IpReservationSpec,
+    IpamBlock, IpamConfigSpec, IpamConfiguration, IpamHandle, NodeName, ObjectMeta, TunnelKind,
+    validate_pools,
+};

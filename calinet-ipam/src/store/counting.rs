@@ -1,0 +1,106 @@
+//! A wrapper that counts datastore round trips.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{KeyValue, Revision, Store, StoreResult, TxnOp};
+
+/// Round-trip counts by operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundTrips {
+    /// `get` calls.
+    pub get: u64,
+    /// `list` calls.
+    pub list: u64,
+    /// `create` calls.
+    pub create: u64,
+    /// `update` calls.
+    pub update: u64,
+    /// `delete` calls.
+    pub delete: u64,
+    /// `txn` calls.
+    pub txn: u64,
+}
+
+impl RoundTrips {
+    /// All calls (each is one round trip to a remote store).
+    pub fn total(&self) -> u64 {
+        self.get + self.list + self.create + self.update + self.delete + self.txn
+    }
+    /// Reads only.
+    pub fn reads(&self) -> u64 {
+        self.get + self.list
+    }
+    /// Writes only.
+    pub fn writes(&self) -> u64 {
+        self.create + self.update + self.delete + self.txn
+    }
+}
+
+/// Wraps a [`Store`] and counts every call (failed ones too).
+#[derive(Debug, Default)]
+pub struct CountingStore<S> {
+    inner: S,
+    counts: [AtomicU64; 6],
+}
+
+impl<S: Store> CountingStore<S> {
+    /// Wrap a store.
+    pub fn new(inner: S) -> Self {
+        CountingStore {
+            inner,
+            counts: Default::default(),
+        }
+    }
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+    /// Counts so far.
+    pub fn round_trips(&self) -> RoundTrips {
+        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        RoundTrips {
+            get: c(0),
+            list: c(1),
+            create: c(2),
+            update: c(3),
+            delete: c(4),
+            txn: c(5),
+        }
+    }
+    /// Reset the counts to zero.
+    pub fn reset(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+    fn bump(&self, i: usize) {
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Store> Store for CountingStore<S> {
+    fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        self.bump(0);
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
+        self.bump(1);
+        self.inner.list(prefix)
+    }
+    fn create(&self, key: &str, value: &[u8]) -> StoreResult<Revision> {
+        self.bump(2);
+        self.inner.create(key, value)
+    }
+    fn update(&self, key: &str, value: &[u8], expected: Revision) -> StoreResult<Revision> {
+        self.bump(3);
+        self.inner.update(key, value, expected)
+    }
+    fn delete(&self, key: &str, expected: Revision) -> StoreResult<()> {
+        self.bump(4);
+        self.inner.delete(key, expected)
+    }
+    fn txn(&self, ops: &[TxnOp]) -> StoreResult<Revision> {
+        self.bump(5);
+        self.inner.txn(ops)
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The test command (README.md): formatting, lints, docs, then every test
+# including the root-only kernel tests. Ends with "N passed, N failed, N skipped"
+# and exits non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh || exit 1
+
+step() { echo; echo "==> $*"; }
+fail=0
+
+step "cargo fmt --check"
+cargo fmt --all -- --check || fail=1
+
+step "cargo clippy (all targets, all features, -D warnings)"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings || fail=1
+
+step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet || fail=1
+
+if [[ "$(id -u)" != 0 ]]; then
+  echo "calinet: not root: kernel tests will report SKIPPED (run with sudo to include them)"
+fi
+
+step "cargo test (every test, root tests included)"
+skiplog=$(mktemp)
+testlog=$(mktemp)
+trap 'rm -f "$skiplog" "$testlog"' EXIT
+before_procs=$(pgrep -x 'wireguard-go|etcd' | sort || true)
+CALINET_SKIP_LOG="$skiplog" cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$testlog"
+test_status=${PIPESTATUS[0]}
+[[ "$test_status" == 0 ]] || fail=1
+
+# Sum libtest's per-binary summaries; skipped tests are counted by libtest as
+# passed, so move them to their own column.
+read -r passed failed ignored < <(awk '
+  /^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i) ~ /^passed;?$/)  p += $(i-1)
+      if ($(i) ~ /^failed;?$/)  f += $(i-1)
+      if ($(i) ~ /^ignored;?$/) g += $(i-1)
+    }
+  }
+  END { print p+0, f+0, g+0 }' "$testlog")
+skipped=$(wc -l < "$skiplog")
+passed=$((passed - skipped))
+
+step "leftovers"
+leftover_ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cl(probe)?[0-9]+' || true)
+after_procs=$(pgrep -x 'wireguard-go|etcd' | sort || true)
+new_procs=$(comm -13 <(echo "$before_procs") <(echo "$after_procs") | grep . || true)
+if [[ -n "$leftover_ns" ]]; then
+  echo "namespaces left behind by tests: $leftover_ns"; fail=1
+else
+  echo "no test namespace left behind"
+fi
+if [[ -n "$new_procs" ]]; then
+  echo "processes left behind by tests: $(ps -o pid=,args= -p $(echo $new_procs | tr ' ' ,))"; fail=1
+else
+  echo "no wireguard-go or etcd left running"
+fi
+
+if [[ "$skipped" -gt 0 ]]; then
+  echo; echo "skipped tests (name, reason):"; sed 's/^/  /' "$skiplog"
+fi
+echo
+echo "calinet: ${passed} passed, ${failed} failed, ${skipped} skipped"
+[[ "$ignored" == 0 ]] || echo "(libtest also reported ${ignored} ignored)"
+if [[ "$fail" != 0 ]]; then
+  echo "calinet: FAILED (see the steps above)"
+  exit 1
+fi

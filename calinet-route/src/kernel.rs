@@ -194,6 +194,11 @@ pub fn route_from_message(m: &RouteMessage, links: &LinkIndex) -> Option<RouteSp
         IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     });
     let destination = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+    if !kind.forwards() {
+        // IPv6 reports blackhole/unreachable/prohibit/throw routes as `dev lo`; they
+        // have no device.
+        device = None;
+    }
     Some(RouteSpec {
         table,
         destination,

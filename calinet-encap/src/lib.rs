@@ -7,7 +7,8 @@
 //! the remote nodes, pools, blocks, borrowed addresses) by [`decide`]. No netlink,
 //! no I/O, no clock.
 //!
-//! **Does not own:** applying them (that is `calinet-route`'s job).
+//! **Does not own:** applying them. With the `route` feature, `route` turns the
+//! decisions into `calinet-route`'s spec types, which its reconciler applies.
 //! WireGuard devices and peers are `calinet-wg`'s; only their MTU is here.
 //!
 //! # Example: the seed article's cluster under each mode
@@ -59,6 +60,8 @@ mod types;
 
 #[cfg(feature = "proptest")]
 pub mod proptest_support;
+#[cfg(feature = "route")]
+pub mod route;
 
 pub use decide::{
     Decisions, Device, FdbEntry, IPIP_DEVICE, IpipDevice, Neighbour, Path, PathKind,

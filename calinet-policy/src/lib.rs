@@ -4,7 +4,9 @@
 //! Owns: selectors, policy resources, the compiled IR and its nftables backends.
 //! Does not own: address allocation or routing.
 
+pub mod compile;
 pub mod index;
+pub mod ir;
 pub mod model;
 pub mod selector;
 pub mod semantics;
@@ -34,6 +36,14 @@ pub enum Error {
         /// The offending field path.
         field: String,
         /// The rule it broke.
+        reason: String,
+    },
+    /// An endpoint cannot be compiled.
+    #[error("endpoint {endpoint}: {reason}")]
+    Endpoint {
+        /// The endpoint's name.
+        endpoint: String,
+        /// What is wrong.
         reason: String,
     },
     /// A YAML document did not decode.

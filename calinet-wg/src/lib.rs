@@ -58,6 +58,7 @@ pub mod delta;
 mod error;
 pub mod key;
 pub mod model;
+mod nl;
 pub mod peers;
 #[cfg(feature = "proptest")]
 pub mod proptest_support;

@@ -31,10 +31,7 @@ pub const WG_CMD_GET_DEVICE: u8 = 0;
 /// `WG_CMD_SET_DEVICE`.
 pub const WG_CMD_SET_DEVICE: u8 = 1;
 
-const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-const NLA_F_NESTED: u16 = 0x8000;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_ACK: u16 = 0x4;
@@ -69,13 +66,6 @@ mod a {
 
 /// Default message budget in bytes.
 pub const DEFAULT_BUDGET: usize = 8192;
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-const fn nla(payload: usize) -> usize {
-    NLA_HDRLEN + align4(payload)
-}
 
 fn sockaddr_len(ep: &SocketAddr) -> usize {
     match ep {
@@ -127,41 +117,12 @@ impl MessageSizer for NetlinkSizer {
     }
 }
 
-struct Msg(Vec<u8>);
+pub use crate::nl::RawMessage;
+use crate::nl::{Msg, NLA_HDRLEN, NLMSG_HDRLEN, ack_errno, malformed, nla};
+pub use crate::nl::{attributes, messages};
 
-impl Msg {
-    fn new(ty: u16, flags: u16, seq: u32, cmd: u8, version: u8) -> Self {
-        let mut b = Vec::with_capacity(256);
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(&flags.to_ne_bytes());
-        b.extend_from_slice(&seq.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&[cmd, version, 0, 0]);
-        Self(b)
-    }
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = (NLA_HDRLEN + payload.len()) as u16;
-        self.0.extend_from_slice(&len.to_ne_bytes());
-        self.0.extend_from_slice(&ty.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        self.0.resize(align4(self.0.len()), 0);
-    }
-    fn begin(&mut self, ty: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&0u16.to_ne_bytes());
-        self.0.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-    fn end(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.0
-    }
+fn genl(cmd: u8, version: u8) -> [u8; 4] {
+    [cmd, version, 0, 0]
 }
 
 fn sockaddr(ep: &SocketAddr) -> Vec<u8> {
@@ -189,8 +150,7 @@ fn encode_one(ifname: &IfName, family: u16, seq: u32, d: &DeviceDelta) -> Vec<u8
         family,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
-        WG_CMD_SET_DEVICE,
-        WG_GENL_VERSION,
+        &genl(WG_CMD_SET_DEVICE, WG_GENL_VERSION),
     );
     let mut name = ifname.as_str().as_bytes().to_vec();
     name.push(0);
@@ -274,8 +234,7 @@ pub fn encode_get(ifname: &IfName, family: u16, seq: u32) -> Vec<u8> {
         family,
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        WG_CMD_GET_DEVICE,
-        WG_GENL_VERSION,
+        &genl(WG_CMD_GET_DEVICE, WG_GENL_VERSION),
     );
     let mut name = ifname.as_str().as_bytes().to_vec();
     name.push(0);
@@ -285,69 +244,14 @@ pub fn encode_get(ifname: &IfName, family: u16, seq: u32) -> Vec<u8> {
 
 /// Encode the controller request resolving the `wireguard` family id.
 pub fn encode_get_family(seq: u32) -> Vec<u8> {
-    let mut m = Msg::new(GENL_ID_CTRL, NLM_F_REQUEST, seq, CTRL_CMD_GETFAMILY, 1);
+    let mut m = Msg::new(
+        GENL_ID_CTRL,
+        NLM_F_REQUEST,
+        seq,
+        &genl(CTRL_CMD_GETFAMILY, 1),
+    );
     m.attr(CTRL_ATTR_FAMILY_NAME, b"wireguard\0");
     m.finish()
-}
-
-/// One parsed netlink message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawMessage<'a> {
-    /// `nlmsg_type`.
-    pub ty: u16,
-    /// `nlmsg_flags`.
-    pub flags: u16,
-    /// `nlmsg_seq`.
-    pub seq: u32,
-    /// Everything after the netlink header.
-    pub payload: &'a [u8],
-}
-
-fn malformed(ifname: &str, reason: impl Into<String>) -> Error {
-    Error::NetlinkMalformed {
-        ifname: ifname.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// Split a buffer into netlink messages.
-pub fn messages<'a>(ifname: &str, mut buf: &'a [u8]) -> Result<Vec<RawMessage<'a>>> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(malformed(
-                ifname,
-                format!("netlink message length {len} out of range"),
-            ));
-        }
-        out.push(RawMessage {
-            ty: u16::from_ne_bytes([buf[4], buf[5]]),
-            flags: u16::from_ne_bytes([buf[6], buf[7]]),
-            seq: u32::from_ne_bytes(buf[8..12].try_into().unwrap_or_default()),
-            payload: &buf[NLMSG_HDRLEN..len],
-        });
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    Ok(out)
-}
-
-/// Attributes `(type without flags, payload)` of a TLV area.
-pub fn attributes<'a>(ifname: &str, mut buf: &'a [u8]) -> Result<Vec<(u16, &'a [u8])>> {
-    let mut out = Vec::new();
-    while buf.len() >= NLA_HDRLEN {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < NLA_HDRLEN || len > buf.len() {
-            return Err(malformed(
-                ifname,
-                format!("attribute {ty} length {len} out of range"),
-            ));
-        }
-        out.push((ty, &buf[NLA_HDRLEN..len]));
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    Ok(out)
 }
 
 fn key_bytes(ifname: &str, b: &[u8]) -> Result<[u8; KEY_LEN]> {
@@ -540,19 +444,13 @@ pub fn parse_get(ifname: &str, family: u16, buf: &[u8]) -> Result<(ObservedDevic
 }
 
 fn check_ack(ifname: &str, op: &'static str, msg: &RawMessage<'_>) -> Result<()> {
-    let code = msg
-        .payload
-        .get(0..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| malformed(ifname, "short NLMSG_ERROR"))?;
-    if code == 0 {
-        Ok(())
-    } else {
-        Err(Error::NetlinkErrno {
+    match ack_errno(ifname, msg)? {
+        0 => Ok(()),
+        errno => Err(Error::NetlinkErrno {
             ifname: ifname.to_owned(),
             op,
-            errno: -code,
-        })
+            errno,
+        }),
     }
 }
 
@@ -872,7 +770,7 @@ mod tests {
             Err(Error::KernelWireguardUnavailable)
         ));
         // A controller reply carrying CTRL_ATTR_FAMILY_ID = 0x1b.
-        let mut ok = Msg::new(GENL_ID_CTRL, 0, 1, 1, 2);
+        let mut ok = Msg::new(GENL_ID_CTRL, 0, 1, &genl(1, 2));
         ok.attr(CTRL_ATTR_FAMILY_ID, &0x1bu16.to_ne_bytes());
         ok.attr(CTRL_ATTR_FAMILY_NAME, b"wireguard\0");
         assert_eq!(parse_family(&ok.finish()).unwrap(), 0x1b);
@@ -880,7 +778,7 @@ mod tests {
         let private = PrivateKey::from_bytes([5; 32]);
         let mut buf = Vec::new();
         for (i, ips) in [["10.0.0.0/24"], ["10.0.1.0/24"]].iter().enumerate() {
-            let mut m = Msg::new(0x1b, NLM_F_MULTI, 3, WG_CMD_GET_DEVICE, 1);
+            let mut m = Msg::new(0x1b, NLM_F_MULTI, 3, &genl(WG_CMD_GET_DEVICE, 1));
             if i == 0 {
                 m.attr(a::DEV_PUBLIC_KEY, private.public_key().as_bytes());
                 m.attr(a::DEV_LISTEN_PORT, &51820u16.to_ne_bytes());

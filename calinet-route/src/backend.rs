@@ -9,7 +9,6 @@ use std::future::Future;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::neighbour::NeighbourMessage;
 
 use crate::error::Result;
@@ -202,36 +201,30 @@ async fn send_resolved(
     Ok(out)
 }
 
+/// Dumps every IPv4/IPv6 route of every table as specs.
+pub(crate) async fn dump_routes(conn: &mut Conn, links: &LinkIndex) -> Result<Vec<RouteSpec>> {
+    let msgs = conn
+        .dump(
+            &RouteNetlinkMessage::GetRoute(kernel::route_dump_request()),
+            "routes",
+        )
+        .await?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => kernel::route_from_message(r, links),
+            _ => None,
+        })
+        .collect())
+}
+
 impl Backend for NetlinkBackend {
     async fn links(&mut self) -> Result<LinkIndex> {
-        let msgs = self
-            .conn
-            .dump(
-                &RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                "links",
-            )
-            .await?;
-        Ok(LinkIndex::new(msgs.into_iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => kernel::link_from_message(&l),
-            _ => None,
-        })))
+        crate::link::dump_links(&mut self.conn).await
     }
 
     async fn routes(&mut self, links: &LinkIndex) -> Result<Vec<RouteSpec>> {
-        let msgs = self
-            .conn
-            .dump(
-                &RouteNetlinkMessage::GetRoute(kernel::route_dump_request()),
-                "routes",
-            )
-            .await?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => kernel::route_from_message(r, links),
-                _ => None,
-            })
-            .collect())
+        dump_routes(&mut self.conn, links).await
     }
 
     async fn neighbours(&mut self, links: &LinkIndex) -> Result<Vec<ObservedNeighbour>> {

@@ -10,11 +10,13 @@
 pub mod backend;
 mod error;
 pub mod kernel;
+pub mod link;
 pub mod netns;
 pub mod nl;
 pub mod plan;
 pub mod reconcile;
 pub mod spec;
+pub mod workload;
 
 pub use backend::{Backend, EntryOp, MemoryBackend, NetlinkBackend, RouteOp};
 pub use error::{Error, Result};

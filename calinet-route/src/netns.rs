@@ -66,6 +66,11 @@ impl Netns {
         }
     }
 
+    /// The open namespace file (e.g. to hand its fd to `IFLA_NET_NS_FD`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The path this namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -399,6 +399,74 @@ impl Conn {
         }
     }
 
+    /// One acknowledged request (a `GET` of one object, or a single write whose
+    /// outcome the caller waits for). Returns the replies (for a `GET`), or the
+    /// kernel's rejection as `Err(Nack)`.
+    pub async fn request(
+        &mut self,
+        msg: &RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<RouteNetlinkMessage>, Nack>> {
+        let seq = self.next_seq();
+        let mut buf = Vec::with_capacity(256);
+        Conn::encode(&mut buf, msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+        self.send_all(&buf, &format!("sending {what} in netns {}", self.netns))
+            .await?;
+        let is_write = !matches!(
+            msg,
+            RouteNetlinkMessage::GetLink(_)
+                | RouteNetlinkMessage::GetAddress(_)
+                | RouteNetlinkMessage::GetRoute(_)
+                | RouteNetlinkMessage::GetNeighbour(_)
+        );
+        if is_write {
+            self.stats.writes += 1;
+        }
+        let mut replies = Vec::new();
+        loop {
+            let n = self.recv().await.map_err(|source| Error::Transport {
+                context: format!("receiving reply to {what} in netns {}", self.netns),
+                source,
+            })?;
+            let mut at = 0;
+            while at + HDR <= n {
+                let len = u32_at(&self.rx, at) as usize;
+                if len < HDR || at + len > n {
+                    break;
+                }
+                let kind = u16_at(&self.rx, at + 4);
+                let mseq = u32_at(&self.rx, at + 8);
+                let payload = &self.rx[at + HDR..at + len];
+                at += align4(len);
+                if mseq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_ERROR => {
+                        let (errno, _, message) = parse_error(payload, true);
+                        return Ok(if errno == 0 {
+                            Ok(replies)
+                        } else {
+                            Err(Nack { errno, message })
+                        });
+                    }
+                    NLMSG_DONE | NLMSG_NOOP => {}
+                    _ => {
+                        let m =
+                            RouteNetlinkMessage::parse_with_param(payload, kind).map_err(|e| {
+                                Error::Decode {
+                                    context: format!("reply to {what} in netns {}", self.netns),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        replies.push(m);
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends `requests` (each with its own `NLM_F_*` operation flags; `NLM_F_REQUEST`
     /// is added) pipelined: many per `send`, no per-request round trip. Returns, per
     /// request, `None` when the kernel accepted it or the rejection.

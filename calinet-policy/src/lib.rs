@@ -8,6 +8,7 @@ pub mod compile;
 pub mod index;
 pub mod ir;
 pub mod model;
+pub mod nft;
 pub mod selector;
 pub mod semantics;
 
@@ -45,6 +46,14 @@ pub enum Error {
         endpoint: String,
         /// What is wrong.
         reason: String,
+    },
+    /// An `nft` command failed.
+    #[error("{command}: {stderr}")]
+    Nft {
+        /// The command line.
+        command: String,
+        /// What nft printed (or the spawn error).
+        stderr: String,
     },
     /// A YAML document did not decode.
     #[error("YAML document {document}: {source}")]

@@ -506,10 +506,18 @@ impl<S: Store> Ipam<S> {
         let key = keys::handle(id);
         // Optimistic for new handles: assume absent (Create) without reading;
         // if it exists the transaction fails and the retry reads it.
+        // A cached record is validated by the Update/Delete revision check, a
+        // cached absence by Create. A cached absence cannot validate a
+        // decrement, so that case reads the store. (A handle's count for a block
+        // only changes in a transaction that also writes that block, so the
+        // block's revision check covers the handle read here.)
         let current = match c.handles.get(id) {
-            Some(h) => h.clone(),
-            None if delta > 0 => None,
-            None => self.load_handle(c, id)?,
+            Some(Some(h)) => Some(h.clone()),
+            Some(None) | None if delta > 0 => None,
+            _ => {
+                c.handles.remove(id);
+                self.load_handle(c, id)?
+            }
         };
         let bkey = cidr.to_string();
         match current {
@@ -587,7 +595,10 @@ impl<S: Store> Ipam<S> {
             Err(StoreError::TxnConflict { keys }) => {
                 c.blocks.remove(&cidr);
                 if let Some(id) = handle {
+                    // Read the handle now: leaving it unknown would make the
+                    // next attempt optimistically create it again.
                     c.handles.remove(id);
+                    self.load_handle(c, id)?;
                 }
                 Ok(Step::Retry(keys))
             }
@@ -1023,11 +1034,21 @@ impl<S: Store> Ipam<S> {
         let cidr = pool.block_of(addr).ok_or(Error::NotInPool { addr })?;
         let ord = cidr.ordinal(addr).expect("address is in its block");
         let aff = host_affinity(node);
+        // Answers not confirmed by a write (in use, already ours) are only
+        // given after re-reading the block, never from the cache alone.
+        let mut verified = false;
         for attempt in 0..=self.opts.max_retries {
             let Some((block, rev)) = self.load_block(&mut c, cidr)? else {
                 self.try_claim(&mut c, node, cidr, snap.config.strict_affinity)?;
                 continue;
             };
+            if !verified
+                && (block.allocation(ord).is_some() || block.affinity() != Some(aff.as_str()))
+            {
+                verified = true;
+                c.blocks.remove(&cidr);
+                continue;
+            }
             let borrowed = block.affinity() != Some(aff.as_str());
             if borrowed
                 && snap.config.strict_affinity
@@ -1202,8 +1223,27 @@ impl<S: Store> Ipam<S> {
             return Ok(false);
         };
         let ord = cidr.ordinal(addr).expect("address is in its block");
+        // Negative answers (already free, wrong handle or sequence) are only
+        // given after re-reading the block, never from the cache alone.
+        let mut verified = false;
         for attempt in 0..=self.opts.max_retries {
-            let Some((block, rev)) = self.load_block(c, cidr)? else {
+            let block = self.load_block(c, cidr)?;
+            let problem = match &block {
+                None => true,
+                Some((b, _)) => match b.allocation(ord) {
+                    None => true,
+                    Some(a) => {
+                        handle.is_some_and(|h| a.handle.as_deref() != Some(h.as_str()))
+                            || sequence.is_some_and(|s| a.sequence != Some(s))
+                    }
+                },
+            };
+            if problem && !verified {
+                verified = true;
+                c.blocks.remove(&cidr);
+                continue;
+            }
+            let Some((block, rev)) = block else {
                 return Ok(false);
             };
             let Some(a) = block.allocation(ord) else {
@@ -1247,6 +1287,10 @@ impl<S: Store> Ipam<S> {
         let mut c = self.lock();
         let mut released = Vec::new();
         let mut attempts = 0;
+        // "No such handle" is only believed from the store, not the cache.
+        if matches!(c.handles.get(handle), Some(None)) {
+            c.handles.remove(handle);
+        }
         loop {
             let Some((h, hrev)) = self.load_handle(&mut c, handle)? else {
                 return Ok(released);

@@ -93,6 +93,8 @@ pub mod conformance;
 mod error;
 mod ipam;
 pub mod keys;
+#[cfg(feature = "proptest")]
+pub mod proptest_support;
 pub mod report;
 mod selector;
 pub mod store;

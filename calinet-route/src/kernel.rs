@@ -289,6 +289,13 @@ fn neigh_ip(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // Bridge-family (FDB) messages carry the VTEP address raw: the parser cannot
+        // tell its family from the header.
+        NeighbourAddress::Other(raw) => match raw.len() {
+            4 => <[u8; 4]>::try_from(&raw[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&raw[..]).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }

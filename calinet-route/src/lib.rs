@@ -14,6 +14,8 @@ pub mod link;
 pub mod netns;
 pub mod nl;
 pub mod plan;
+#[cfg(feature = "proptest")]
+pub mod proptest_support;
 pub mod reconcile;
 pub mod spec;
 pub mod workload;

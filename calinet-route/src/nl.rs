@@ -79,6 +79,7 @@ pub struct Conn {
     stats: Stats,
 }
 
+#[derive(Debug)]
 enum DumpOutcome {
     Done(Vec<RouteNetlinkMessage>),
     Interrupted,
@@ -160,6 +161,94 @@ fn parse_error(payload: &[u8], capped: bool) -> (i32, u32, Option<String>) {
         at += align4(len);
     }
     (-code, orig_seq, msg)
+}
+
+/// Why one datagram of a dump could not be used.
+#[derive(Debug)]
+enum ScanError {
+    BadLength { len: usize, at: usize, of: usize },
+    Decode(String),
+    Kernel(Nack),
+}
+
+impl ScanError {
+    fn context(self, what: &str, netns: &Netns) -> Error {
+        match self {
+            ScanError::BadLength { len, at, of } => Error::Decode {
+                context: format!("dump of {what} in netns {netns}"),
+                message: format!("bad message length {len} at offset {at} of {of}"),
+            },
+            ScanError::Decode(message) => Error::Decode {
+                context: format!("dump of {what} in netns {netns}"),
+                message,
+            },
+            ScanError::Kernel(n) => Error::Netlink {
+                request: format!("dump {what} in netns {netns}"),
+                errno: n.errno,
+                message: n.describe(),
+            },
+        }
+    }
+}
+
+/// Processes one received datagram of the dump with sequence `seq`: collects its
+/// messages into `out`, and returns the outcome once the dump ends. A message
+/// flagged `NLM_F_DUMP_INTR` (the kernel's table changed during the dump) makes the
+/// whole dump [`DumpOutcome::Interrupted`]: its snapshot is discarded, never used.
+fn scan_dump(
+    buf: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    out: &mut Vec<RouteNetlinkMessage>,
+) -> std::result::Result<Option<DumpOutcome>, ScanError> {
+    let n = buf.len();
+    let mut at = 0;
+    while at + HDR <= n {
+        let len = u32_at(buf, at) as usize;
+        if len < HDR || at + len > n {
+            return Err(ScanError::BadLength { len, at, of: n });
+        }
+        let kind = u16_at(buf, at + 4);
+        let flags = u16_at(buf, at + 6);
+        let mseq = u32_at(buf, at + 8);
+        let payload = &buf[at + HDR..at + len];
+        at += align4(len);
+        if mseq != seq {
+            // Leftovers of an earlier request; not part of this dump.
+            continue;
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match kind {
+            NLMSG_DONE => {
+                return Ok(Some(if *interrupted {
+                    DumpOutcome::Interrupted
+                } else {
+                    DumpOutcome::Done(std::mem::take(out))
+                }));
+            }
+            NLMSG_ERROR => {
+                let (errno, _, message) = parse_error(payload, true);
+                if errno == libc::EINTR || errno == libc::EBUSY {
+                    // Some dumps report an inconsistent snapshot as EINTR.
+                    return Ok(Some(DumpOutcome::Interrupted));
+                }
+                return Err(ScanError::Kernel(Nack { errno, message }));
+            }
+            NLMSG_OVERRUN => return Ok(Some(DumpOutcome::Overrun)),
+            NLMSG_NOOP => {}
+            _ => {
+                if *interrupted {
+                    continue;
+                }
+                let msg = RouteNetlinkMessage::parse_with_param(payload, kind)
+                    .map_err(|e| ScanError::Decode(e.to_string()))?;
+                out.push(msg);
+            }
+        }
+    }
+    Ok(None)
 }
 
 impl Conn {
@@ -338,63 +427,11 @@ impl Conn {
                     });
                 }
             };
-            let mut at = 0;
-            while at + HDR <= n {
-                let len = u32_at(&self.rx, at) as usize;
-                if len < HDR || at + len > n {
-                    return Err(Error::Decode {
-                        context: format!("dump of {what}"),
-                        message: format!("bad message length {len} at offset {at} of {n}"),
-                    });
-                }
-                let kind = u16_at(&self.rx, at + 4);
-                let flags = u16_at(&self.rx, at + 6);
-                let mseq = u32_at(&self.rx, at + 8);
-                let payload = &self.rx[at + HDR..at + len];
-                at += align4(len);
-                if mseq != seq {
-                    // Leftovers of an earlier request; not part of this dump.
-                    continue;
-                }
-                if flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match kind {
-                    NLMSG_DONE => {
-                        return Ok(if interrupted {
-                            DumpOutcome::Interrupted
-                        } else {
-                            DumpOutcome::Done(out)
-                        });
-                    }
-                    NLMSG_ERROR => {
-                        let (errno, _, message) = parse_error(payload, true);
-                        if errno == libc::EINTR || errno == libc::EBUSY {
-                            // Newer kernels report an inconsistent dump as EINTR.
-                            return Ok(DumpOutcome::Interrupted);
-                        }
-                        return Err(Error::Netlink {
-                            request: format!("dump {what}"),
-                            errno,
-                            message: Nack { errno, message }.describe(),
-                        });
-                    }
-                    NLMSG_OVERRUN => return Ok(DumpOutcome::Overrun),
-                    NLMSG_NOOP => {}
-                    _ => {
-                        if interrupted {
-                            continue;
-                        }
-                        let msg =
-                            RouteNetlinkMessage::parse_with_param(payload, kind).map_err(|e| {
-                                Error::Decode {
-                                    context: format!("dump of {what} in netns {}", self.netns),
-                                    message: e.to_string(),
-                                }
-                            })?;
-                        out.push(msg);
-                    }
-                }
+            let netns = &self.netns;
+            if let Some(outcome) = scan_dump(&self.rx[..n], seq, &mut interrupted, &mut out)
+                .map_err(|e| e.context(what, netns))?
+            {
+                return Ok(outcome);
             }
         }
     }
@@ -579,6 +616,71 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((HDR + payload.len()) as u32).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(payload);
+        while b.len() % 4 != 0 {
+            b.push(0);
+        }
+        b
+    }
+
+    fn route_msg(seq: u32, flags: u16) -> Vec<u8> {
+        use netlink_packet_route::route::RouteMessage;
+        let msg = RouteNetlinkMessage::NewRoute(RouteMessage::default());
+        let mut body = vec![0; msg.buffer_len()];
+        msg.serialize(&mut body);
+        frame(msg.message_type(), NLM_F_MULTI | flags, seq, &body)
+    }
+
+    const NLM_F_MULTI: u16 = 2;
+
+    #[test]
+    fn dump_collects_until_done_and_ignores_other_sequences() {
+        let mut dg = route_msg(7, 0);
+        dg.extend(route_msg(6, 0)); // an earlier request's leftover
+        dg.extend(route_msg(7, 0));
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(scan_dump(&dg, 7, &mut intr, &mut out).unwrap().is_none());
+        let done = frame(NLMSG_DONE, NLM_F_MULTI, 7, &0i32.to_ne_bytes());
+        match scan_dump(&done, 7, &mut intr, &mut out).unwrap() {
+            Some(DumpOutcome::Done(v)) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn interrupted_dump_is_discarded() {
+        let mut dg = route_msg(9, 0);
+        dg.extend(route_msg(9, NLM_F_DUMP_INTR));
+        dg.extend(frame(
+            NLMSG_DONE,
+            NLM_F_MULTI | NLM_F_DUMP_INTR,
+            9,
+            &0i32.to_ne_bytes(),
+        ));
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(matches!(
+            scan_dump(&dg, 9, &mut intr, &mut out).unwrap(),
+            Some(DumpOutcome::Interrupted)
+        ));
+        let overrun = frame(NLMSG_OVERRUN, 0, 9, &[]);
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(matches!(
+            scan_dump(&overrun, 9, &mut intr, &mut out).unwrap(),
+            Some(DumpOutcome::Overrun)
+        ));
+        // A header claiming more bytes than the datagram holds.
+        let mut short = frame(NLMSG_DONE, 0, 9, &0i32.to_ne_bytes());
+        short[0] = 200;
+        assert!(scan_dump(&short, 9, &mut false, &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn parses_capped_error_with_extack() {

@@ -231,7 +231,20 @@ fn interface_deleted_and_recreated_gets_its_routes_back() {
         assert_eq!(report.writes, 0);
         assert!(rec.retry_pending().await.unwrap().is_none());
 
+        // Retried when the interface appears: driven by link notifications.
+        let netns = Netns::open(n1.path()).unwrap();
+        let mut events = calinet_route::nl::LinkEvents::open(&netns).await.unwrap();
         make_veth();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+            .await
+            .expect("a link event arrives")
+            .unwrap();
+        match event {
+            calinet_route::nl::LinkEvent::Changed(names) => {
+                assert!(names.iter().any(|n| n == "calitest1"), "{names:?}")
+            }
+            other => panic!("{other:?}"),
+        }
         let report = rec.retry_pending().await.unwrap().expect("device is back");
         assert!(report.converged());
         assert_eq!(report.writes, 1);

@@ -540,7 +540,18 @@ impl Conn {
             self.stats.sends += 1;
             // The kernel handled the datagram during send(); collect what failed so
             // far without waiting (keeps the receive queue short).
-            self.collect(base, &mut results, noop_seq, what).await?;
+            if let Err(e) = self.collect(base, &mut results, noop_seq, what).await {
+                // After an overrun, acks of this batch are lost: the outcome of
+                // its requests is unknown. Start the next batch on a clean socket;
+                // the caller re-dumps and re-plans.
+                if let Error::Transport { source, .. } = &e
+                    && source.raw_os_error() == Some(libc::ENOBUFS)
+                {
+                    self.reopen().await?;
+                }
+                self.stats.writes += i as u64;
+                return Err(e);
+            }
         }
         self.stats.writes += requests.len() as u64;
         Ok(results)

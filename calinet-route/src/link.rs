@@ -304,7 +304,7 @@ pub fn kind_mismatch(spec: &LinkSpec, observed: &LinkState, links: &LinkIndex) -
     }
 }
 
-fn create_message(spec: &LinkSpec, links: &LinkIndex) -> Result<LinkMessage> {
+fn create_message(spec: &LinkSpec, links: &LinkIndex, netns: &str) -> Result<LinkMessage> {
     let name = spec.name.as_str();
     let mut msg = match &spec.kind {
         LinkKind::Vxlan(v) => {
@@ -313,8 +313,8 @@ fn create_message(spec: &LinkSpec, links: &LinkIndex) -> Result<LinkMessage> {
                 .learning(v.learning);
             if let Some(parent) = &v.parent {
                 let l = links.by_name(parent).ok_or_else(|| Error::LinkNotFound {
-                    name: parent.to_string(),
-                    netns: "(parent of VXLAN device)".to_string(),
+                    name: format!("{parent} (parent of {})", spec.name),
+                    netns: netns.to_string(),
                 })?;
                 b = b.dev(l.index);
             }
@@ -365,9 +365,17 @@ pub async fn reconcile_link(conn: &mut Conn, spec: &LinkSpec) -> Result<LinkRepo
     let mut report = LinkReport::default();
     let links = dump_links(conn).await?;
     let mut current = links.by_name(&spec.name).cloned();
-    if let Some(cur) = &current
-        && let Some(why) = kind_mismatch(spec, cur, &links)
-    {
+    let mismatch = current
+        .as_ref()
+        .and_then(|cur| kind_mismatch(spec, cur, &links));
+    // Build the creation message before deleting anything, so that a spec that
+    // cannot be created (e.g. a missing parent) leaves the old device in place.
+    let create = if current.is_none() || mismatch.is_some() {
+        Some(create_message(spec, &links, &conn.netns().to_string())?)
+    } else {
+        None
+    };
+    if let (Some(cur), Some(why)) = (&current, &mismatch) {
         if spec.name.as_str() == crate::spec::TUNL0 && cur.kind.as_deref() == Some("ipip") {
             return Err(Error::InvalidLink {
                 name: spec.name.to_string(),
@@ -377,17 +385,26 @@ pub async fn reconcile_link(conn: &mut Conn, spec: &LinkSpec) -> Result<LinkRepo
             });
         }
         delete_link(conn, &spec.name).await?;
-        report.recreated = Some(why);
+        report.recreated = Some(why.clone());
         current = None;
     }
-    let cur = match current {
-        Some(c) => c,
-        None => {
-            let msg = create_message(spec, &links)?;
+    let cur = match (current, create) {
+        (Some(c), _) => c,
+        (None, msg) => {
+            let msg = msg.ok_or_else(|| Error::InvalidLink {
+                name: spec.name.to_string(),
+                rule: "internal: no creation message".to_string(),
+            })?;
             let what = format!("link add {} ({:?})", spec.name, spec.kind);
-            // tunl0 already exists once the ipip module is loaded; EEXIST is not
-            // possible here because we looked first.
-            create_link(conn, msg, &what).await?;
+            match create_link(conn, msg, &what).await {
+                Ok(()) => {}
+                // Loading the ipip module creates tunl0 itself (the fallback
+                // device), so creating "tunl0" can race with it: use that one.
+                Err(e)
+                    if e.errno() == Some(libc::EEXIST)
+                        && spec.name.as_str() == crate::spec::TUNL0 => {}
+                Err(e) => return Err(e),
+            }
             if report.recreated.is_none() {
                 report.created = true;
             }

@@ -916,13 +916,22 @@ impl<S: Store> Ipam<S> {
         let pending = affinity_json(node, &cidr, AffinityState::Pending);
         let arev = match self.store.create(&akey, &pending) {
             Ok(r) => r,
-            Err(StoreError::AlreadyExists { .. }) => {
-                // Our own leftover (e.g. a crashed claim): take it over.
-                match self.store.get(&akey)? {
-                    Some(kv) => kv.mod_revision,
-                    None => return Ok(false),
+            Err(StoreError::AlreadyExists { .. }) => match self.store.get(&akey)? {
+                Some(kv) => {
+                    let a: BlockAffinity = decode("BlockAffinity", &akey, &kv.value)?;
+                    if a.state != AffinityState::Pending {
+                        // Another allocator (same node) completed this claim:
+                        // the node owns the block; re-read its block list.
+                        c.node_blocks.remove(&(node.clone(), cidr.family()));
+                        return Ok(true);
+                    }
+                    // A pending leftover of ours (e.g. a crashed claim): take it
+                    // over. If a live claim holds it, one of us loses the
+                    // block creation below.
+                    kv.mod_revision
                 }
-            }
+                None => return Ok(false),
+            },
             Err(e) => return Err(e.into()),
         };
         let mut block = Block::new(cidr, Some(host_affinity(node)), self.opts.windows_reserved);

@@ -294,3 +294,44 @@ fn write_0600(path: &Path, text: &str) -> Res {
     f.write_all(text.as_bytes())?;
     Ok(())
 }
+
+#[test]
+fn peer_with_thousands_of_allowed_ips_over_uapi() -> Res {
+    testlab::require!(testlab::Feature::WireguardGo);
+    let lab = testlab::Lab::new("wg_big_peer")?;
+    let ns = lab.netns("big")?;
+    let dev = format!("{}wb", lab.prefix());
+    let _wg = lab.wireguard_go(&ns, &dev)?;
+    let mut settings = DeviceSettings::calico_v4();
+    settings.ifname = dev.parse()?;
+    let (mut nodes, key) = calinet_wg::seed::nodes();
+    for i in 0..5000u32 {
+        nodes[2]
+            .borrowed
+            .push(IpAddr::V4(Ipv4Addr::from(0xac1f_0000 + i)));
+    }
+    let local = calinet_wg::seed::local();
+    let c = compute_device(&local, &key, &settings, &nodes, &BTreeMap::new());
+    let mut backend = UapiBackend::new();
+    let (_, r) = sync(&mut backend, &settings.ifname, &c.device)?;
+    assert_eq!(r.operations, 1, "the stream protocol needs no split");
+    assert!(r.allowed_ips > 5000);
+    let read_back = |backend: &mut UapiBackend| -> Res<calinet_wg::DeviceConfig> {
+        let o = calinet_wg::backend::Backend::read(backend, &settings.ifname)?;
+        Ok(calinet_wg::DeviceConfig {
+            private_key: Some(key.clone()),
+            listen_port: o.listen_port,
+            fwmark: o.fwmark,
+            peers: o.peers,
+        })
+    };
+    assert_eq!(normalized(&read_back(&mut backend)?), normalized(&c.device));
+    // Shrink that peer: one update-only entry replacing its allowed IPs.
+    nodes[2].borrowed.truncate(1200);
+    let c = compute_device(&local, &key, &settings, &nodes, &BTreeMap::new());
+    let (delta, r) = sync(&mut backend, &settings.ifname, &c.device)?;
+    assert_eq!((r.operations, r.peer_entries), (1, 1));
+    assert!(delta.peers[0].update_only && delta.peers[0].replace_allowed_ips);
+    assert_eq!(normalized(&read_back(&mut backend)?), normalized(&c.device));
+    Ok(())
+}

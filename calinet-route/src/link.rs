@@ -9,7 +9,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use rtnetlink::{LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +28,13 @@ fn nack(request: String, n: Nack) -> Error {
 
 /// All links of the connection's namespace.
 pub async fn dump_links(conn: &mut Conn) -> Result<LinkIndex> {
+    // Skip the per-link statistics: the reconciler needs names, indices and state,
+    // and with hundreds of workload interfaces the stats dominate the dump.
+    let mut req = LinkMessage::default();
+    req.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
     let msgs = conn
-        .dump(
-            &RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            "links",
-        )
+        .dump(&RouteNetlinkMessage::GetLink(req), "links")
         .await?;
     Ok(LinkIndex::new(msgs.into_iter().filter_map(|m| match m {
         RouteNetlinkMessage::NewLink(l) => kernel::link_from_message(&l),

@@ -289,7 +289,9 @@ impl Conn {
     }
 
     fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
+        // Contiguous (also across wrap-around): batch results are indexed by
+        // `seq - base`.
+        self.seq = self.seq.wrapping_add(1);
         self.seq
     }
 

@@ -6,14 +6,14 @@
 #![cfg(feature = "route")]
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use calinet_encap::route::RouteSpecs;
 use calinet_encap::{Decisions, Device, EncapMode, Input, Node, PathKind, Pool, Uplink, decide};
 use calinet_route::link::{delete_link, reconcile_link};
 use calinet_route::{LinkKind, NetlinkBackend, Ownership, Reconciler, RouteProtocol};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use testlab::seed::{LAN1, NODES, POOL, SeedCluster, SeedPod, ping_matrix};
 use testlab::{Feature, Lab, Packets};
 
@@ -103,31 +103,40 @@ impl Overlay {
             .collect()
     }
 
-    /// Pings every pod from every pod; returns the matrix.
+    /// Pings every pod's IPv4 address from every pod; returns the matrix.
     fn ping_all(&self) -> testlab::seed::Matrix {
-        let sources: Vec<(String, testlab::Netns)> = self
-            .pods
-            .iter()
-            .map(|p| (p.node.clone(), p.ns.clone()))
-            .collect();
-        let targets: Vec<(String, IpAddr)> = self
-            .pods
-            .iter()
-            .map(|p| (p.node.clone(), IpAddr::V4(p.addr)))
-            .collect();
-        ping_matrix(&sources, &targets, PING)
+        ping_matrix(&self.pod_sources(), &self.pod_targets_v4(), PING)
     }
 
-    /// Pings every pod from every pod with tcpdump running on both underlay
+    fn pod_sources(&self) -> Vec<(String, testlab::Netns)> {
+        self.pods
+            .iter()
+            .map(|p| (p.node.clone(), p.ns.clone()))
+            .collect()
+    }
+
+    fn pod_targets_v4(&self) -> Vec<(String, IpAddr)> {
+        self.pods
+            .iter()
+            .map(|p| (p.node.clone(), IpAddr::V4(p.addr)))
+            .collect()
+    }
+
+    /// Pings every pod's IPv4 address from every pod, captured on the underlay.
+    fn ping_all_captured(&self) -> (testlab::seed::Matrix, Packets) {
+        self.ping_captured(&self.pod_targets_v4())
+    }
+
+    /// Pings `targets` from every pod with tcpdump running on both underlay
     /// bridges (in the router namespace; a bridge in promiscuous mode sees
     /// every frame it forwards). Not `-i any`: under a burst of parallel pings
     /// the kernel drops packets for an `any` capture here (tcpdump reported
     /// 32 of 48 dropped in a hand check), bridge captures dropped none.
-    fn ping_all_captured(&self) -> (testlab::seed::Matrix, Packets) {
-        let filter = "udp port 4789 or icmp";
+    fn ping_captured(&self, targets: &[(String, IpAddr)]) -> (testlab::seed::Matrix, Packets) {
+        let filter = "udp port 4789 or icmp or icmp6";
         let caps = [&self.seed.lan1.bridge, &self.seed.lan2.bridge]
             .map(|bridge| self.seed.router.capture(bridge, filter).expect("tcpdump"));
-        let matrix = self.ping_all();
+        let matrix = ping_matrix(&self.pod_sources(), targets, PING);
         let mut packets = Packets::default();
         for cap in caps {
             packets
@@ -218,6 +227,7 @@ fn check_kernel(node: &testlab::Node, d: &Decisions) {
         .routes()
         .unwrap()
         .into_iter()
+        .chain(node.routes6().unwrap())
         .filter(|r| r.protocol.as_deref() == Some("80"))
         .map(|r| match r.kind.as_deref() {
             Some("blackhole") => format!("blackhole {}", r.dst),
@@ -253,18 +263,20 @@ fn check_kernel(node: &testlab::Node, d: &Decisions) {
             Some(4789),
             "{who}"
         );
+        // `ip -j` calls an IPv6 local address `local6`.
         let local = link
             .info("local")
+            .or_else(|| link.info("local6"))
             .and_then(|v| v.as_str().map(str::to_owned));
         assert_eq!(local, Some(vx.local.to_string()), "{who}");
         let addrs: Vec<String> = node
             .addrs()
             .unwrap()
             .into_iter()
-            .filter(|a| a.ifname == vx.name.as_str() && a.family == "inet")
+            .filter(|a| a.ifname == vx.name.as_str() && !a.local.starts_with("fe80:"))
             .map(|a| format!("{}/{}", a.local, a.prefixlen))
             .collect();
-        assert_eq!(addrs, [format!("{}/32", vx.address)], "{who}");
+        assert_eq!(addrs, [IpNet::from(vx.address).to_string()], "{who}");
     }
     for gone in d.unwanted_devices() {
         assert!(
@@ -277,7 +289,7 @@ fn check_kernel(node: &testlab::Node, d: &Decisions) {
         .neighbours()
         .unwrap()
         .into_iter()
-        .filter(|n| n.dev.as_deref() == Some("vxlan.calico") && n.is_permanent())
+        .filter(|n| is_vxlan_dev(n.dev.as_deref()) && n.is_permanent())
         .map(|n| (n.dst, n.lladdr.unwrap_or_default()))
         .collect();
     let want_neigh: BTreeSet<(String, String)> = d
@@ -290,7 +302,7 @@ fn check_kernel(node: &testlab::Node, d: &Decisions) {
         .fdb()
         .unwrap()
         .into_iter()
-        .filter(|f| f.ifname.as_deref() == Some("vxlan.calico") && f.dst.is_some())
+        .filter(|f| is_vxlan_dev(f.ifname.as_deref()) && f.dst.is_some())
         .map(|f| (f.mac, f.dst.unwrap_or_default()))
         .collect();
     let want_fdb: BTreeSet<(String, String)> = d
@@ -299,6 +311,10 @@ fn check_kernel(node: &testlab::Node, d: &Decisions) {
         .map(|f| (f.mac.to_string(), f.dst.to_string()))
         .collect();
     assert_eq!(fdb, want_fdb, "{who}: VTEP FDB");
+}
+
+fn is_vxlan_dev(dev: Option<&str>) -> bool {
+    matches!(dev, Some("vxlan.calico" | "vxlan-v6.calico"))
 }
 
 /// A captured packet: the VXLAN outer header (if any) and the packet line.
@@ -311,10 +327,14 @@ struct Seen {
     line: String,
 }
 
-/// `... IP 198.51.100.101.4242 > 203.0.113.100.4789: ...` -> the two endpoints
-/// (with ports, if any).
+/// `... IP 198.51.100.101.4242 > 203.0.113.100.4789: ...` (or `IP6 ...`) ->
+/// the two endpoints (with ports, if any).
 fn endpoints(line: &str) -> Option<(String, String)> {
-    let rest = &line[line.find("IP ")? + 3..];
+    let rest = match (line.find("IP "), line.find("IP6 ")) {
+        (Some(i), _) => &line[i + 3..],
+        (None, Some(i)) => &line[i + 4..],
+        (None, None) => return None,
+    };
     let mut it = rest.split_whitespace();
     let src = it.next()?.to_owned();
     (it.next()? == ">").then_some(())?;
@@ -323,7 +343,11 @@ fn endpoints(line: &str) -> Option<(String, String)> {
 }
 
 fn strip_port(ep: &str) -> String {
-    // An IPv4 endpoint with a port has five dot-separated parts.
+    // tcpdump appends ".port": after the last dot of an IPv6 address, and as
+    // a fifth dot-separated part of an IPv4 one.
+    if ep.contains(':') {
+        return ep.rsplit_once('.').map_or(ep, |(a, _)| a).to_owned();
+    }
     let parts: Vec<&str> = ep.split('.').collect();
     if parts.len() == 5 {
         parts[..4].join(".")
@@ -365,7 +389,8 @@ fn icmp_packets(p: &Packets) -> Vec<Seen> {
     out
 }
 
-fn echo_requests(seen: &[Seen], from: Ipv4Addr, to: Ipv4Addr) -> Vec<&Seen> {
+fn echo_requests(seen: &[Seen], from: impl Into<IpAddr>, to: impl Into<IpAddr>) -> Vec<&Seen> {
+    let (from, to) = (from.into(), to.into());
     seen.iter()
         .filter(|s| {
             s.src == from.to_string() && s.dst == to.to_string() && s.line.contains("echo request")
@@ -694,4 +719,231 @@ fn switching_modes_converges_and_removes_the_old_mode() {
         }
         println!("{label}: converged on 4 nodes, {vxlan_lines} VXLAN lines in the capture");
     }
+}
+
+/// IPv6 of one seed node, added by [`Overlay::add_ipv6`].
+#[derive(Debug, Clone)]
+struct V6 {
+    name: &'static str,
+    /// Underlay address on 2001:db8:1::/64 (first subnet) or 2001:db8:2::/64.
+    addr: Ipv6Net,
+    gateway: Ipv6Addr,
+    block: Ipv6Net,
+    pod: Ipv6Addr,
+}
+
+impl Overlay {
+    /// Dual stack: IPv6 underlay (the router at ::1 of each /64, forwarding),
+    /// a /122 pod block per node, and an IPv6 address on every pod, plumbed by
+    /// hand the way Calico does (pod default route via the host side's
+    /// link-local address).
+    fn add_ipv6(&self) -> Vec<V6> {
+        let router = &self.seed.router;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+        for (bridge, net) in [(&self.seed.lan1.bridge, 1), (&self.seed.lan2.bridge, 2)] {
+            router
+                .ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:db8:{net}::1/64"),
+                    "dev",
+                    bridge,
+                    "nodad",
+                ])
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        for (i, spec) in NODES.iter().enumerate() {
+            let subnet = if LAN1.contains(&spec.addr) { 1 } else { 2 };
+            let n = u16::try_from(i).unwrap() + 1;
+            let v6 = V6 {
+                name: spec.name,
+                addr: Ipv6Net::new(
+                    Ipv6Addr::new(0x2001, 0xdb8, subnet, 0, 0, 0, 0, 0x10 + n),
+                    64,
+                )
+                .unwrap(),
+                gateway: Ipv6Addr::new(0x2001, 0xdb8, subnet, 0, 0, 0, 0, 1),
+                block: Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x10, 0, n, 0, 0, 0, 0), 122).unwrap(),
+                pod: Ipv6Addr::new(0xfd00, 0x10, 0, n, 0, 0, 0, 2),
+            };
+            let node = self.seed.node(spec.name).unwrap();
+            node.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &v6.addr.to_string(),
+                "dev",
+                "eth0",
+                "nodad",
+            ])
+            .unwrap();
+            node.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &v6.gateway.to_string(),
+                "dev",
+                "eth0",
+            ])
+            .unwrap();
+            let pod = self.pod(spec.name);
+            pod.ns
+                .ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{}/128", v6.pod),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])
+                .unwrap();
+            pod.ns
+                .ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    HOST_SIDE_LINK_LOCAL,
+                    "dev",
+                    "eth0",
+                ])
+                .unwrap();
+            node.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{}/128", v6.pod),
+                "dev",
+                "calilab0",
+            ])
+            .unwrap();
+            // The pod's gateway is the host side's link-local address, usable
+            // once duplicate address detection is over.
+            testlab::wait_for(
+                "calilab0 link-local address",
+                Duration::from_secs(10),
+                || {
+                    Ok(node
+                        .ip(&["-6", "addr", "show", "dev", "calilab0", "tentative"])?
+                        .trim()
+                        .is_empty())
+                },
+            )
+            .unwrap();
+            out.push(v6);
+        }
+        out
+    }
+
+    /// Node `me`'s dual-stack view: IPv4 pool with `vxlan4`, IPv6 pool with `vxlan6`.
+    fn input_dual(&self, me: &str, vxlan4: EncapMode, vxlan6: EncapMode, v6: &[V6]) -> Input {
+        let mut input = self.input_for(me, Never, vxlan4);
+        for n in v6 {
+            let node = if n.name == me {
+                &mut input.local
+            } else {
+                input
+                    .remotes
+                    .iter_mut()
+                    .find(|r| r.name.as_str() == n.name)
+                    .unwrap()
+            };
+            node.ipv6_address = Some(n.addr);
+            node.ipv6_vxlan_tunnel_addr = Some(n.block.network());
+            input.blocks.push(calinet_encap::Block::new(
+                IpNet::V6(n.block),
+                n.name.parse().unwrap(),
+            ));
+            if n.name == me {
+                input.uplink.gateway_v6 = Some(n.gateway);
+            }
+        }
+        input
+            .pools
+            .push(Pool::new("default-ipv6-ippool", "fd00:10::/48".parse().unwrap()).vxlan(vxlan6));
+        input
+    }
+}
+
+/// The host side's link-local address: derived from its MAC `ee:ee:ee:ee:ee:ee`.
+const HOST_SIDE_LINK_LOCAL: &str = "fe80::ecee:eeff:feee:eeee";
+
+#[test]
+fn dual_stack_vxlan_crosssubnet_uses_vxlan_v6_across_subnets() {
+    testlab::require!(Feature::Vxlan, Feature::Tcpdump);
+    let o = Overlay::build("dual_stack_vxlan_crosssubnet_uses_vxlan_v6_across_subnets");
+    let v6 = o.add_ipv6();
+    for spec in NODES {
+        let d = decide(&o.input_dual(spec.name, CrossSubnet, CrossSubnet, &v6)).unwrap();
+        let node = o.seed.node(spec.name).unwrap();
+        let writes = rt().block_on(apply_node(node, &d.route_specs(RouteProtocol::CALICO)));
+        assert!(writes > 0);
+        check_kernel(node, &d);
+        let vx6 = d.device("vxlan-v6.calico").expect("vxlan-v6.calico wanted");
+        assert_eq!(vx6.mtu(), 1500 - 70);
+        assert_eq!(d.mtu.pod, 1500 - 70, "pods get the largest overhead in use");
+        let v6_paths: Vec<_> = d.paths.iter().filter(|p| p.dst.addr().is_ipv6()).collect();
+        let tunnelled = v6_paths
+            .iter()
+            .filter(|p| p.kind == PathKind::Vxlan)
+            .count();
+        assert_eq!(
+            tunnelled,
+            if spec.name == "k8s-w0" { 3 } else { 1 },
+            "{}",
+            spec.name
+        );
+    }
+    let targets6: Vec<(String, IpAddr)> = v6
+        .iter()
+        .map(|n| (n.name.to_owned(), IpAddr::V6(n.pod)))
+        .collect();
+    let (matrix, packets) = o.ping_captured(&targets6);
+    assert!(matrix.failures().is_empty(), "IPv6\n{matrix}");
+    let seen = icmp_packets(&packets);
+    let (mut plain, mut wrapped) = (0, 0);
+    for a in &v6 {
+        for b in &v6 {
+            if a.name == b.name {
+                continue;
+            }
+            let reqs = echo_requests(&seen, a.pod, b.pod);
+            assert!(
+                !reqs.is_empty(),
+                "{} -> {}: nothing seen\n{packets}",
+                a.name,
+                b.name
+            );
+            let same = a.addr.contains(&b.addr.addr());
+            for s in reqs {
+                match (&s.outer, same) {
+                    (None, true) => plain += 1,
+                    (Some((osrc, odst, oline)), false) => {
+                        assert_eq!(
+                            (osrc.clone(), odst.clone()),
+                            (a.addr.addr().to_string(), b.addr.addr().to_string())
+                        );
+                        assert!(oline.contains("vni 4096"), "{oline}");
+                        wrapped += 1;
+                    }
+                    (outer, _) => panic!(
+                        "{} -> {} (same subnet {same}): {outer:?} {}",
+                        a.name, b.name, s.line
+                    ),
+                }
+            }
+        }
+    }
+    // IPv4 works alongside, over vxlan.calico across subnets.
+    let matrix4 = o.ping_all();
+    assert!(matrix4.failures().is_empty(), "IPv4\n{matrix4}");
+    println!(
+        "dual stack CrossSubnet: IPv6 {plain} plain same-subnet, {wrapped} VXLAN-over-IPv6 cross-subnet echo requests; IPv4 matrix ok"
+    );
 }

@@ -118,11 +118,9 @@ fn a_failing_transaction_changes_nothing_and_names_the_errno() {
             vec![],
             calinet_policy::ir::Stmt::Jump("no-such-chain".into()),
         ));
-    broken.sets.get_mut("fw-dispatch").map(|s| {
-        if let calinet_policy::ir::SetElems::IfGoto(m) = s {
-            m.insert("calinew".into(), "fw-missing".into());
-        }
-    });
+    if let Some(calinet_policy::ir::SetElems::IfGoto(m)) = broken.sets.get_mut("fw-dispatch") {
+        m.insert("calinew".into(), "fw-missing".into());
+    }
     let err = nl.apply(&broken).unwrap_err().to_string();
     assert!(err.contains("errno 2") || err.contains("errno 22"), "{err}");
     assert_eq!(

@@ -5,6 +5,12 @@
 //! `<redacted>` in `Debug`, have no `Display`, and are only turned into text by
 //! methods whose names say so (`expose_*`), which this crate calls only to write
 //! the key file, the control socket and rendered configs the caller asked for.
+//!
+//! Curve25519 comes from `x25519-dalek` (pinned) rather than
+//! `wireguard-control`'s `Key`: that type prints the private key in `Debug`,
+//! is never zeroed, treats public and private keys as one type, and would pull
+//! in a second generation of the netlink crates (netlink-packet-core 0.7 next
+//! to the workspace's 0.9). Randomness is read from `/dev/urandom`.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

@@ -126,3 +126,52 @@ fn a_closed_socket_is_an_io_error_not_a_hang() {
     let err = backend.read(&ifname).unwrap_err();
     assert!(matches!(err, Error::UapiIo { .. }), "{err:?}");
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_backend_speaks_the_same_protocol() {
+    use calinet_wg::backend::uapi::{AsyncUapiBackend, sync_async};
+    let dir = tempfile::tempdir().unwrap();
+    let ifname: IfName = "wg-async".parse().unwrap();
+    let backend = AsyncUapiBackend::with_socket_dir(dir.path());
+    let listener = UnixListener::bind(backend.socket_path(&ifname)).unwrap();
+    // One connection for get (empty device), one for set.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for reply in ["listen_port=0\nerrno=0\n\n", "errno=0\n\n"] {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(&stream);
+            let mut request = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\n" {
+                    break;
+                }
+                request.push_str(&line);
+            }
+            (&stream).write_all(reply.as_bytes()).unwrap();
+            tx.send(request).unwrap();
+        }
+    });
+    let (nodes, key) = calinet_wg::seed::nodes();
+    let c = calinet_wg::compute_device(
+        &calinet_wg::seed::local(),
+        &key,
+        &calinet_wg::DeviceSettings::calico_v4(),
+        &nodes,
+        &Default::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (delta, report) = rt
+        .block_on(sync_async(&backend, &ifname, &c.device))
+        .unwrap();
+    assert_eq!(rx.recv().unwrap(), "get=1\n");
+    let set = rx.recv().unwrap();
+    assert!(set.starts_with("set=1\nprivate_key="), "{}", &set[..6]);
+    assert_eq!(set.matches("public_key=").count(), 3);
+    assert_eq!((report.operations, report.peer_entries), (1, 3));
+    assert_eq!(delta.peers.len(), 3);
+}

@@ -16,7 +16,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use base64::Engine;
@@ -63,11 +63,13 @@ fn decode_hex(text: &str, what: &str) -> Result<[u8; KEY_LEN]> {
     Ok(out)
 }
 
+const RANDOM_SOURCE: &str = "/dev/urandom";
+
 fn random_bytes() -> std::io::Result<[u8; KEY_LEN]> {
     let mut bytes = [0u8; KEY_LEN];
     // /dev/urandom never blocks once the pool is initialised at boot, which
     // is long before a node agent runs.
-    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    File::open(RANDOM_SOURCE)?.read_exact(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -128,9 +130,8 @@ pub struct PrivateKey([u8; KEY_LEN]);
 impl PrivateKey {
     /// A new random, clamped private key.
     pub fn generate() -> Result<Self> {
-        let bytes = random_bytes().map_err(|source| Error::KeyFileIo {
-            path: PathBuf::from("/dev/urandom"),
-            op: "read random bytes",
+        let bytes = random_bytes().map_err(|source| Error::Entropy {
+            source_path: RANDOM_SOURCE,
             source,
         })?;
         Ok(Self::from_bytes(bytes))
@@ -192,9 +193,8 @@ pub struct PresharedKey([u8; KEY_LEN]);
 impl PresharedKey {
     /// A new random pre-shared key.
     pub fn generate() -> Result<Self> {
-        random_bytes().map(Self).map_err(|source| Error::KeyFileIo {
-            path: PathBuf::from("/dev/urandom"),
-            op: "read random bytes",
+        random_bytes().map(Self).map_err(|source| Error::Entropy {
+            source_path: RANDOM_SOURCE,
             source,
         })
     }

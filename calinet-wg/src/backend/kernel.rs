@@ -364,6 +364,14 @@ pub fn decode_set(ifname: &str, msg: &RawMessage<'_>) -> Result<DeviceDelta> {
 /// peers across messages; consecutive entries with one key are merged.
 pub fn parse_get(ifname: &str, family: u16, buf: &[u8]) -> Result<(ObservedDevice, bool)> {
     let mut dev = ObservedDevice::default();
+    let done = merge_get(ifname, family, buf, &mut dev)?;
+    Ok((dev, done))
+}
+
+/// Parse one receive buffer of a `WG_CMD_GET_DEVICE` dump into `dev`
+/// (device attributes set where present, peers appended or continued).
+/// Returns whether the dump is complete.
+pub fn merge_get(ifname: &str, family: u16, buf: &[u8], dev: &mut ObservedDevice) -> Result<bool> {
     let mut done = false;
     for msg in messages(ifname, buf)? {
         match msg.ty {
@@ -440,7 +448,7 @@ pub fn parse_get(ifname: &str, family: u16, buf: &[u8]) -> Result<(ObservedDevic
             }
         }
     }
-    Ok((dev, done))
+    Ok(done)
 }
 
 fn check_ack(ifname: &str, op: &'static str, msg: &RawMessage<'_>) -> Result<()> {
@@ -552,20 +560,7 @@ impl Backend for KernelBackend {
                 .socket
                 .recv_from_full()
                 .map_err(io("receive get device"))?;
-            let (part, done) = parse_get(&name, self.family, &buf)?;
-            if part.public_key.is_some() {
-                all.public_key = part.public_key;
-                all.listen_port = part.listen_port;
-                all.fwmark = part.fwmark;
-            }
-            for p in part.peers {
-                match all.peers.last_mut() {
-                    Some(last) if last.public_key == p.public_key => {
-                        last.allowed_ips.extend(p.allowed_ips)
-                    }
-                    _ => all.peers.push(p),
-                }
-            }
+            let done = merge_get(&name, self.family, &buf, &mut all)?;
             if done {
                 return Ok(all);
             }

@@ -272,6 +272,23 @@ fn three_nodes_over_wireguard_go() -> Res {
     );
     assert!(pings(&nodes, 0, 1, Duration::from_secs(10)));
 
+    // n2 comes back without a published key: still no peer, but a throw route
+    // for its block in the WireGuard table so its traffic takes the normal path.
+    let mut keyless = gone.clone();
+    keyless.public_key = None;
+    states.push(keyless);
+    program(&nodes[0], &states)?;
+    let observed =
+        calinet_wg::backend::Backend::read(&mut UapiBackend::new(), &nodes[0].settings.ifname)?;
+    assert_eq!(observed.peers.len(), 1, "no peer for a node without a key");
+    let table = nodes[0].node.ip(&["route", "show", "table", "1"])?;
+    assert!(table.contains("throw 172.16.12.0/24"), "{table}");
+    assert!(
+        table.contains(&format!("172.16.11.0/24 dev {}", nodes[0].settings.ifname)),
+        "{table}"
+    );
+    states.pop();
+
     // The rendered showconf, fed to `wg setconf` on a fresh device, reads back equal.
     let c = compute_device(
         &nodes[0].node.name.parse()?,

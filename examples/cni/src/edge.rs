@@ -159,15 +159,15 @@ impl<S: Store> StoreIpam<S> {
 }
 
 impl<S: Store> AddressManager for StoreIpam<S> {
-    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>> {
+    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpNet>> {
         let got = self
             .ipam
             .addresses_of(handle)
             .map_err(ipam_err(format!("reading handle {handle}")))?;
-        Ok(got.into_iter().map(|a| a.addr).collect())
+        Ok(got.iter().map(|a| a.net()).collect())
     }
 
-    fn assign(&mut self, p: &AssignParams) -> Result<Vec<IpAddr>> {
+    fn assign(&mut self, p: &AssignParams) -> Result<Vec<IpNet>> {
         let _g = self.guard()?;
         let now = SystemTime::now();
         let mut pools = self.pool_names(&p.ipv4_pools, p.ipv4_block_size, now)?;
@@ -186,7 +186,7 @@ impl<S: Store> AddressManager for StoreIpam<S> {
             .ipam
             .auto_assign(&req, now)
             .map_err(ipam_err(format!("assign for handle {}", p.handle)))?;
-        Ok(got.v4.iter().chain(&got.v6).map(|a| a.addr).collect())
+        Ok(got.v4.iter().chain(&got.v6).map(|a| a.net()).collect())
     }
 
     fn release(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>> {

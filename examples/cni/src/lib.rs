@@ -11,7 +11,7 @@
 //! Does not own: address allocation (calinet-ipam), netlink (calinet-route),
 //! routes to other nodes or policy (the node agent).
 //!
-//! Shape: [`config`], [`env`] and [`result`] are types; [`plugin`] is the core,
+//! Shape: [`config`], [`env`](mod@env) and [`result`] are types; [`plugin`] is the core,
 //! written against two edge traits ([`plugin::AddressManager`],
 //! [`plugin::Plumber`]); [`edge`] has the real edges; [`run`] is the process
 //! edge the binaries call.
@@ -40,7 +40,7 @@
 //! let result = plugin::add(&cfg, &Env::from_lookup(vars("ADD"))?, &node, &mut ipam, Attach::IpamOnly)?;
 //! println!("{}", serde_json::to_string(&result)?);
 //! let addr = result.ips[0].address;
-//! assert_eq!(addr.prefix_len(), 32);
+//! assert_eq!(addr.prefix_len(), 26); // the block's prefix (blockSize 26)
 //! assert!("172.16.0.0/24".parse::<ipnet::IpNet>()?.contains(&addr.addr()));
 //!
 //! plugin::del(&cfg, &Env::from_lookup(vars("DEL"))?, &mut ipam, Attach::IpamOnly)?;

@@ -42,10 +42,12 @@ pub struct AssignParams {
 
 /// The IPAM edge.
 pub trait AddressManager {
-    /// Addresses currently held by `handle` (empty when none).
-    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>>;
-    /// Assigns the requested addresses (all or nothing).
-    fn assign(&mut self, params: &AssignParams) -> Result<Vec<IpAddr>>;
+    /// Addresses currently held by `handle`, each with its block's prefix
+    /// length (empty when none).
+    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpNet>>;
+    /// Assigns the requested addresses (all or nothing), each with its
+    /// block's prefix length.
+    fn assign(&mut self, params: &AssignParams) -> Result<Vec<IpNet>>;
     /// Releases everything `handle` holds; idempotent.
     fn release(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>>;
     /// Releases handles starting with `prefix` whose allocations belong to
@@ -200,10 +202,14 @@ fn host_net(a: IpAddr) -> IpNet {
     IpNet::from(a)
 }
 
-fn sorted(mut addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+fn sorted(mut nets: Vec<IpNet>) -> Vec<IpNet> {
     // IPv4 first, then IPv6: results list them in this order.
-    addrs.sort_by_key(|a| (a.is_ipv6(), *a));
-    addrs
+    nets.sort_by_key(|n| (n.addr().is_ipv6(), n.addr()));
+    nets
+}
+
+fn addrs_of(nets: &[IpNet]) -> Vec<IpAddr> {
+    nets.iter().map(IpNet::addr).collect()
 }
 
 fn params(cfg: &Config, w: &Workload, node: &NodeName) -> AssignParams {
@@ -244,22 +250,25 @@ pub fn add(
         p.netns_exists(w.netns()?)?;
     }
     let held = ipam.held(&w.handle)?;
-    let addrs = sorted(if held.is_empty() {
+    let nets = sorted(if held.is_empty() {
         ipam.assign(&params(cfg, &w, node))?
     } else {
         held
     });
+    let addrs = addrs_of(&nets);
     let v = cfg.version;
     let mut result = CniResult::new(v);
     match attach {
         Attach::IpamOnly => {
-            for a in &addrs {
-                let gw = if a.is_ipv4() {
+            // The block's prefix length, not /32: plugins such as `ptp` and
+            // `bridge` treat the prefix as the pod's subnet (ptp fails on /32).
+            for n in &nets {
+                let gw = if n.addr().is_ipv4() {
                     cfg.ipam.gateway_v4
                 } else {
                     cfg.ipam.gateway_v6
                 };
-                result.push_ip(v, host_net(*a), gw, None);
+                result.push_ip(v, *n, gw, None);
             }
             Ok(result)
         }
@@ -375,7 +384,7 @@ pub fn check(
     if let Attach::Plugin(p) = &mut attach {
         p.netns_exists(w.netns()?)?;
     }
-    let held = sorted(ipam.held(&w.handle)?);
+    let held = addrs_of(&sorted(ipam.held(&w.handle)?));
     let mut diffs = Vec::new();
     if held.is_empty() {
         diffs.push(format!("no addresses are stored for handle {}", w.handle));
@@ -554,7 +563,7 @@ mod tests {
         "node-1".parse().unwrap()
     }
 
-    fn held(ipam: &mut StoreIpam<MemStore>, id: &str) -> Vec<IpAddr> {
+    fn held(ipam: &mut StoreIpam<MemStore>, id: &str) -> Vec<IpNet> {
         ipam.held(&format!("k8s-pod-network.{id}").parse().unwrap())
             .unwrap()
     }
@@ -749,6 +758,7 @@ mod tests {
         assert!(r.interfaces.is_empty() && r.routes.is_empty());
         assert_eq!(r.ips[0].gateway, Some("169.254.1.1".parse().unwrap()));
         assert_eq!(r.ips[0].interface, None);
+        assert_eq!(r.ips[0].address.prefix_len(), 30, "the block's prefix");
         del(&c, &env("DEL", "c1"), &mut ipam, Attach::IpamOnly).unwrap();
         assert!(held(&mut ipam, "c1").is_empty());
     }

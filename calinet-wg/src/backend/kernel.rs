@@ -4,10 +4,12 @@
 //! The messages are built and parsed here at the byte level (a few dozen lines
 //! of TLV code) instead of through `wireguard-control` 2.0.0, whose kernel
 //! backend pulls netlink-packet-core 0.7 / netlink-packet-route 0.21 next to
-//! the workspace's 0.9 / 0.34, always sends whole peers, and gives no control
-//! over message splitting. The kernel of the build machines has no WireGuard
-//! module, so this backend is tested on encoded bytes; its live test reports
-//! SKIPPED there.
+//! the workspace's 0.9 / 0.34 and has no update-only peer flag (it splits
+//! large requests itself, but with its own fixed limit and no way to report
+//! how many messages an apply took). The kernel of the build machines has no
+//! WireGuard module, so this backend is tested on encoded bytes (also against
+//! rust-netlink's independent `netlink-packet-wireguard` in
+//! `tests/netlink_oracle.rs`); its live test reports SKIPPED there.
 //!
 //! Splitting: like `wg(8)`, a set request is cut into messages of at most a
 //! byte budget (default 8192, libmnl's socket buffer size); a peer whose allowed

@@ -116,7 +116,12 @@ fn store_allocations(path: &Path) -> BTreeSet<(IpAddr, String)> {
         .iter()
         .flat_map(|(b, _)| {
             b.allocations()
-                .map(|(o, a)| (b.addr(o), a.handle.clone().unwrap_or_default()))
+                .map(|(o, a)| {
+                    (
+                        b.addr(o),
+                        a.handle.as_deref().unwrap_or_default().to_owned(),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .collect()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use calinet_policy::compile::{Options, Pool, compile};
 use calinet_policy::ir::Ruleset;
 use calinet_policy::model::{AnyResource, Profile, parse_yaml};
-use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket, full_transaction};
+use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket, diff_transaction, full_transaction};
 use calinet_policy::nft::{NftCli, render_diff, render_full};
 use calinet_policy::semantics::{Endpoint, Endpoints, NamedPort, PolicyModel};
 
@@ -179,7 +179,7 @@ fn main() {
     let mut t_nl = Vec::new();
     let mut t_nft = Vec::new();
     let mut messages = 0;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let start = Instant::now();
         let tx = full_transaction(&rs).unwrap();
         let built = start.elapsed();
@@ -206,15 +206,13 @@ fn main() {
 
     // 3. One more endpoint, like existing ones (same labels as pod 0).
     let m = model();
-    let mut backend = NetlinkBackend::new(NetlinkSocket::open_in(&ns.path()).unwrap());
     let mut t_compile = Vec::new();
-    let mut t_apply = Vec::new();
+    let mut t_send = Vec::new();
     let mut t_nft_diff = Vec::new();
     let mut msgs = 0;
     let mut touched = false;
-    for round in 0..3 {
-        backend.reset();
-        backend.apply(&rs).unwrap();
+    for round in 0..5 {
+        sock.send(&full_transaction(&rs).unwrap()).unwrap();
         let mut extra = endpoint(0);
         extra.name = format!("ns0/extra{round}");
         extra.interface = format!("caliextra{round}");
@@ -225,22 +223,33 @@ fn main() {
         let d = rs.diff(&next);
         t_compile.push(start.elapsed());
         let start = Instant::now();
-        let st = backend.apply(&next).unwrap();
-        t_apply.push(start.elapsed());
-        msgs = st.messages;
-        touched = st.touched_rules;
+        let tx = diff_transaction(&rs.table, &d).unwrap();
+        sock.send(&tx).unwrap();
+        t_send.push(start.elapsed());
+        msgs = tx.messages;
+        touched = d.touches_rules();
         // Anchor: the same change as an nft script, from the same starting state.
-        backend.reset();
-        backend.apply(&rs).unwrap();
+        sock.send(&full_transaction(&rs).unwrap()).unwrap();
         let diff_script = render_diff(&rs.table, &d);
         let start = Instant::now();
         nft.apply(&diff_script).unwrap();
         t_nft_diff.push(start.elapsed());
     }
     println!(
-        "add one endpoint: recompile + diff median {}, netlink apply median {} ({msgs} messages, rules touched: {touched}), nft -f of the diff median {}",
+        "add one endpoint: recompile + diff median {}; netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
         ms(median(t_compile)),
-        ms(median(t_apply)),
+        ms(median(t_send)),
         ms(median(t_nft_diff)),
+    );
+    // The stateful backend (diff against what it installed, then send) end to end.
+    let mut backend = NetlinkBackend::new(NetlinkSocket::open_in(&ns.path()).unwrap());
+    backend.apply(&rs).unwrap();
+    let next = build(&m, ENDPOINTS + 1);
+    let start = Instant::now();
+    let st = backend.apply(&next).unwrap();
+    println!(
+        "  NetlinkBackend::apply of that update (diff + send + bookkeeping): {} ({} messages)",
+        ms(start.elapsed()),
+        st.messages
     );
 }

@@ -1005,3 +1005,78 @@ fn dual_stack_vxlan_crosssubnet_uses_vxlan_v6_across_subnets() {
         "dual stack CrossSubnet: IPv6 {plain} plain same-subnet, {wrapped} VXLAN-over-IPv6 cross-subnet echo requests; IPv4 matrix ok"
     );
 }
+
+/// Full-size don't-fragment pings from pod to pod: `payload` bytes of ICMP
+/// data, i.e. an IPv4 packet of `payload + 28`.
+fn df_ping(from: &SeedPod, to: Ipv4Addr, payload: u32) -> bool {
+    from.ns
+        .exec(
+            "ping",
+            &[
+                "-n",
+                "-q",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-w",
+                "3",
+                "-M",
+                "do",
+                "-s",
+                &payload.to_string(),
+                &to.to_string(),
+            ],
+        )
+        .is_ok()
+}
+
+fn set_pod_mtu(o: &Overlay, node: &str, mtu: u32) {
+    let mtu = mtu.to_string();
+    o.seed
+        .node(node)
+        .unwrap()
+        .ip(&["link", "set", "calilab0", "mtu", &mtu])
+        .unwrap();
+    o.pod(node)
+        .ns
+        .ip(&["link", "set", "eth0", "mtu", &mtu])
+        .unwrap();
+}
+
+#[test]
+fn pod_mtu_fits_the_vxlan_path_and_the_host_mtu_does_not() {
+    testlab::require!(Feature::Vxlan);
+    let o = Overlay::build("pod_mtu_fits_the_vxlan_path_and_the_host_mtu_does_not");
+    let applied = o.apply(Never, Always);
+    let w1 = &applied[1].0;
+    let (host, pod) = (w1.mtu.host, w1.mtu.pod);
+    assert_eq!((host, pod), (1500, 1450));
+    let (from, to) = (o.pod("k8s-w1"), o.pod("k8s-w0").addr);
+
+    // Pods at the decided MTU: the largest packet they can send crosses the
+    // overlay unfragmented.
+    for node in ["k8s-w1", "k8s-w0"] {
+        set_pod_mtu(&o, node, pod);
+    }
+    assert!(
+        df_ping(from, to, pod - 28),
+        "a {pod}-byte packet should cross VXLAN"
+    );
+
+    // Pods at the host MTU (the overhead ignored): a full-size packet does not
+    // fit vxlan.calico and is refused (fragmentation needed).
+    for node in ["k8s-w1", "k8s-w0"] {
+        set_pod_mtu(&o, node, host);
+    }
+    assert!(
+        !df_ping(from, to, host - 28),
+        "a {host}-byte packet cannot fit VXLAN"
+    );
+    // ...while one that fits the path still works.
+    assert!(df_ping(from, to, pod - 28));
+    println!(
+        "pod MTU {pod}: {}-byte DF packets cross VXLAN; {host}-byte ones are refused",
+        pod
+    );
+}

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use calinet_policy::compile::{Options, Pool, compile};
+use calinet_policy::compile::{Incremental, Options, Pool, compile};
 use calinet_policy::ir::Ruleset;
 use calinet_policy::model::{AnyResource, Profile, parse_yaml};
 use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket, diff_transaction, full_transaction};
@@ -206,7 +206,16 @@ fn main() {
 
     // 3. One more endpoint, like existing ones (same labels as pod 0).
     let m = model();
-    let mut t_compile = Vec::new();
+    let mut inc = Incremental::new(
+        m.clone(),
+        (0..ENDPOINTS).map(endpoint),
+        pools(),
+        Options::default(),
+    )
+    .unwrap();
+    let mut t_full = Vec::new();
+    let mut t_inc = Vec::new();
+    let mut t_diff = Vec::new();
     let mut t_send = Vec::new();
     let mut t_nft_diff = Vec::new();
     let mut msgs = 0;
@@ -217,11 +226,19 @@ fn main() {
         extra.name = format!("ns0/extra{round}");
         extra.interface = format!("caliextra{round}");
         extra.addrs = vec!["10.200.0.1".parse().unwrap()];
+        // Full recompile, for comparison.
         let start = Instant::now();
-        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra]));
-        let next = compile(&m, &eps, &pools(), &Options::default()).unwrap();
-        let d = rs.diff(&next);
-        t_compile.push(start.elapsed());
+        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra.clone()]));
+        let full = compile(&m, &eps, &pools(), &Options::default()).unwrap();
+        t_full.push(start.elapsed());
+        // Incremental: one endpoint against the existing sets and policies.
+        let start = Instant::now();
+        inc.upsert_endpoint(extra.clone()).unwrap();
+        t_inc.push(start.elapsed());
+        assert_eq!(inc.ruleset(), &full, "incremental equals full compile");
+        let start = Instant::now();
+        let d = rs.diff(inc.ruleset());
+        t_diff.push(start.elapsed());
         let start = Instant::now();
         let tx = diff_transaction(&rs.table, &d).unwrap();
         sock.send(&tx).unwrap();
@@ -234,10 +251,13 @@ fn main() {
         let start = Instant::now();
         nft.apply(&diff_script).unwrap();
         t_nft_diff.push(start.elapsed());
+        inc.remove_endpoint(&extra.name);
     }
     println!(
-        "add one endpoint: recompile + diff median {}; netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
-        ms(median(t_compile)),
+        "add one endpoint: incremental compile median {} (full recompile {}), diff {}, netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
+        ms(median(t_inc)),
+        ms(median(t_full)),
+        ms(median(t_diff)),
         ms(median(t_send)),
         ms(median(t_nft_diff)),
     );

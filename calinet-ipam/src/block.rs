@@ -613,6 +613,16 @@ null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,
 
 /// Write `n` (< 100000) in decimal into `buf`; returns the length.
 fn small_u32(buf: &mut [u8], n: u32) -> usize {
+    // Ordinals of /26 blocks are below 100: one or two bytes, no division loop.
+    if n < 10 {
+        buf[0] = b'0' + n as u8;
+        return 1;
+    }
+    if n < 100 {
+        buf[0] = b'0' + (n / 10) as u8;
+        buf[1] = b'0' + (n % 10) as u8;
+        return 2;
+    }
     let digits = match n {
         0..=9 => 1,
         10..=99 => 2,

@@ -108,6 +108,14 @@ pub fn compile(
 }
 
 fn check_interfaces(eps: &Endpoints, opts: &Options) -> Result<(), Error> {
+    let p = &opts.workload_prefix;
+    if p.is_empty() || p.len() > 14 || !p.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        return Err(Error::Invalid {
+            resource: "compiler options".into(),
+            field: "workload_prefix".into(),
+            reason: format!("{p:?} is not 1 to 14 printable bytes of an interface name"),
+        });
+    }
     let mut seen_if = BTreeMap::new();
     for ep in eps.by_name.values().filter(|e| e.local) {
         check_interface(ep, opts)?;

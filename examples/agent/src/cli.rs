@@ -143,6 +143,14 @@ pub struct RunArgs {
     /// Full resync interval in seconds (Calico: 90).
     #[arg(long, default_value_t = 90)]
     pub resync_secs: u64,
+    /// WireGuard device name (userspace devices share one control-socket
+    /// directory per machine, so nodes on one machine need distinct names).
+    #[arg(long, default_value = calinet_wg::model::DEFAULT_IFNAME_V4)]
+    pub wireguard_ifname: String,
+    /// WireGuard private key file (default: beside the datastore,
+    /// `wireguard-<node>.key`), created 0600.
+    #[arg(long)]
+    pub wireguard_key_file: Option<PathBuf>,
 }
 
 fn read_input(file: &str) -> Result<String> {
@@ -308,6 +316,13 @@ pub fn execute(cli: Cli) -> Result<i32> {
                     poll: Duration::from_millis(r.poll_ms),
                     resync: Duration::from_secs(r.resync_secs),
                     max_reconciles: None,
+                    wireguard: crate::wireguard::WgOptions {
+                        ifname: r.wireguard_ifname.clone(),
+                        key_file: r.wireguard_key_file.clone().unwrap_or_else(|| {
+                            cli.datastore
+                                .with_file_name(format!("wireguard-{}.key", r.node))
+                        }),
+                    },
                 },
             )?;
             Ok(0)

@@ -122,7 +122,7 @@ impl Mode {
     }
 
     fn router_learns_blocks(self) -> bool {
-        matches!(self, Mode::Direct | Mode::Wireguard)
+        matches!(self, Mode::Direct)
     }
 }
 
@@ -346,6 +346,8 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         .arg("--datastore")
         .arg(datastore)
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
+        // wireguard-go's control sockets share /var/run/wireguard machine-wide.
+        .args(["--wireguard-ifname", &wg_ifname(state, node)])
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
@@ -362,6 +364,49 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         pid: child.id(),
         log,
     })
+}
+
+/// A WireGuard device name unique on the machine: `wg<pid of the lab>n<i>`.
+fn wg_ifname(state: &LabState, node: &LabNode) -> String {
+    let i = state
+        .nodes
+        .iter()
+        .position(|n| n.name == node.name)
+        .unwrap_or(0);
+    let id: String = state
+        .router
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(9)
+        .collect();
+    format!("wg{id}n{i}")
+}
+
+/// Stops the `wireguard-go -f <ifname>` an agent started (it outlives agent
+/// restarts like a kernel device would). Found by its exact command line.
+fn stop_wireguard_go(ifname: &str) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let want = format!("wireguard-go\0-f\0{ifname}\0");
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline == want.as_bytes() {
+            // SAFETY: signalling the wireguard-go this lab's agent started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && e.path().exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if e.path().exists() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
 /// Sends SIGTERM to an agent (if the pid is still one of ours) and waits.
@@ -586,7 +631,7 @@ fn path_matches(mode: Mode, a: &LabNode, b: &LabNode, path: &str) -> bool {
         Mode::Vxlan => path == "vxlan",
         Mode::Crosssubnet => path == if same_subnet { "direct" } else { "vxlan" },
         Mode::Direct => path == "direct",
-        Mode::Wireguard => path.starts_with("wireguard"),
+        Mode::Wireguard => path == "wireguard (underlying direct)",
         Mode::Ipip => path == "ipip",
     }
 }
@@ -938,6 +983,9 @@ pub fn down(state_dir: &Path) -> Result<()> {
     for a in &state.agents {
         stop_agent(a);
     }
+    for n in &state.nodes {
+        stop_wireguard_go(&wg_ifname(&state, n));
+    }
     for ns in state.namespaces.iter().rev() {
         let _ = testlab::cmd::run("ip", &["netns", "del", ns]);
     }
@@ -1055,6 +1103,9 @@ impl Drop for RunningLab {
     fn drop(&mut self) {
         for a in &self.state.agents {
             stop_agent(a);
+        }
+        for n in &self.state.nodes {
+            stop_wireguard_go(&wg_ifname(&self.state, n));
         }
         drop(self.lab.take());
         let _ = std::fs::remove_dir_all(&self.state.state_dir);

@@ -593,9 +593,12 @@ impl Block {
 
     /// Release every ordinal of a handle; returns them.
     pub fn release_handle(&mut self, handle: &str, now: u64, cooldown: u64) -> Vec<u32> {
-        let ords = self.ordinals_of(handle);
-        for &o in &ords {
-            self.release(o, now, cooldown);
+        let mut ords = Vec::new();
+        for o in 0..self.allocs.len() {
+            if self.allocs[o].as_ref().and_then(|a| a.handle.as_deref()) == Some(handle) {
+                self.release(o as u32, now, cooldown);
+                ords.push(o as u32);
+            }
         }
         ords
     }

@@ -147,7 +147,8 @@ type Mask = Option<Arc<BitVec<u64, Lsb0>>>;
 #[derive(Debug, Default)]
 struct Cache {
     snapshot: Option<Arc<Snapshot>>,
-    blocks: FastMap<BlockCidr, (Block, Revision)>,
+    /// Boxed: blocks move in and out of the cache on every write.
+    blocks: FastMap<BlockCidr, (Box<Block>, Revision)>,
     node_blocks: FastMap<NodeName, NodeBlocks>,
     /// `{node: <name>}` attributes per node, shared by its allocations.
     node_attrs: FastMap<NodeName, Arc<Attributes>>,
@@ -225,6 +226,11 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Whether a block's affinity is `host:<node>` (without formatting it).
+fn affine_to(block: &Block, node: &NodeName) -> bool {
+    block.affinity().and_then(|a| a.strip_prefix("host:")) == Some(node.as_str())
 }
 
 fn host_affinity(node: &NodeName) -> String {
@@ -472,14 +478,15 @@ impl<S: Store> Ipam<S> {
 
     fn load_block(&self, c: &mut Cache, cidr: BlockCidr) -> Result<Option<(Block, Revision)>> {
         if let Some(b) = c.blocks.get(&cidr) {
-            return Ok(Some(b.clone()));
+            return Ok(Some(((*b.0).clone(), b.1)));
         }
         let key = keys::block(&cidr);
         match self.store.get(&key)? {
             None => Ok(None),
             Some(kv) => {
                 let b = Block::from_json(&key, &kv.value)?;
-                c.blocks.insert(cidr, (b.clone(), kv.mod_revision));
+                c.blocks
+                    .insert(cidr, (Box::new(b.clone()), kv.mod_revision));
                 Ok(Some((b, kv.mod_revision)))
             }
         }
@@ -487,14 +494,17 @@ impl<S: Store> Ipam<S> {
 
     /// Like `load_block` but moves the block out of the cache (no clone). The
     /// caller puts it back or commits a successor.
-    fn take_block(&self, c: &mut Cache, cidr: BlockCidr) -> Result<Option<(Block, Revision)>> {
+    fn take_block(&self, c: &mut Cache, cidr: BlockCidr) -> Result<Option<(Box<Block>, Revision)>> {
         if let Some(b) = c.blocks.remove(&cidr) {
             return Ok(Some(b));
         }
         let key = keys::block(&cidr);
         match self.store.get(&key)? {
             None => Ok(None),
-            Some(kv) => Ok(Some((Block::from_json(&key, &kv.value)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((
+                Box::new(Block::from_json(&key, &kv.value)?),
+                kv.mod_revision,
+            ))),
         }
     }
 
@@ -650,7 +660,7 @@ impl<S: Store> Ipam<S> {
     fn commit_block(
         &self,
         c: &mut Cache,
-        block: Block,
+        block: Box<Block>,
         rev: Revision,
         handle: Option<&HandleId>,
         delta: i64,
@@ -776,7 +786,6 @@ impl<S: Store> Ipam<S> {
                 .iter()
                 .any(|&i| snap.pools[i].spec.cidr.contains(&cidr.net().network()))
         };
-        let aff = host_affinity(&req.node);
         let secs = unix_secs(now);
         let cooldown = self.opts.reuse_cooldown.as_secs();
         // Record the node with each allocation (as Calico's CNI plugin does),
@@ -821,7 +830,7 @@ impl<S: Store> Ipam<S> {
                     attempts += 1;
                     continue 'outer;
                 };
-                if block.affinity() != Some(aff.as_str()) {
+                if !affine_to(&block, &req.node) {
                     Self::forget_node(c, &req.node, fam);
                     attempts += 1;
                     continue 'outer;
@@ -889,10 +898,11 @@ impl<S: Store> Ipam<S> {
                 for kv in self.store.list(&prefix)? {
                     let block = Block::from_json(&kv.key, &kv.value)?;
                     let cidr = block.cidr();
-                    if !in_pools(&cidr) || block.affinity() == Some(aff.as_str()) {
+                    if !in_pools(&cidr) || affine_to(&block, &req.node) {
                         continue;
                     }
-                    c.blocks.insert(cidr, (block.clone(), kv.mod_revision));
+                    c.blocks
+                        .insert(cidr, (Box::new(block.clone()), kv.mod_revision));
                     let mask = Self::mask(c, &snap, cidr);
                     let pick = Pick {
                         reserved: mask.as_deref().map(|m| m.as_bitslice()),
@@ -902,7 +912,7 @@ impl<S: Store> Ipam<S> {
                     if block.available(&pick) == 0 {
                         continue;
                     }
-                    let mut nb = block;
+                    let mut nb = Box::new(block);
                     let ords = nb.allocate(need, &owner, Some(&attrs), &pick);
                     let seq = nb.sequence_number();
                     let k = ords.len() as i64;
@@ -1063,7 +1073,7 @@ impl<S: Store> Ipam<S> {
         ];
         match self.store.txn(&ops) {
             Ok(rev) => {
-                c.blocks.insert(cidr, (block, rev));
+                c.blocks.insert(cidr, (Box::new(block), rev));
                 Self::add_node_block(c, node, cidr);
                 Ok(true)
             }
@@ -1117,7 +1127,7 @@ impl<S: Store> Ipam<S> {
                 value: affinity_json(node, &cidr, AffinityState::Confirmed),
             }),
         }
-        match self.commit_block(c, nb, rev, None, 0, ops)? {
+        match self.commit_block(c, Box::new(nb), rev, None, 0, ops)? {
             Step::Done => {
                 Self::add_node_block(c, node, cidr);
                 Ok(true)
@@ -1202,7 +1212,7 @@ impl<S: Store> Ipam<S> {
             )
             .map_err(|_| Error::AddressInUse { addr, handle: None })?;
             let seq = nb.sequence_number();
-            match self.commit_block(&mut c, nb, rev, Some(handle), 1, Vec::new())? {
+            match self.commit_block(&mut c, Box::new(nb), rev, Some(handle), 1, Vec::new())? {
                 Step::Done => {
                     return Ok(AssignedAddr {
                         addr,
@@ -1391,7 +1401,7 @@ impl<S: Store> Ipam<S> {
             let owner = a.handle.as_deref().and_then(|h| h.parse::<HandleId>().ok());
             let mut nb = block;
             nb.release(ord, unix_secs(now), self.opts.reuse_cooldown.as_secs());
-            match self.commit_block(c, nb, rev, owner.as_ref(), -1, Vec::new())? {
+            match self.commit_block(c, Box::new(nb), rev, owner.as_ref(), -1, Vec::new())? {
                 Step::Done => return Ok(true),
                 Step::Retry(keys) if attempt == self.opts.max_retries => {
                     return Err(self.give_up(format!("release_ip {addr}"), attempt + 1, keys));

@@ -313,9 +313,9 @@ pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
     for p in &state.pods {
         let _ = write!(
             y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: web\n\
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: web\n    run: {}\n\
              \x20 annotations:\n    calinet.io/netns: /run/netns/{}\nspec:\n  nodeName: {}\n  containers:\n  - name: web\n    ports:\n    - name: http\n      containerPort: 80\n",
-            p.name, p.netns, p.node
+            p.name, p.name, p.netns, p.node
         );
     }
     y
@@ -1086,6 +1086,41 @@ impl RunningLab {
             .find(|n| n.name == node)
             .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
         agent_metrics(&n.netns)
+    }
+
+    /// Applies YAML to the lab's datastore (as `apply -f` does).
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        apply_text(store.as_ref(), yaml)
+    }
+
+    /// Deletes the resources named in YAML (as `delete -f` does).
+    pub fn delete(&self, yaml: &str) -> Result<()> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        for d in crate::resources::parse_documents("<lab>", yaml)? {
+            datastore::delete_if_present(store.as_ref(), &d.resource.key_value().0)?;
+        }
+        Ok(())
+    }
+
+    /// The datastore's current view.
+    pub fn view(&self) -> Result<ClusterView> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        read_view(store.as_ref())
+    }
+
+    /// Whether pod `from` gets an answer from pod `to` (one ping, 2 s).
+    pub fn ping_pod(&self, from: &str, to: &str) -> Result<bool> {
+        let view = self.view()?;
+        let src = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.name == from)
+            .ok_or_else(|| Error::Lab(format!("no pod {from}")))?;
+        let addr =
+            pod_addr(&view, to).ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
+        Ok(ping(&src.netns, addr))
     }
 
     /// Leaves everything running for `lab down`.

@@ -47,6 +47,56 @@ fn check(lab: &RunningLab, mode: Mode) {
     }
 }
 
+const POLICY: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: w1-only-from-m
+  namespace: default
+spec:
+  podSelector:
+    matchLabels: {run: web-k8s-w1}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {run: web-k8s-m}
+";
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{what}: not within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Kubernetes NetworkPolicy applied to the datastore is compiled and
+/// installed by the agent of the selected pod's node, and removed again.
+fn policy_is_enforced(lab: &RunningLab) {
+    assert!(lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap());
+    lab.apply(POLICY).unwrap();
+    eventually("w2 -> w1 denied by the policy", || {
+        !lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap()
+    });
+    assert!(
+        lab.ping_pod("web-k8s-m", "web-k8s-w1").unwrap(),
+        "m -> w1 allowed"
+    );
+    assert!(
+        lab.ping_pod("web-k8s-w1", "web-k8s-w2").unwrap(),
+        "egress of w1 not limited"
+    );
+    let rules = metric(lab, "k8s-w1", "calinet_policy_rules").unwrap();
+    assert!(rules > 0.0);
+    lab.delete(POLICY).unwrap();
+    eventually("w2 -> w1 allowed again", || {
+        lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap()
+    });
+}
+
 fn metric(lab: &RunningLab, node: &str, name: &str) -> Option<f64> {
     lab.metrics(node).ok().and_then(|m| sample(&m, name))
 }
@@ -98,6 +148,7 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
         lab.switch_mode(mode).expect("mode switch");
         check(&lab, mode);
     }
+    policy_is_enforced(&lab);
     if testlab::Feature::check(testlab::Feature::WireguardGo).is_ok() {
         lab.switch_mode(Mode::Wireguard).expect("mode switch");
         check(&lab, Mode::Wireguard);

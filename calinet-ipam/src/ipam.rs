@@ -228,6 +228,49 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Calico's IPAMHandle JSON, written by hand (it is on every allocation's
+/// path); same document as serialising the struct.
+fn handle_json(h: &IpamHandle) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + h.handle_id.len());
+    let w = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
+    out.extend_from_slice(b"{\"handleID\":");
+    w(&mut out, &h.handle_id.as_str());
+    out.extend_from_slice(b",\"block\":{");
+    for (i, (k, n)) in h.block.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        w(&mut out, &k.as_str());
+        out.push(b':');
+        w(&mut out, n);
+    }
+    out.extend_from_slice(if h.deleted {
+        b"},\"deleted\":true"
+    } else {
+        b"},\"deleted\":false"
+    });
+    for (k, v) in &h.extra {
+        out.push(b',');
+        w(&mut out, &k.as_str());
+        out.push(b':');
+        w(&mut out, v);
+    }
+    out.push(b'}');
+    out
+}
+
+mod erased {
+    /// Write one JSON value (strings escaped by serde_json).
+    pub(super) trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            serde_json::to_writer(out, self).expect("JSON value serialises");
+        }
+    }
+}
+
 /// Whether a block's affinity is `host:<node>` (without formatting it).
 fn affine_to(block: &Block, node: &NodeName) -> bool {
     block.affinity().and_then(|a| a.strip_prefix("host:")) == Some(node.as_str())
@@ -627,7 +670,7 @@ impl<S: Store> Ipam<S> {
                     deleted: false,
                     extra: Default::default(),
                 };
-                let v = serde_json::to_vec(&h).expect("handle serialises");
+                let v = handle_json(&h);
                 Ok((Some(TxnOp::Create { key, value: v }), Some(h)))
             }
             Some((mut h, rev)) => {
@@ -640,7 +683,7 @@ impl<S: Store> Ipam<S> {
                 if h.block.is_empty() {
                     Ok((Some(TxnOp::Delete { key, expected: rev }), None))
                 } else {
-                    let v = serde_json::to_vec(&h).expect("handle serialises");
+                    let v = handle_json(&h);
                     Ok((
                         Some(TxnOp::Update {
                             key,
@@ -1620,5 +1663,30 @@ impl<S: Store> Ipam<S> {
         }
         self.refresh();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_written_handle_json_matches_serde() {
+        let mut h = IpamHandle {
+            handle_id: "k8s-pod-network.a\"b".into(),
+            block: [
+                ("10.0.0.0/26".to_string(), 2),
+                ("10.0.0.64/26".to_string(), 1),
+            ]
+            .into(),
+            deleted: false,
+            extra: Default::default(),
+        };
+        h.extra
+            .insert("future".into(), serde_json::json!({"x": [1, 2]}));
+        let mine: serde_json::Value = serde_json::from_slice(&handle_json(&h)).expect("valid JSON");
+        assert_eq!(mine, serde_json::to_value(&h).expect("serde"));
+        let back: IpamHandle = serde_json::from_slice(&handle_json(&h)).expect("decodes");
+        assert_eq!(back, h);
     }
 }

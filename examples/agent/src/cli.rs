@@ -151,6 +151,9 @@ pub struct RunArgs {
     /// `wireguard-<node>.key`), created 0600.
     #[arg(long)]
     pub wireguard_key_file: Option<PathBuf>,
+    /// Fault injection: every datastore operation fails while this file exists.
+    #[arg(long, hide = true)]
+    pub datastore_fault_file: Option<PathBuf>,
 }
 
 fn read_input(file: &str) -> Result<String> {
@@ -304,7 +307,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(r) => {
-            let store = store(&cli)?;
+            let mut store = store(&cli)?;
+            if let Some(marker) = &r.datastore_fault_file {
+                store = std::sync::Arc::new(datastore::FaultStore::new(store, marker.clone()));
+            }
             let metrics =
                 (r.metrics_port != 0).then(|| SocketAddr::new(r.metrics_address, r.metrics_port));
             crate::agent::run(

@@ -348,6 +348,8 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
         // wireguard-go's control sockets share /var/run/wireguard machine-wide.
         .args(["--wireguard-ifname", &wg_ifname(state, node)])
+        .arg("--datastore-fault-file")
+        .arg(fault_file(state, &node.name))
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
@@ -364,6 +366,11 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         pid: child.id(),
         log,
     })
+}
+
+/// While this file exists, the agent of `node` sees a datastore outage.
+pub fn fault_file(state: &LabState, node: &str) -> PathBuf {
+    state.state_dir.join(format!("datastore-outage-{node}"))
 }
 
 /// A WireGuard device name unique on the machine: `wg<pid of the lab>n<i>`.
@@ -1107,6 +1114,53 @@ impl RunningLab {
     pub fn view(&self) -> Result<ClusterView> {
         let store = datastore::open(&self.state.datastore, None)?;
         read_view(store.as_ref())
+    }
+
+    /// Adds pod `name` on `node` (a new sandbox namespace and its Pod resource);
+    /// returns the Pod YAML (to delete it later).
+    pub fn add_pod(&mut self, name: &str, node: &str) -> Result<String> {
+        let lab = self
+            .lab
+            .as_ref()
+            .ok_or_else(|| Error::Lab("the lab is no longer owned by this process".into()))?;
+        let ns = lab.pod(&format!("pod-{name}"))?;
+        self.state.namespaces.push(ns.name().to_owned());
+        let pod = LabPod {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            netns: ns.name().to_owned(),
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{run: {name}}}\n  annotations:\n    calinet.io/netns: /run/netns/{}\nspec:\n  nodeName: {node}\n",
+            pod.netns
+        );
+        self.state.pods.push(pod);
+        save_state(&self.state.state_dir, &self.state)?;
+        self.apply(&yaml)?;
+        Ok(yaml)
+    }
+
+    /// Removes a pod added with [`RunningLab::add_pod`] from the datastore and
+    /// from the lab's pod list (its namespace goes with the lab).
+    pub fn remove_pod(&mut self, name: &str, yaml: &str) -> Result<()> {
+        self.delete(yaml)?;
+        self.state.pods.retain(|p| p.name != name);
+        save_state(&self.state.state_dir, &self.state)
+    }
+
+    /// Starts or ends a datastore outage for the agent of `node`.
+    pub fn datastore_outage(&self, node: &str, on: bool) -> Result<()> {
+        let f = fault_file(&self.state, node);
+        let r = if on {
+            std::fs::write(&f, b"outage\n")
+        } else {
+            std::fs::remove_file(&f)
+        };
+        r.map_err(|source| Error::Io {
+            what: "toggle the outage marker",
+            path: f,
+            source,
+        })
     }
 
     /// Whether pod `from` gets an answer from pod `to` (one ping, 2 s).

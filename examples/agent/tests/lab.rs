@@ -97,6 +97,58 @@ fn policy_is_enforced(lab: &RunningLab) {
     });
 }
 
+/// While its datastore is unreachable an agent keeps the dataplane and
+/// retries with backoff; afterwards it catches up (a pod added meanwhile gets
+/// its address and connectivity), and a deleted pod's address is released.
+fn datastore_outage_keeps_the_dataplane(lab: &mut RunningLab) {
+    let errors = "calinet_errors_total{kind=\"datastore\"}";
+    let writes = metric(lab, "k8s-w1", "calinet_dataplane_writes_total").unwrap();
+    lab.datastore_outage("k8s-w1", true).unwrap();
+    eventually("the agent sees the outage", || {
+        metric(lab, "k8s-w1", errors).unwrap_or(0.0) >= 3.0
+    });
+    assert_eq!(metric(lab, "k8s-w1", "calinet_converged"), Some(0.0));
+    // A pod scheduled to the node during the outage.
+    let yaml = lab.add_pod("late-k8s-w1", "k8s-w1").unwrap();
+    for (from, to) in [("web-k8s-m", "web-k8s-w1"), ("web-k8s-w1", "web-k8s-w0")] {
+        assert!(
+            lab.ping_pod(from, to).unwrap(),
+            "{from} -> {to} during the outage"
+        );
+    }
+    assert_eq!(
+        metric(lab, "k8s-w1", "calinet_dataplane_writes_total"),
+        Some(writes),
+        "nothing written during the outage"
+    );
+    // Backoff: the error count grows slower than the 300 ms poll would.
+    let e1 = metric(lab, "k8s-w1", errors).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let e2 = metric(lab, "k8s-w1", errors).unwrap();
+    assert!(e2 - e1 < 6.0, "retries back off: {e1} -> {e2} in 3 s");
+    lab.datastore_outage("k8s-w1", false).unwrap();
+    eventually("the late pod is reachable", || {
+        lab.ping_pod("web-k8s-m", "late-k8s-w1").unwrap_or(false)
+    });
+    assert_eq!(
+        metric(lab, "k8s-w1", "calinet_workload_endpoints"),
+        Some(2.0)
+    );
+    lab.remove_pod("late-k8s-w1", &yaml).unwrap();
+    eventually("the late pod's endpoint and address are gone", || {
+        let view = lab.view().unwrap();
+        view.weps.len() == 4
+            && calinet_agent::show::ipam_check(&view).1 == 0
+            && calinet_agent::show::ipam_show(
+                &view,
+                Default::default(),
+                calinet_agent::show::Output::Json,
+            )
+            .unwrap()
+            .contains("\"ipsInUse\": 8")
+    });
+}
+
 fn metric(lab: &RunningLab, node: &str, name: &str) -> Option<f64> {
     lab.metrics(node).ok().and_then(|m| sample(&m, name))
 }
@@ -142,6 +194,9 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     assert_eq!(sample(&m, "calinet_routes"), Some(5.0), "{m}");
     assert_eq!(sample(&m, "calinet_workload_endpoints"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "calinet_vxlan_neighbours"), Some(3.0), "{m}");
+    check(&lab, Mode::Vxlan);
+
+    datastore_outage_keeps_the_dataplane(&mut lab);
     check(&lab, Mode::Vxlan);
 
     for mode in [Mode::Crosssubnet, Mode::Direct] {

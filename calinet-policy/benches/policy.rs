@@ -113,6 +113,16 @@ fn build(m: &PolicyModel, n: usize) -> Ruleset {
     compile(m, &eps, &pools(), &Options::default()).unwrap()
 }
 
+/// CPU time (user + system) of this thread or of waited-for children; the
+/// machine is shared and loaded, so CPU time is the steadier comparison.
+fn cpu(who: i32) -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -178,30 +188,38 @@ fn main() {
     let script = render_full(&rs);
     let mut t_nl = Vec::new();
     let mut t_nft = Vec::new();
+    let mut c_nl = Vec::new();
+    let mut c_nft = Vec::new();
     let mut messages = 0;
     for _ in 0..5 {
-        let start = Instant::now();
+        let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_THREAD));
         let tx = full_transaction(&rs).unwrap();
         let built = start.elapsed();
         sock.send(&tx).unwrap();
         t_nl.push(start.elapsed());
+        c_nl.push(cpu(libc::RUSAGE_THREAD) - c0);
         println!(
             "  netlink: build {} + send/ack {}",
             ms(built),
             ms(start.elapsed() - built)
         );
         messages = tx.messages;
-        let start = Instant::now();
+        let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_CHILDREN));
         nft.apply(&script).unwrap();
         t_nft.push(start.elapsed());
+        c_nft.push(cpu(libc::RUSAGE_CHILDREN) - c0);
     }
     let (nl, nf) = (median(t_nl), median(t_nft));
+    let (cnl, cnf) = (median(c_nl), median(c_nft));
     println!(
-        "full apply: netlink median {} ({messages} messages), nft -f median {} ({} script lines); nft/netlink = {:.1}x",
+        "full apply: netlink median {} wall / {} CPU ({messages} messages), nft -f median {} wall / {} CPU ({} script lines); nft/netlink = {:.1}x wall, {:.1}x CPU",
         ms(nl),
+        ms(cnl),
         ms(nf),
+        ms(cnf),
         script.lines().count(),
-        nf.as_secs_f64() / nl.as_secs_f64()
+        nf.as_secs_f64() / nl.as_secs_f64(),
+        cnf.as_secs_f64() / cnl.as_secs_f64()
     );
 
     // 3. One more endpoint, like existing ones (same labels as pod 0).

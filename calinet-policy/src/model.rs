@@ -18,6 +18,8 @@ pub const CALICO_API: &str = "projectcalico.org/v3";
 pub const K8S_API: &str = "networking.k8s.io/v1";
 /// The tier every policy without one belongs to.
 pub const DEFAULT_TIER: &str = "default";
+/// Order of the `default` tier when no Tier resource sets one (Calico's value).
+pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 /// Prefix Calico gives namespace labels inherited by workloads (`pcns.<key>`).
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 

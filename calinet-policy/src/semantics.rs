@@ -375,7 +375,9 @@ impl PolicyModel {
             crate::model::DEFAULT_TIER.to_owned(),
             TierDef {
                 name: crate::model::DEFAULT_TIER.to_owned(),
-                order: None,
+                // Calico's default tier order: after every ordered tier a user is
+                // likely to create, before tiers without an order.
+                order: Some(crate::model::DEFAULT_TIER_ORDER),
                 default_action: Action::Deny,
                 policies: Vec::new(),
             },

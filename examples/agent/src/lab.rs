@@ -1210,7 +1210,7 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
 }
 
 /// A lab built by this process. Dropping it stops the agents and removes the
-/// namespaces and the state directory (unless [`RunningLab::keep`] was called).
+/// namespaces and the state directory.
 #[derive(Debug)]
 pub struct RunningLab {
     lab: Option<testlab::Lab>,
@@ -1362,16 +1362,6 @@ impl RunningLab {
         let addr =
             pod_addr(&view, to).ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
         Ok(ping(&src.netns, addr))
-    }
-
-    /// Leaves everything running for `lab down`.
-    pub fn keep(mut self) -> LabState {
-        if let Some(lab) = self.lab.take() {
-            std::mem::forget(lab);
-        }
-        let state = self.state.clone();
-        std::mem::forget(self);
-        state
     }
 }
 

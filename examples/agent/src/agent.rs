@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use calinet_ipam::{AllowedUse, AutoAssignRequest, HandleId, Ipam, NodeName, Store, TunnelKind};
@@ -670,11 +669,6 @@ impl Agent {
         self.last_status = Some((status, now));
         Ok(())
     }
-}
-
-/// Keeps the compiler honest about `Arc<dyn Store>` being a store.
-fn _assert_store(s: DynStore) -> impl Store {
-    Arc::clone(&s)
 }
 
 #[cfg(test)]

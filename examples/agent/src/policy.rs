@@ -179,3 +179,49 @@ fn kernel_has(hash: &str) -> bool {
         .list_table(TABLE)
         .is_ok_and(|text| text.contains(&format!("ruleset {hash}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{apply, read_view};
+    use crate::resources::parse_documents;
+    use calinet_ipam::MemStore;
+    use calinet_route::{IfName, WorkloadSpec};
+
+    const CLUSTER: &str = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 172.16.0.0/16, natOutgoing: true}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec: {nodeName: a}\n";
+    const DENY: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Deny}]\n";
+
+    fn ruleset(extra: &str) -> (Ruleset, String, usize) {
+        let store = MemStore::new();
+        apply(
+            &store,
+            &parse_documents("t", &format!("{CLUSTER}{extra}")).unwrap(),
+        )
+        .unwrap();
+        let view = read_view(&store).unwrap();
+        let pod = view.pods["default/web"].clone();
+        let spec = WorkloadSpec::new(
+            IfName::calico_workload("default", "web"),
+            "/run/netns/x",
+            1450,
+        )
+        .ipv4("172.16.1.1".parse().unwrap());
+        desired_ruleset(&view, "a", &[LocalWorkload { pod, spec }]).unwrap()
+    }
+
+    #[test]
+    fn nat_and_policy_compile_to_a_stamped_table() {
+        let (rs, hash, rules) = ruleset("");
+        assert_eq!(rs.table, TABLE);
+        let text = calinet_policy::nft::render_full(&rs);
+        assert!(text.contains("masquerade"), "{text}");
+        assert!(text.contains(&format!("ruleset {hash}")), "{text}");
+        assert!(rules > 0);
+        // Same input, same hash; a new policy changes it.
+        assert_eq!(ruleset("").1, hash);
+        let (with_policy, other, more) = ruleset(&format!("---\n{DENY}"));
+        assert_ne!(other, hash);
+        assert!(more > rules);
+        assert!(with_policy.chains.len() > rs.chains.len());
+    }
+}

@@ -209,3 +209,53 @@ impl WgPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{apply, read_view};
+    use crate::resources::parse_documents;
+    use calinet_ipam::{AutoAssignRequest, Ipam, MemStore};
+
+    #[test]
+    fn peers_come_from_published_keys_and_blocks() {
+        let store = MemStore::new();
+        let key_b = PrivateKey::generate().unwrap();
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 172.16.0.0/16, blockSize: 24}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: a}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec: {{bgp: {{ipv4Address: 198.51.100.11/24}}}}\nstatus: {{wireguardPublicKey: {}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: c}}\nspec: {{bgp: {{ipv4Address: 203.0.113.12/24}}}}\n",
+            key_b.public_key().to_base64()
+        );
+        apply(&store, &parse_documents("t", &text).unwrap()).unwrap();
+        let ipam = Ipam::new(&store);
+        let now = std::time::SystemTime::UNIX_EPOCH;
+        for n in ["a", "b", "c"] {
+            let req =
+                AutoAssignRequest::v4(format!("h-{n}").parse().unwrap(), n.parse().unwrap(), 1);
+            ipam.auto_assign(&req, now).unwrap();
+        }
+        let view = read_view(&store).unwrap();
+        let key_a = PrivateKey::generate().unwrap();
+        let s = DeviceSettings::calico_v4();
+        let (computed, routes) = compute(&view, "a", &key_a, &s).unwrap();
+        // b published a key: one peer; c did not: it falls back (throw route).
+        assert_eq!(computed.device.peers.len(), 1);
+        let peer = &computed.device.peers[0];
+        assert_eq!(peer.public_key, key_b.public_key());
+        assert_eq!(peer.endpoint, Some("198.51.100.11:51820".parse().unwrap()));
+        assert_eq!(peer.allowed_ips.len(), 1);
+        let text: Vec<String> = routes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text.iter().filter(|r| r.starts_with("throw")).count(),
+            2,
+            "{text:?}"
+        );
+        assert!(
+            routes
+                .iter()
+                .all(|r| r.protocol == RouteProtocol::CALICO && r.table == 1)
+        );
+    }
+}

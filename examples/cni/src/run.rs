@@ -100,7 +100,18 @@ fn dispatch(
         return json(&VersionResult::ours());
     }
     let cfg = Config::parse(input)?;
-    let mut ipam = open_sqlite(&cfg)?;
+    let mut ipam = match open_sqlite(&cfg) {
+        Ok(i) => i,
+        // STATUS reports an unusable datastore as "not available" (code 50).
+        Err(e)
+            if env.command == Command::Status && !matches!(e, Error::UnsupportedField { .. }) =>
+        {
+            return Err(Error::NotAvailable {
+                reason: format!("{e}: {}", e.details()),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let mut plumber;
     let attach = match mode {
         Mode::Plugin => {

@@ -225,6 +225,15 @@ fn ipam_plugin_add_check_gc_status_del() {
         .err(50);
     assert!(msg.contains("no-such-pool"), "{msg}");
 
+    let unusable = cfg.replace(
+        &db.display().to_string(),
+        "/proc/calinet-no-such-dir/ipam.db",
+    );
+    let msg = Call::new("STATUS", "x", netns, &unusable)
+        .exec(CALINET_IPAM, None)
+        .err(50);
+    assert!(msg.contains("/proc/calinet-no-such-dir"), "{msg}");
+
     let mut gc_cfg: Value = serde_json::from_str(&cfg).unwrap();
     gc_cfg["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
     Call::new("GC", "x", netns, &gc_cfg.to_string())

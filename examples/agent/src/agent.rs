@@ -411,7 +411,11 @@ impl Agent {
     fn ipam_step(&mut self, view: &ClusterView) -> Result<(BTreeMap<String, Ipv4Addr>, bool)> {
         let now = SystemTime::now();
         let mut wrote = false;
-        let (node_res, node_rev) = view.nodes[&self.node].clone();
+        let (node_res, node_rev) = view
+            .nodes
+            .get(&self.node)
+            .cloned()
+            .ok_or_else(|| Error::Usage(format!("node {} has no Node resource", self.node)))?;
         let labels = node_res.metadata.labels.clone();
         let tunnel_handle = HandleId::tunnel(TunnelKind::Vxlan, &self.node_name);
 
@@ -633,9 +637,10 @@ impl Agent {
             (Some((s, _)), None) => s.clone(),
             (_, Some((d, converged))) => AgentStatus {
                 node: self.node.clone(),
-                address: view.nodes[&self.node]
-                    .0
-                    .ipv4()
+                address: view
+                    .nodes
+                    .get(&self.node)
+                    .and_then(|(n, _)| n.ipv4())
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 started: self.started,

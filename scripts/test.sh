@@ -27,7 +27,8 @@ step "cargo test (every test, root tests included)"
 skiplog=$(mktemp)
 testlog=$(mktemp)
 trap 'rm -f "$skiplog" "$testlog"' EXIT
-before_procs=$(pgrep -x 'wireguard-go|etcd' | sort || true)
+lab_procs() { { pgrep -x wireguard-go; pgrep -x etcd; } | sort || true; }
+before_procs=$(lab_procs)
 CALINET_SKIP_LOG="$skiplog" cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$testlog"
 test_status=${PIPESTATUS[0]}
 [[ "$test_status" == 0 ]] || fail=1
@@ -47,8 +48,14 @@ skipped=$(wc -l < "$skiplog")
 passed=$((passed - skipped))
 
 step "leftovers"
-leftover_ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cl(probe)?[0-9]+' || true)
-after_procs=$(pgrep -x 'wireguard-go|etcd' | sort || true)
+# Lab namespaces are named cl<pid>x<n>-... after the test process that made
+# them; one whose process has exited was leaked (others belong to runs still going).
+leftover_ns=""
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cl(probe)?[0-9]+' || true); do
+  pid=$(sed -E 's/^cl(probe)?([0-9]+).*/\2/' <<<"$ns")
+  kill -0 "$pid" 2>/dev/null || leftover_ns+="$ns "
+done
+after_procs=$(lab_procs)
 new_procs=$(comm -13 <(echo "$before_procs") <(echo "$after_procs") | grep . || true)
 if [[ -n "$leftover_ns" ]]; then
   echo "namespaces left behind by tests: $leftover_ns"; fail=1

@@ -1,10 +1,77 @@
-//! Encapsulation decisions for pod networks: for each remote node, IPIP, VXLAN,
-//! CrossSubnet or a direct route; the tunnel devices a node needs; and MTUs.
+//! Encapsulation decisions for pod networks: for every remote block and borrowed
+//! address, a direct, IPIP or VXLAN path; the local blackhole routes; the tunnel
+//! devices a node needs (`tunl0`, `vxlan.calico`, `vxlan-v6.calico`) with their
+//! VTEP neighbour and FDB entries; and the MTUs of devices and pods.
 //!
-//! Owns: pure decisions as values. Does not own: any I/O (applying the decisions
-//! is `calinet-route`'s job).
+//! **Owns:** pure decisions as values, computed from an [`Input`] (the local node,
+//! the remote nodes, pools, blocks, borrowed addresses) by [`decide`]. No netlink,
+//! no I/O, no clock.
+//!
+//! **Does not own:** applying them. With the `route` feature, `route` turns the
+//! decisions into `calinet-route`'s spec types, which its reconciler applies.
+//! WireGuard devices and peers are `calinet-wg`'s; only their MTU is here.
+//!
+//! # Example: the seed article's cluster under each mode
+//!
+//! Four nodes: `k8s-m`, `k8s-w1`, `k8s-w2` on 192.168.10.0/24 and `k8s-w0` on
+//! 192.168.20.0/24, one /24 block each from pool 172.16.0.0/16, host MTU 9001.
+//!
+//! (`examples/seed_modes.rs`, also run as this doctest:
+//! `cargo run -p calinet-encap --example seed_modes` prints the listings.)
+//!
+#![doc = concat!("```\n", include_str!("../examples/seed_modes.rs"), "```\n")]
+//!
+//!
+//! # Rules
+//!
+//! - A pool's `ipipMode` / `vxlanMode` decides the path to each block in it:
+//!   `Always` tunnels, `Never` routes directly, `CrossSubnet` routes directly when
+//!   the local node's uplink CIDR (e.g. `192.168.10.10/24`) contains the remote
+//!   node's address and tunnels otherwise.
+//! - Direct: `via <node IP> dev <uplink> onlink`. IPIP: `via <node IP> dev tunl0
+//!   onlink`. VXLAN: `via <remote tunnel IP> dev vxlan.calico onlink` plus a
+//!   permanent neighbour (tunnel IP -> VTEP MAC) and a permanent FDB entry
+//!   (VTEP MAC -> node IP). Local blocks get `blackhole <block>`. An address
+//!   borrowed by a remote node gets its own /32 (/128) path to the borrower,
+//!   more specific than the owner's block route or blackhole.
+//! - Devices: `tunl0` when a pool enables IPIP; `vxlan.calico` /
+//!   `vxlan-v6.calico` when a pool of that family enables VXLAN (VNI 4096, port
+//!   4789, parent = uplink, local = node IP, learning off, VTEP MAC stated or
+//!   `66:` + SHA-1(name)[..5], of `"<name>-v6"` for IPv6).
+//! - MTU: each device is the host MTU minus its overhead (IPIP 20, VXLAN 50/70,
+//!   WireGuard 60/80); pods get the host MTU minus the largest overhead in use.
+//!
+//! # Where calinet differs from Calico (deliberately)
+//!
+//! - A direct path to a node outside the uplink subnet goes via the uplink's
+//!   gateway when one is given (what BIRD installs in the article, and the only
+//!   route the kernel can use), otherwise `via <node IP> onlink`.
+//! - A block in no pool is routed directly (no pool asks for a tunnel) instead
+//!   of being left to whatever BGP would do.
+//! - With `CrossSubnet`, a local node without an address of the family counts
+//!   every remote as "another subnet" and tunnels.
+//! - Errors are returned for the whole input; nothing is decided from a bad input.
 
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {}
+mod decide;
+mod error;
+mod model;
+mod mtu;
+mod types;
+
+#[cfg(feature = "proptest")]
+pub mod proptest_support;
+#[cfg(feature = "route")]
+pub mod route;
+
+pub use decide::{
+    Decisions, Device, FdbEntry, IPIP_DEVICE, IpipDevice, Neighbour, Path, PathKind,
+    VXLAN_DEVICE_V4, VXLAN_DEVICE_V6, VXLAN_PORT, VXLAN_VNI, VxlanDevice, decide, same_subnet,
+    vxlan_device_name,
+};
+pub use error::Error;
+pub use model::{Block, Borrowed, Input, Node, Pool, Uplink, Wireguard};
+pub use mtu::{
+    EncapsInUse, IPIP_OVERHEAD, Mtus, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, WIREGUARD_OVERHEAD_V4,
+    WIREGUARD_OVERHEAD_V6,
+};
+pub use types::{EncapMode, Family, IfName, MacAddr, NodeName};

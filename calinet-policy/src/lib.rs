@@ -4,8 +4,13 @@
 //! Owns: selectors, policy resources, the compiled IR and its nftables backends.
 //! Does not own: address allocation or routing.
 
+pub mod compile;
 pub mod index;
+pub mod ir;
+pub mod model;
+pub mod nft;
 pub mod selector;
+pub mod semantics;
 
 pub use selector::{Labels, ParseError, Selector};
 
@@ -23,6 +28,51 @@ pub enum Error {
         /// The parse error, with position and expectation.
         #[source]
         source: ParseError,
+    },
+    /// A resource broke a validation rule.
+    #[error("{resource}: {field}: {reason}")]
+    Invalid {
+        /// The resource (kind and name).
+        resource: String,
+        /// The offending field path.
+        field: String,
+        /// The rule it broke.
+        reason: String,
+    },
+    /// An endpoint cannot be compiled.
+    #[error("endpoint {endpoint}: {reason}")]
+    Endpoint {
+        /// The endpoint's name.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An `nft` command failed.
+    #[error("{command}: {stderr}")]
+    Nft {
+        /// The command line.
+        command: String,
+        /// What nft printed (or the spawn error).
+        stderr: String,
+    },
+    /// A YAML document did not decode.
+    #[error("YAML document {document}: {source}")]
+    Yaml {
+        /// Index of the document in the stream (0-based).
+        document: usize,
+        /// The decoder's error (with line and column).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A YAML document is of a kind calinet does not read.
+    #[error("YAML document {document}: unsupported resource {api_version} {kind}")]
+    UnknownKind {
+        /// Index of the document.
+        document: usize,
+        /// Its apiVersion.
+        api_version: String,
+        /// Its kind.
+        kind: String,
     },
 }
 

@@ -1,0 +1,557 @@
+//! One IPAM block in its working form: an allocation bitmap, per-address
+//! attributes and the FIFO of free ordinals.
+//!
+//! The stored form is Calico's [`IpamBlock`] JSON; [`Block::from_model`] and
+//! [`Block::to_model`] convert and check consistency. Reuse order is Calico's:
+//! `unallocated` is a FIFO, so the address free the longest is handed out
+//! first, and a just-released address goes to the back. An optional cooldown
+//! (seconds, with `now` passed in) additionally keeps a released address out
+//! of use until it has been free that long.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use bitvec::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::types::{
+    AllocationAttribute, Attributes, BlockCidr, Extra, IpamBlock, WINDOWS_RESERVED_HANDLE,
+};
+
+/// The attributes of one allocated address.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Allocation {
+    /// Owning handle (Calico allows none; calinet always sets one).
+    pub handle: Option<String>,
+    /// Owner attributes.
+    pub secondary: Option<Attributes>,
+    /// Sequence number of the block write that made this allocation.
+    pub sequence: Option<u64>,
+    /// Unknown attribute fields, kept.
+    pub extra: Extra,
+}
+
+/// A block in working form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    cidr: BlockCidr,
+    affinity: Option<String>,
+    strict_affinity: bool,
+    allocated: BitVec<u64, Lsb0>,
+    allocs: Vec<Option<Allocation>>,
+    free: VecDeque<u32>,
+    released_at: BTreeMap<u32, u64>,
+    sequence_number: u64,
+    deleted: bool,
+    extra: Extra,
+}
+
+/// Reuse rules applied when picking a free ordinal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick<'a> {
+    /// Ordinals never to hand out (IPReservation), if any.
+    pub reserved: Option<&'a BitSlice<u64, Lsb0>>,
+    /// Current time, unix seconds.
+    pub now: u64,
+    /// Seconds a released ordinal stays unused (0 = off).
+    pub cooldown: u64,
+}
+
+impl Pick<'_> {
+    fn usable(&self, ord: u32, released_at: &BTreeMap<u32, u64>) -> bool {
+        if let Some(r) = self.reserved
+            && r.get(ord as usize).is_some_and(|b| *b)
+        {
+            return false;
+        }
+        if self.cooldown > 0
+            && let Some(t) = released_at.get(&ord)
+        {
+            return self.now >= t.saturating_add(self.cooldown);
+        }
+        true
+    }
+}
+
+impl Block {
+    /// A new empty block. With `windows_reserved`, the first three and the last
+    /// address are allocated to Calico's Windows reserved handle.
+    pub fn new(cidr: BlockCidr, affinity: Option<String>, windows_reserved: bool) -> Block {
+        let size = cidr.size();
+        let mut b = Block {
+            cidr,
+            affinity,
+            strict_affinity: false,
+            allocated: bitvec![u64, Lsb0; 0; size as usize],
+            allocs: vec![None; size as usize],
+            free: (0..size).collect(),
+            released_at: BTreeMap::new(),
+            sequence_number: 0,
+            deleted: false,
+            extra: Extra::new(),
+        };
+        if windows_reserved {
+            let mut ords = vec![0, 1, 2, size - 1];
+            ords.retain(|o| *o < size);
+            ords.dedup();
+            for o in ords {
+                b.take(o, Some(WINDOWS_RESERVED_HANDLE.to_owned()), None, 0);
+            }
+            let allocated = &b.allocated;
+            b.free.retain(|o| !allocated[*o as usize]);
+        }
+        b
+    }
+
+    /// Parse and check Calico's stored form.
+    pub fn from_model(m: IpamBlock) -> Result<Block> {
+        let cidr = BlockCidr::new(m.cidr).map_err(|_| Error::CorruptBlock {
+            block: m.cidr,
+            reason: "cidr is not a valid block CIDR".into(),
+        })?;
+        let corrupt = |reason: String| Error::CorruptBlock {
+            block: m.cidr,
+            reason,
+        };
+        let size = cidr.size() as usize;
+        if m.allocations.len() != size {
+            return Err(corrupt(format!(
+                "{} allocations for {size} addresses",
+                m.allocations.len()
+            )));
+        }
+        let seqs = m.sequence_number_for_allocation.unwrap_or_default();
+        let mut allocated = bitvec![u64, Lsb0; 0; size];
+        let mut allocs = vec![None; size];
+        for (ord, a) in m.allocations.iter().enumerate() {
+            if let Some(i) = a {
+                let attr = m.attributes.get(*i).ok_or_else(|| {
+                    corrupt(format!("ordinal {ord} refers to missing attribute {i}"))
+                })?;
+                allocated.set(ord, true);
+                allocs[ord] = Some(Allocation {
+                    handle: attr.handle_id.clone(),
+                    secondary: attr.secondary.clone(),
+                    sequence: seqs.get(&ord.to_string()).copied(),
+                    extra: attr.extra.clone(),
+                });
+            }
+        }
+        let mut seen = bitvec![u64, Lsb0; 0; size];
+        for &o in &m.unallocated {
+            let ou = o as usize;
+            if ou >= size {
+                return Err(corrupt(format!("unallocated ordinal {o} out of range")));
+            }
+            if allocated[ou] {
+                return Err(corrupt(format!(
+                    "ordinal {o} is both allocated and unallocated"
+                )));
+            }
+            if seen[ou] {
+                return Err(corrupt(format!("ordinal {o} listed twice in unallocated")));
+            }
+            seen.set(ou, true);
+        }
+        if seen.count_ones() + allocated.count_ones() != size {
+            return Err(corrupt(
+                "some ordinals are neither allocated nor unallocated".into(),
+            ));
+        }
+        let released_at = m
+            .released_at
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| k.parse::<u32>().ok().map(|k| (k, v)))
+            .collect();
+        Ok(Block {
+            cidr,
+            affinity: m.affinity,
+            strict_affinity: m.strict_affinity,
+            allocated,
+            allocs,
+            free: m.unallocated.into_iter().collect(),
+            released_at,
+            sequence_number: m.sequence_number,
+            deleted: m.deleted,
+            extra: m.extra,
+        })
+    }
+
+    /// Decode from stored JSON.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Block> {
+        let m: IpamBlock = serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+            what: "IPAMBlock",
+            key: key.to_owned(),
+            source,
+        })?;
+        Block::from_model(m)
+    }
+
+    /// Calico's stored form. Attributes are shared by ordinals with the same
+    /// owner, as Calico does.
+    pub fn to_model(&self) -> IpamBlock {
+        let mut attributes: Vec<AllocationAttribute> = Vec::new();
+        let mut allocations = Vec::with_capacity(self.allocs.len());
+        let mut seqs = BTreeMap::new();
+        for (ord, a) in self.allocs.iter().enumerate() {
+            match a {
+                None => allocations.push(None),
+                Some(a) => {
+                    let idx = attributes
+                        .iter()
+                        .position(|x| {
+                            x.handle_id == a.handle
+                                && x.secondary == a.secondary
+                                && x.extra == a.extra
+                        })
+                        .unwrap_or_else(|| {
+                            attributes.push(AllocationAttribute {
+                                handle_id: a.handle.clone(),
+                                secondary: a.secondary.clone(),
+                                extra: a.extra.clone(),
+                            });
+                            attributes.len() - 1
+                        });
+                    allocations.push(Some(idx));
+                    if let Some(s) = a.sequence {
+                        seqs.insert(ord.to_string(), s);
+                    }
+                }
+            }
+        }
+        IpamBlock {
+            cidr: self.cidr.net(),
+            affinity: self.affinity.clone(),
+            strict_affinity: self.strict_affinity,
+            allocations,
+            unallocated: self.free.iter().copied().collect(),
+            attributes,
+            deleted: self.deleted,
+            sequence_number: self.sequence_number,
+            sequence_number_for_allocation: Some(seqs),
+            released_at: (!self.released_at.is_empty()).then(|| {
+                self.released_at
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect()
+            }),
+            extra: self.extra.clone(),
+        }
+    }
+
+    /// Encode as stored JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_model()).expect("IPAMBlock serialises")
+    }
+
+    /// The block CIDR.
+    pub fn cidr(&self) -> BlockCidr {
+        self.cidr
+    }
+    /// `host:<node>` etc.
+    pub fn affinity(&self) -> Option<&str> {
+        self.affinity.as_deref()
+    }
+    /// Set the affinity (claim, reclaim, release).
+    pub fn set_affinity(&mut self, affinity: Option<String>) {
+        self.affinity = affinity;
+        self.sequence_number += 1;
+    }
+    /// Record the cluster's strictAffinity in the block, as Calico does.
+    pub fn set_strict_affinity(&mut self, strict: bool) {
+        self.strict_affinity = strict;
+    }
+    /// Block sequence number.
+    pub fn sequence_number(&self) -> u64 {
+        self.sequence_number
+    }
+    /// Number of addresses.
+    pub fn size(&self) -> u32 {
+        self.cidr.size()
+    }
+    /// Allocated addresses (including Windows reserved ones).
+    pub fn allocated_count(&self) -> u32 {
+        self.allocated.count_ones() as u32
+    }
+    /// Free addresses (FIFO length).
+    pub fn free_count(&self) -> u32 {
+        self.free.len() as u32
+    }
+    /// Addresses allocated to the Windows reserved handle.
+    pub fn windows_reserved_count(&self) -> u32 {
+        self.allocs
+            .iter()
+            .filter(|a| {
+                a.as_ref().and_then(|a| a.handle.as_deref()) == Some(WINDOWS_RESERVED_HANDLE)
+            })
+            .count() as u32
+    }
+    /// True when nothing but Windows reserved addresses is allocated.
+    pub fn is_empty(&self) -> bool {
+        self.allocated_count() == self.windows_reserved_count()
+    }
+    /// The allocation bitmap.
+    pub fn bitmap(&self) -> &BitSlice<u64, Lsb0> {
+        &self.allocated
+    }
+    /// Free ordinals in reuse order.
+    pub fn free_order(&self) -> impl Iterator<Item = u32> + '_ {
+        self.free.iter().copied()
+    }
+    /// The allocation at an ordinal.
+    pub fn allocation(&self, ord: u32) -> Option<&Allocation> {
+        self.allocs.get(ord as usize).and_then(|a| a.as_ref())
+    }
+    /// All allocations: (ordinal, allocation).
+    pub fn allocations(&self) -> impl Iterator<Item = (u32, &Allocation)> + '_ {
+        self.allocs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|a| (i as u32, a)))
+    }
+    /// Ordinals owned by a handle.
+    pub fn ordinals_of(&self, handle: &str) -> Vec<u32> {
+        self.allocations()
+            .filter(|(_, a)| a.handle.as_deref() == Some(handle))
+            .map(|(o, _)| o)
+            .collect()
+    }
+    /// The address at an ordinal.
+    pub fn addr(&self, ord: u32) -> IpAddr {
+        self.cidr.addr(ord)
+    }
+
+    /// How many addresses `allocate` could hand out now.
+    pub fn available(&self, pick: &Pick<'_>) -> u32 {
+        if pick.reserved.is_none() && (pick.cooldown == 0 || self.released_at.is_empty()) {
+            return self.free.len() as u32;
+        }
+        self.free
+            .iter()
+            .filter(|o| pick.usable(**o, &self.released_at))
+            .count() as u32
+    }
+
+    fn take(&mut self, ord: u32, handle: Option<String>, secondary: Option<Attributes>, seq: u64) {
+        self.allocated.set(ord as usize, true);
+        self.released_at.remove(&ord);
+        self.allocs[ord as usize] = Some(Allocation {
+            handle,
+            secondary,
+            sequence: Some(seq),
+            extra: Extra::new(),
+        });
+    }
+
+    /// Allocate up to `n` addresses in FIFO order for `handle`. Returns the
+    /// ordinals (fewer than `n` if the block runs out). Bumps the sequence
+    /// number once when anything was allocated.
+    pub fn allocate(
+        &mut self,
+        n: u32,
+        handle: &str,
+        secondary: Option<&Attributes>,
+        pick: &Pick<'_>,
+    ) -> Vec<u32> {
+        let mut out = Vec::with_capacity(n as usize);
+        let seq = self.sequence_number + 1;
+        let mut i = 0;
+        while out.len() < n as usize && i < self.free.len() {
+            let ord = self.free[i];
+            if pick.usable(ord, &self.released_at) {
+                // The front is the common case: O(1).
+                self.free.remove(i);
+                self.take(ord, Some(handle.to_owned()), secondary.cloned(), seq);
+                out.push(ord);
+            } else {
+                i += 1;
+            }
+        }
+        if !out.is_empty() {
+            self.sequence_number = seq;
+        }
+        out
+    }
+
+    /// Allocate one specific ordinal. `Err(existing)` if it is taken.
+    pub fn assign(
+        &mut self,
+        ord: u32,
+        handle: &str,
+        secondary: Option<&Attributes>,
+    ) -> std::result::Result<(), Option<Allocation>> {
+        if ord >= self.size() {
+            return Err(None);
+        }
+        if self.allocated[ord as usize] {
+            return Err(self.allocs[ord as usize].clone());
+        }
+        let pos = self
+            .free
+            .iter()
+            .position(|o| *o == ord)
+            .expect("free ordinal is in the FIFO");
+        self.free.remove(pos);
+        self.sequence_number += 1;
+        self.take(
+            ord,
+            Some(handle.to_owned()),
+            secondary.cloned(),
+            self.sequence_number,
+        );
+        Ok(())
+    }
+
+    /// Release one ordinal (to the back of the FIFO). Returns what it held,
+    /// `None` if it was already free. With `cooldown > 0` the release time is
+    /// recorded so the ordinal is not reused before `now + cooldown`.
+    pub fn release(&mut self, ord: u32, now: u64, cooldown: u64) -> Option<Allocation> {
+        let a = self.allocs.get_mut(ord as usize)?.take()?;
+        self.allocated.set(ord as usize, false);
+        self.free.push_back(ord);
+        self.sequence_number += 1;
+        if cooldown > 0 {
+            self.released_at
+                .retain(|_, t| t.saturating_add(cooldown) > now);
+            self.released_at.insert(ord, now);
+        }
+        Some(a)
+    }
+
+    /// Release every ordinal of a handle; returns them.
+    pub fn release_handle(&mut self, handle: &str, now: u64, cooldown: u64) -> Vec<u32> {
+        let ords = self.ordinals_of(handle);
+        for &o in &ords {
+            self.release(o, now, cooldown);
+        }
+        ords
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blk(s: &str) -> Block {
+        Block::new(s.parse().expect("cidr"), Some("host:n1".into()), false)
+    }
+
+    #[test]
+    fn allocates_in_fifo_order_and_reuses_oldest_free_first() {
+        let mut b = blk("10.0.0.0/30");
+        let p = Pick::default();
+        assert_eq!(b.allocate(2, "h1", None, &p), vec![0, 1]);
+        assert_eq!(b.release(0, 0, 0).and_then(|a| a.handle), Some("h1".into()));
+        // 2 and 3 have been free longer than 0.
+        assert_eq!(b.allocate(3, "h2", None, &p), vec![2, 3, 0]);
+        assert_eq!(b.allocate(1, "h3", None, &p), Vec::<u32>::new());
+        assert_eq!(b.free_count(), 0);
+    }
+
+    #[test]
+    fn cooldown_holds_released_addresses_back_until_time_passes() {
+        let mut b = blk("10.0.0.0/31");
+        let p = Pick {
+            reserved: None,
+            now: 100,
+            cooldown: 30,
+        };
+        assert_eq!(b.allocate(2, "h", None, &p), vec![0, 1]);
+        b.release(1, 100, 30);
+        assert_eq!(b.available(&Pick { now: 129, ..p }), 0);
+        assert!(
+            b.allocate(1, "h2", None, &Pick { now: 129, ..p })
+                .is_empty()
+        );
+        assert_eq!(b.allocate(1, "h2", None, &Pick { now: 130, ..p }), vec![1]);
+    }
+
+    #[test]
+    fn reserved_ordinals_are_skipped() {
+        let mut b = blk("10.0.0.0/30");
+        let mut r = bitvec![u64, Lsb0; 0; 4];
+        r.set(0, true);
+        r.set(2, true);
+        let p = Pick {
+            reserved: Some(&r),
+            now: 0,
+            cooldown: 0,
+        };
+        assert_eq!(b.available(&p), 2);
+        assert_eq!(b.allocate(4, "h", None, &p), vec![1, 3]);
+    }
+
+    #[test]
+    fn windows_reserves_first_three_and_last() {
+        let b = Block::new("10.0.0.0/28".parse().expect("cidr"), None, true);
+        assert_eq!(b.windows_reserved_count(), 4);
+        assert!(b.is_empty());
+        for o in [0, 1, 2, 15] {
+            assert_eq!(
+                b.allocation(o).and_then(|a| a.handle.as_deref()),
+                Some(WINDOWS_RESERVED_HANDLE)
+            );
+        }
+        assert_eq!(b.free_order().next(), Some(3));
+    }
+
+    #[test]
+    fn assign_specific_and_conflict() {
+        let mut b = blk("10.0.0.0/29");
+        b.assign(5, "h", None).expect("free");
+        assert_eq!(
+            b.assign(5, "h2", None)
+                .map_err(|e| e.and_then(|a| a.handle)),
+            Err(Some("h".into()))
+        );
+        assert_eq!(b.allocate(8, "x", None, &Pick::default()).len(), 7);
+        assert_eq!(b.release_handle("h", 0, 0), vec![5]);
+        assert_eq!(b.release(5, 0, 0), None, "double release is a no-op");
+    }
+
+    #[test]
+    fn model_round_trip_and_sequence_numbers() {
+        let mut b = blk("10.0.0.0/29");
+        let attrs: Attributes = [("pod".to_string(), "p1".to_string())].into();
+        b.allocate(2, "h1", Some(&attrs), &Pick::default());
+        b.allocate(1, "h2", None, &Pick::default());
+        b.release(0, 7, 10);
+        let m = b.to_model();
+        assert_eq!(
+            m.attributes.len(),
+            2,
+            "ordinals of one owner share an attribute"
+        );
+        assert_eq!(m.sequence_number, 3);
+        assert_eq!(
+            m.sequence_number_for_allocation
+                .as_ref()
+                .and_then(|s| s.get("2")),
+            Some(&2)
+        );
+        let back = Block::from_json("k", &b.to_json()).expect("decode");
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn corrupt_models_are_rejected_with_reasons() {
+        let good = blk("10.0.0.0/30").to_model();
+        let mut m = good.clone();
+        m.unallocated.push(1);
+        assert!(
+            matches!(Block::from_model(m), Err(Error::CorruptBlock { reason, .. }) if reason.contains("twice"))
+        );
+        let mut m = good.clone();
+        m.allocations[0] = Some(3);
+        assert!(
+            matches!(Block::from_model(m), Err(Error::CorruptBlock { reason, .. }) if reason.contains("attribute"))
+        );
+        let mut m = good.clone();
+        m.allocations.pop();
+        assert!(Block::from_model(m).is_err());
+        let mut m = good;
+        m.unallocated.retain(|o| *o != 2);
+        assert!(Block::from_model(m).is_err());
+    }
+}

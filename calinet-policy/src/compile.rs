@@ -1,0 +1,938 @@
+//! The compiler: policy model + local endpoints + IP pools -> [`Ruleset`].
+//!
+//! Shape of the result (table `inet <name>`):
+//!
+//! - `forward` (hook forward, filter): established/related accepted, invalid
+//!   dropped, traffic from a workload interface jumps to `from-wl`, traffic to one
+//!   jumps to `to-wl`.
+//! - `from-wl` / `to-wl`: clear the mark bits, dispatch by interface through the
+//!   verdict maps `fw-dispatch` / `tw-dispatch` (O(1)), and drop anything on a
+//!   workload interface the map does not know (fail closed).
+//! - One chain per distinct *endpoint signature* (`fw-*`/`tw-*`): the tiers whose
+//!   policies apply to the endpoint, then its profiles, then drop. Endpoints with
+//!   the same signature share the chain, so adding such an endpoint only adds map
+//!   entries and set elements.
+//! - One chain per (tier, applicable policies) (`tier-*`) ending in the tier's
+//!   default action, one per policy and direction (`pol-*`), one per profile and
+//!   direction (`prof-*`). Allow sets mark bit 0x10000 and returns, Pass sets 0x20000.
+//! - Named sets: selector address sets (`sel4-*`, `sel6-*`, keyed by the selector,
+//!   so endpoint changes only edit elements), network and port interval sets, and
+//!   `address . protocol . port` sets for named ports.
+//! - `postrouting` (hook postrouting, nat): masquerade fully-random when the
+//!   source is in a natOutgoing pool and the destination in no pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::Error;
+use crate::ir::{
+    BaseChain, Chain, Family, Hook, IfDir, MARK_ACCEPT, MARK_BITS, MARK_PASS, Match, Rule, Ruleset,
+    SetElems, Side, Stmt, ct,
+};
+use crate::model::{Action, Port};
+use crate::selector::Selector;
+use crate::semantics::{Direction, Endpoint, Endpoints, Entity, NRule, PolicyDef, PolicyModel};
+
+/// An IP pool, for natOutgoing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// The pool's CIDR.
+    pub cidr: IpNet,
+    /// Masquerade traffic from this pool to destinations outside all pools.
+    pub nat_outgoing: bool,
+}
+
+/// Compiler options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// nftables table name (family inet).
+    pub table: String,
+    /// Workload interface prefix (Calico: `cali`).
+    pub workload_prefix: String,
+    /// Prefix for Log actions.
+    pub log_prefix: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            table: "calinet".into(),
+            workload_prefix: "cali".into(),
+            log_prefix: "calico-packet: ".into(),
+        }
+    }
+}
+
+/// Stable short name for content: FNV-1a 64 in hex.
+pub fn content_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+struct Compiler<'a> {
+    model: &'a PolicyModel,
+    eps: &'a Endpoints,
+    opts: &'a Options,
+    rs: Ruleset,
+}
+
+/// Compiles the model for the endpoints of this node.
+pub fn compile(
+    model: &PolicyModel,
+    eps: &Endpoints,
+    pools: &[Pool],
+    opts: &Options,
+) -> Result<Ruleset, Error> {
+    let mut seen_if = BTreeMap::new();
+    for ep in eps.by_name.values() {
+        check_interface(ep, opts)?;
+        if let Some(other) = seen_if.insert(ep.interface.clone(), ep.name.clone()) {
+            return Err(Error::Endpoint {
+                endpoint: ep.name.clone(),
+                reason: format!(
+                    "interface {} is also used by endpoint {other}",
+                    ep.interface
+                ),
+            });
+        }
+    }
+    let mut c = Compiler {
+        model,
+        eps,
+        opts,
+        rs: Ruleset {
+            table: opts.table.clone(),
+            ..Ruleset::default()
+        },
+    };
+    c.base_chains();
+    let mut fw = BTreeMap::new();
+    let mut tw = BTreeMap::new();
+    for ep in eps.by_name.values() {
+        let f = c.signature_chain(ep, Direction::Egress);
+        fw.insert(ep.interface.clone(), f);
+        let t = c.signature_chain(ep, Direction::Ingress);
+        tw.insert(ep.interface.clone(), t);
+    }
+    c.rs.sets.insert("fw-dispatch".into(), SetElems::IfGoto(fw));
+    c.rs.sets.insert("tw-dispatch".into(), SetElems::IfGoto(tw));
+    c.nat(pools);
+    Ok(c.rs)
+}
+
+fn check_interface(ep: &Endpoint, opts: &Options) -> Result<(), Error> {
+    let i = &ep.interface;
+    let ok = i.len() <= 15
+        && i.len() > opts.workload_prefix.len()
+        && i.starts_with(&opts.workload_prefix)
+        && i.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'"');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Endpoint {
+            endpoint: ep.name.clone(),
+            reason: format!(
+                "interface {i:?} is not a workload interface name ({}<suffix>, at most 15 bytes)",
+                opts.workload_prefix
+            ),
+        })
+    }
+}
+
+fn family_of(n: &IpNet) -> Family {
+    match n {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    }
+}
+
+fn fam_tag(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "4",
+        Family::V6 => "6",
+    }
+}
+
+fn dir_tag(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "i",
+        Direction::Egress => "o",
+    }
+}
+
+impl Compiler<'_> {
+    fn base_chains(&mut self) {
+        let wl = self.opts.workload_prefix.clone();
+        self.rs.chains.insert(
+            "forward".into(),
+            Chain {
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: 0,
+                }),
+                rules: vec![
+                    Rule::new(
+                        vec![Match::CtState(ct::ESTABLISHED | ct::RELATED)],
+                        Stmt::Accept,
+                    ),
+                    Rule::new(vec![Match::CtState(ct::INVALID)], Stmt::Drop),
+                    Rule::new(
+                        vec![Match::IfPrefix {
+                            dir: IfDir::In,
+                            prefix: wl.clone(),
+                        }],
+                        Stmt::Jump("from-wl".into()),
+                    ),
+                    Rule::new(
+                        vec![Match::IfPrefix {
+                            dir: IfDir::Out,
+                            prefix: wl,
+                        }],
+                        Stmt::Jump("to-wl".into()),
+                    ),
+                ],
+            },
+        );
+        for (name, dir, map) in [
+            ("from-wl", IfDir::In, "fw-dispatch"),
+            ("to-wl", IfDir::Out, "tw-dispatch"),
+        ] {
+            self.rs.chains.insert(
+                name.into(),
+                Chain {
+                    base: None,
+                    rules: vec![
+                        Rule::new(vec![], Stmt::ClearMark(MARK_BITS)),
+                        Rule::new(
+                            vec![],
+                            Stmt::Dispatch {
+                                dir,
+                                map: map.into(),
+                            },
+                        ),
+                        Rule::new(vec![], Stmt::Drop).comment("unknown workload interface"),
+                    ],
+                },
+            );
+        }
+    }
+
+    fn nat(&mut self, pools: &[Pool]) {
+        let mut rules = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            let nat: Vec<IpNet> = pools
+                .iter()
+                .filter(|p| p.nat_outgoing && family_of(&p.cidr) == fam)
+                .map(|p| p.cidr.trunc())
+                .collect();
+            let all: Vec<IpNet> = pools
+                .iter()
+                .filter(|p| family_of(&p.cidr) == fam)
+                .map(|p| p.cidr.trunc())
+                .collect();
+            let t = fam_tag(fam);
+            let nat_set = format!("nat-pools{t}");
+            let all_set = format!("all-pools{t}");
+            self.rs.sets.insert(nat_set.clone(), net_elems(&nat, fam));
+            self.rs.sets.insert(all_set.clone(), net_elems(&all, fam));
+            rules.push(
+                Rule::new(
+                    vec![
+                        Match::Family(fam),
+                        Match::Addr {
+                            side: Side::Src,
+                            family: fam,
+                            set: nat_set,
+                            negate: false,
+                        },
+                        Match::Addr {
+                            side: Side::Dst,
+                            family: fam,
+                            set: all_set,
+                            negate: true,
+                        },
+                    ],
+                    Stmt::MasqueradeFullyRandom,
+                )
+                .comment("natOutgoing"),
+            );
+        }
+        self.rs.chains.insert(
+            "postrouting".into(),
+            Chain {
+                base: Some(BaseChain {
+                    hook: Hook::Postrouting,
+                    priority: 100,
+                }),
+                rules,
+            },
+        );
+    }
+
+    /// The chain for an endpoint's direction, shared with every endpoint whose
+    /// applicable tiers, policies and profiles are the same.
+    fn signature_chain(&mut self, ep: &Endpoint, dir: Direction) -> String {
+        let labels = self.eps.labels(&ep.name).cloned().unwrap_or_default();
+        let mut tiers: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (ti, tier) in self.model.tiers.iter().enumerate() {
+            let ps: Vec<usize> = tier
+                .policies
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.rules(dir).is_some() && p.applies_to.matches(&labels))
+                .map(|(i, _)| i)
+                .collect();
+            if !ps.is_empty() {
+                tiers.push((ti, ps));
+            }
+        }
+        let mut key = String::from(dir_tag(dir));
+        let mut rules = vec![Rule::new(vec![], Stmt::ClearMark(MARK_BITS))];
+        for (ti, ps) in &tiers {
+            let tier_chain = self.tier_chain(dir, *ti, ps);
+            key.push_str(&format!("|{tier_chain}"));
+            rules.push(Rule::new(vec![], Stmt::Jump(tier_chain)));
+            rules.push(Rule::new(vec![Match::MarkAny(MARK_ACCEPT)], Stmt::Return));
+            rules.push(Rule::new(vec![], Stmt::ClearMark(MARK_BITS)));
+        }
+        for prof in &ep.profiles {
+            if let Some(pc) = self.profile_chain(prof, dir) {
+                key.push_str(&format!("|{pc}"));
+                rules.push(Rule::new(vec![], Stmt::Jump(pc)));
+                rules.push(Rule::new(vec![Match::MarkAny(MARK_ACCEPT)], Stmt::Return));
+            }
+        }
+        rules.push(Rule::new(vec![], Stmt::Drop).comment("no policy or profile allowed it"));
+        let name = format!(
+            "{}-{}",
+            if dir == Direction::Egress { "fw" } else { "tw" },
+            content_hash(&key)
+        );
+        self.rs
+            .chains
+            .entry(name.clone())
+            .or_insert(Chain { base: None, rules });
+        name
+    }
+
+    fn tier_chain(&mut self, dir: Direction, ti: usize, ps: &[usize]) -> String {
+        let tier = &self.model.tiers[ti];
+        let mut key = format!("{}|{}", dir_tag(dir), tier.name);
+        let mut rules = Vec::new();
+        let policies: Vec<PolicyDef> = ps.iter().map(|i| tier.policies[*i].clone()).collect();
+        let tier_name = tier.name.clone();
+        let default_action = tier.default_action;
+        for p in &policies {
+            let pc = self.policy_chain(&tier_name, p, dir);
+            key.push_str(&format!("|{pc}"));
+            rules.push(Rule::new(vec![], Stmt::Jump(pc)));
+            rules.push(Rule::new(vec![Match::MarkAny(MARK_BITS)], Stmt::Return));
+        }
+        if default_action != Action::Pass {
+            rules.push(Rule::new(vec![], Stmt::Drop).comment(format!("end of tier {tier_name}")));
+        }
+        let name = format!("tier-{}", content_hash(&key));
+        self.rs
+            .chains
+            .entry(name.clone())
+            .or_insert(Chain { base: None, rules });
+        name
+    }
+
+    fn policy_chain(&mut self, tier: &str, p: &PolicyDef, dir: Direction) -> String {
+        let name = format!(
+            "pol-{}-{}",
+            dir_tag(dir),
+            content_hash(&format!("{tier}|{}", p.id))
+        );
+        if self.rs.chains.contains_key(&name) {
+            return name;
+        }
+        let mut rules = Vec::new();
+        for (i, r) in p.rules(dir).unwrap_or_default().iter().enumerate() {
+            let comment = format!("policy {} rule {i}", p.id);
+            for ir in self.compile_rule(r, policy_stmt(r.action, &self.opts.log_prefix)) {
+                rules.push(ir.comment(comment.clone()));
+            }
+        }
+        self.rs
+            .chains
+            .insert(name.clone(), Chain { base: None, rules });
+        name
+    }
+
+    fn profile_chain(&mut self, prof: &str, dir: Direction) -> Option<String> {
+        let def = self.model.profiles.get(prof)?.clone();
+        let name = format!("prof-{}-{}", dir_tag(dir), content_hash(prof));
+        if self.rs.chains.contains_key(&name) {
+            return Some(name);
+        }
+        let rs = match dir {
+            Direction::Ingress => &def.ingress,
+            Direction::Egress => &def.egress,
+        };
+        let mut rules = Vec::new();
+        for (i, r) in rs.iter().enumerate() {
+            let stmt = match r.action {
+                // A profile has no tier to pass to: Pass ends the profile.
+                Action::Pass => Stmt::Return,
+                a => policy_stmt(a, &self.opts.log_prefix),
+            };
+            let comment = format!("profile {prof} rule {i}");
+            for ir in self.compile_rule(r, stmt) {
+                rules.push(ir.comment(comment.clone()));
+            }
+        }
+        self.rs
+            .chains
+            .insert(name.clone(), Chain { base: None, rules });
+        Some(name)
+    }
+
+    fn sel_set(&mut self, sel: &Selector, fam: Family) -> String {
+        let name = format!("sel{}-{}", fam_tag(fam), content_hash(&sel.to_string()));
+        if !self.rs.sets.contains_key(&name) {
+            let addrs: Vec<IpAddr> = self
+                .eps
+                .selected(sel)
+                .flat_map(|e| e.addrs.iter().copied())
+                .collect();
+            let elems = match fam {
+                Family::V4 => SetElems::Addr4(
+                    addrs
+                        .iter()
+                        .filter_map(|a| match a {
+                            IpAddr::V4(a) => Some(*a),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect(),
+                ),
+                Family::V6 => SetElems::Addr6(
+                    addrs
+                        .iter()
+                        .filter_map(|a| match a {
+                            IpAddr::V6(a) => Some(*a),
+                            IpAddr::V4(_) => None,
+                        })
+                        .collect(),
+                ),
+            };
+            self.rs.sets.insert(name.clone(), elems);
+        }
+        name
+    }
+
+    fn net_set(&mut self, nets: &[IpNet], fam: Family) -> String {
+        let mine: Vec<IpNet> = nets
+            .iter()
+            .filter(|n| family_of(n) == fam)
+            .copied()
+            .collect();
+        let key: Vec<String> = mine.iter().map(ToString::to_string).collect();
+        let name = format!("net{}-{}", fam_tag(fam), content_hash(&key.join(",")));
+        self.rs
+            .sets
+            .entry(name.clone())
+            .or_insert_with(|| net_elems(&mine, fam));
+        name
+    }
+
+    fn port_set(&mut self, ports: &[(u16, u16)]) -> String {
+        let elems: BTreeSet<(u16, u16)> = ports.iter().copied().collect();
+        let key: Vec<String> = elems.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let name = format!("port-{}", content_hash(&key.join(",")));
+        self.rs
+            .sets
+            .entry(name.clone())
+            .or_insert(SetElems::Ports(elems));
+        name
+    }
+
+    fn named_port_set(&mut self, sel: Option<&Selector>, names: &[String], fam: Family) -> String {
+        let sel = sel.cloned().unwrap_or_default();
+        let name = format!(
+            "np{}-{}",
+            fam_tag(fam),
+            content_hash(&format!("{sel}|{}", names.join(",")))
+        );
+        if !self.rs.sets.contains_key(&name) {
+            let mut v4 = BTreeSet::new();
+            let mut v6 = BTreeSet::new();
+            for e in self.eps.selected(&sel) {
+                for np in e.named_ports.iter().filter(|np| names.contains(&np.name)) {
+                    for a in &e.addrs {
+                        match a {
+                            IpAddr::V4(a) => {
+                                v4.insert((*a, np.protocol.0, np.port));
+                            }
+                            IpAddr::V6(a) => {
+                                v6.insert((*a, np.protocol.0, np.port));
+                            }
+                        }
+                    }
+                }
+            }
+            let elems = match fam {
+                Family::V4 => SetElems::AddrProtoPort4(v4),
+                Family::V6 => SetElems::AddrProtoPort6(v6),
+            };
+            self.rs.sets.insert(name.clone(), elems);
+        }
+        name
+    }
+
+    /// One Calico rule becomes one IR rule per address family it can match (when it
+    /// matches on addresses) and per alternative of "numeric or named port".
+    fn compile_rule(&mut self, r: &NRule, stmt: Stmt) -> Vec<Rule> {
+        let family_specific = r.icmp.is_some()
+            || r.not_icmp.is_some()
+            || entity_is_addr_specific(&r.src)
+            || entity_is_addr_specific(&r.dst);
+        let mut fams: Vec<Option<Family>> = if family_specific {
+            vec![Some(Family::V4), Some(Family::V6)]
+        } else {
+            vec![None]
+        };
+        let allowed = |f: Family| -> bool {
+            let v = if f == Family::V4 { 4 } else { 6 };
+            if r.ip_version.is_some_and(|iv| iv != v) {
+                return false;
+            }
+            if (r.icmp.is_some() || r.not_icmp.is_some())
+                && r.protocol
+                    != Some(if f == Family::V4 {
+                        crate::model::Protocol::ICMP
+                    } else {
+                        crate::model::Protocol::ICMPV6
+                    })
+            {
+                return false;
+            }
+            for e in [&r.src, &r.dst] {
+                if !e.nets.is_empty() && !e.nets.iter().any(|n| family_of(n) == f) {
+                    return false;
+                }
+            }
+            true
+        };
+        fams.retain(|f| f.is_none_or(allowed));
+        // Without addresses, ipVersion still restricts the family.
+        if !family_specific && let Some(v) = r.ip_version {
+            fams = vec![Some(if v == 4 { Family::V4 } else { Family::V6 })];
+        }
+        let mut out = Vec::new();
+        for fam in fams {
+            let mut base = Vec::new();
+            if let Some(f) = fam {
+                base.push(Match::Family(f));
+            }
+            if let Some(p) = r.protocol {
+                base.push(Match::L4Proto {
+                    proto: p.0,
+                    negate: false,
+                });
+            }
+            if let Some(p) = r.not_protocol {
+                base.push(Match::L4Proto {
+                    proto: p.0,
+                    negate: true,
+                });
+            }
+            if let Some((t, c)) = r.icmp {
+                base.push(Match::Icmp {
+                    icmp_type: t,
+                    code: c,
+                    negate: false,
+                });
+            }
+            if let Some((t, c)) = r.not_icmp {
+                base.push(Match::Icmp {
+                    icmp_type: t,
+                    code: c,
+                    negate: true,
+                });
+            }
+            let mut src_fixed = base.clone();
+            self.entity_addr_matches(&r.src, Side::Src, fam, &mut src_fixed);
+            self.entity_addr_matches(&r.dst, Side::Dst, fam, &mut src_fixed);
+            let src_alts = self.port_alternatives(&r.src, Side::Src, fam);
+            let dst_alts = self.port_alternatives(&r.dst, Side::Dst, fam);
+            for sa in &src_alts {
+                for da in &dst_alts {
+                    let mut m = src_fixed.clone();
+                    m.extend(sa.iter().cloned());
+                    m.extend(da.iter().cloned());
+                    out.push(Rule::new(m, stmt.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn entity_addr_matches(
+        &mut self,
+        e: &Entity,
+        side: Side,
+        fam: Option<Family>,
+        out: &mut Vec<Match>,
+    ) {
+        let Some(f) = fam else { return };
+        if !e.nets.is_empty() {
+            let set = self.net_set(&e.nets, f);
+            out.push(Match::Addr {
+                side,
+                family: f,
+                set,
+                negate: false,
+            });
+        }
+        if e.not_nets.iter().any(|n| family_of(n) == f) {
+            let set = self.net_set(&e.not_nets, f);
+            out.push(Match::Addr {
+                side,
+                family: f,
+                set,
+                negate: true,
+            });
+        }
+        if let Some(s) = &e.selector {
+            let set = self.sel_set(s, f);
+            out.push(Match::Addr {
+                side,
+                family: f,
+                set,
+                negate: false,
+            });
+        }
+        if let Some(s) = &e.not_selector {
+            let set = self.sel_set(s, f);
+            out.push(Match::Addr {
+                side,
+                family: f,
+                set,
+                negate: true,
+            });
+        }
+    }
+
+    /// The port matches of an entity: a list of alternatives (OR), each a list of
+    /// matches (AND). `ports: [80, http]` is two alternatives; `notPorts` adds
+    /// negated matches to every alternative.
+    fn port_alternatives(
+        &mut self,
+        e: &Entity,
+        side: Side,
+        fam: Option<Family>,
+    ) -> Vec<Vec<Match>> {
+        let (num, named) = split_ports(&e.ports);
+        let mut alts: Vec<Vec<Match>> = Vec::new();
+        if e.ports.is_empty() {
+            alts.push(Vec::new());
+        } else {
+            if !num.is_empty() {
+                let set = self.port_set(&num);
+                alts.push(vec![Match::Port {
+                    side,
+                    set,
+                    negate: false,
+                }]);
+            }
+            if !named.is_empty()
+                && let Some(f) = fam
+            {
+                let set = self.named_port_set(e.selector.as_ref(), &named, f);
+                alts.push(vec![Match::AddrProtoPort {
+                    side,
+                    family: f,
+                    set,
+                    negate: false,
+                }]);
+            }
+        }
+        let (nnum, nnamed) = split_ports(&e.not_ports);
+        let mut neg = Vec::new();
+        if !nnum.is_empty() {
+            let set = self.port_set(&nnum);
+            neg.push(Match::Port {
+                side,
+                set,
+                negate: true,
+            });
+        }
+        if !nnamed.is_empty()
+            && let Some(f) = fam
+        {
+            let set = self.named_port_set(e.selector.as_ref(), &nnamed, f);
+            neg.push(Match::AddrProtoPort {
+                side,
+                family: f,
+                set,
+                negate: true,
+            });
+        }
+        for a in &mut alts {
+            a.extend(neg.iter().cloned());
+        }
+        alts
+    }
+}
+
+fn entity_is_addr_specific(e: &Entity) -> bool {
+    !e.nets.is_empty()
+        || !e.not_nets.is_empty()
+        || e.selector.is_some()
+        || e.not_selector.is_some()
+        || e.ports
+            .iter()
+            .chain(&e.not_ports)
+            .any(|p| matches!(p, Port::Named(_)))
+}
+
+fn split_ports(ports: &[Port]) -> (Vec<(u16, u16)>, Vec<String>) {
+    let mut num = Vec::new();
+    let mut named = Vec::new();
+    for p in ports {
+        match p {
+            Port::Number(n) => num.push((*n, *n)),
+            Port::Range(a, b) => num.push((*a, *b)),
+            Port::Named(n) => named.push(n.clone()),
+        }
+    }
+    named.sort();
+    named.dedup();
+    (num, named)
+}
+
+fn policy_stmt(a: Action, log_prefix: &str) -> Stmt {
+    match a {
+        Action::Allow => Stmt::SetMarkReturn(MARK_ACCEPT),
+        Action::Pass => Stmt::SetMarkReturn(MARK_PASS),
+        Action::Deny => Stmt::Drop,
+        Action::Log => Stmt::Log(log_prefix.to_owned()),
+    }
+}
+
+fn net_elems(nets: &[IpNet], fam: Family) -> SetElems {
+    match fam {
+        Family::V4 => SetElems::Net4(
+            nets.iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(n.trunc()),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+        ),
+        Family::V6 => SetElems::Net6(
+            nets.iter()
+                .filter_map(|n| match n {
+                    IpNet::V6(n) => Some(n.trunc()),
+                    IpNet::V4(_) => None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::HookResult;
+    use crate::model::{AnyResource, Profile, parse_yaml};
+    use crate::semantics::{NamedPort, Packet, Verdict};
+
+    fn ep(name: &str, ifname: &str, addr: &str, app: &str) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            namespace: Some("a".into()),
+            interface: ifname.into(),
+            addrs: vec![addr.parse().unwrap()],
+            labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+            profiles: vec!["kns.a".into()],
+            named_ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: crate::model::Protocol::TCP,
+                port: 8080,
+            }],
+        }
+    }
+
+    const POLICY: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: db, namespace: a}
+spec:
+  selector: app == 'db'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: app == 'web'}
+    destination: {ports: [5432, http]}
+"#;
+
+    fn build(eps: Vec<Endpoint>) -> (PolicyModel, Endpoints, Ruleset) {
+        let mut res = parse_yaml(POLICY).unwrap();
+        res.push(AnyResource::Profile(Profile::for_namespace(
+            "a",
+            &BTreeMap::new(),
+        )));
+        let m = PolicyModel::build(&res).unwrap();
+        let eps = Endpoints::new(&m, eps);
+        let pools = [
+            Pool {
+                cidr: "10.0.0.0/16".parse().unwrap(),
+                nat_outgoing: true,
+            },
+            Pool {
+                cidr: "10.1.0.0/16".parse().unwrap(),
+                nat_outgoing: false,
+            },
+        ];
+        let rs = compile(&m, &eps, &pools, &Options::default()).unwrap();
+        (m, eps, rs)
+    }
+
+    #[test]
+    fn compiled_ruleset_enforces_policy_and_fails_closed() {
+        let (_, _, rs) = build(vec![
+            ep("a/web", "caliweb", "10.0.0.1", "web"),
+            ep("a/db", "calidb", "10.0.0.2", "db"),
+        ]);
+        let p = |port| {
+            Packet::tcp(
+                "10.0.0.1".parse().unwrap(),
+                40000,
+                "10.0.0.2".parse().unwrap(),
+                port,
+            )
+        };
+        let ing = Direction::Ingress;
+        assert_eq!(
+            rs.evaluate(&p(5432), "calidb", ing).unwrap(),
+            Verdict::Allow
+        );
+        assert_eq!(
+            rs.evaluate(&p(8080), "calidb", ing).unwrap(),
+            Verdict::Allow
+        );
+        assert_eq!(rs.evaluate(&p(22), "calidb", ing).unwrap(), Verdict::Deny);
+        assert_eq!(rs.evaluate(&p(22), "caliweb", ing).unwrap(), Verdict::Allow);
+        // An interface no endpoint owns is dropped.
+        assert_eq!(
+            rs.evaluate(&p(5432), "caliunknown", ing).unwrap(),
+            Verdict::Deny
+        );
+        assert_eq!(
+            rs.evaluate(&p(5432), "caliunknown", Direction::Egress)
+                .unwrap(),
+            Verdict::Deny
+        );
+        // Non-workload traffic is not policed.
+        assert_eq!(
+            rs.run_hook(Hook::Forward, &p(22), "eth0", "eth1").unwrap(),
+            HookResult::Accept
+        );
+        // Established connections pass whatever the policy says now.
+        assert_eq!(
+            rs.run_hook_ct(Hook::Forward, &p(22), "eth0", "calidb", ct::ESTABLISHED)
+                .unwrap(),
+            HookResult::Accept
+        );
+    }
+
+    #[test]
+    fn nat_outgoing_masquerades_only_pool_to_outside() {
+        let (_, _, rs) = build(vec![ep("a/web", "caliweb", "10.0.0.1", "web")]);
+        let pk = |s: &str, d: &str| Packet::tcp(s.parse().unwrap(), 1, d.parse().unwrap(), 80);
+        let nat = |p| {
+            rs.run_hook(Hook::Postrouting, &p, "caliweb", "eth0")
+                .unwrap()
+        };
+        assert_eq!(nat(pk("10.0.0.1", "203.0.113.5")), HookResult::Masquerade);
+        assert_eq!(
+            nat(pk("10.0.0.1", "10.0.9.9")),
+            HookResult::Accept,
+            "to own pool"
+        );
+        assert_eq!(
+            nat(pk("10.0.0.1", "10.1.0.9")),
+            HookResult::Accept,
+            "to another pool"
+        );
+        assert_eq!(
+            nat(pk("10.1.0.1", "203.0.113.5")),
+            HookResult::Accept,
+            "pool without natOutgoing"
+        );
+        assert_eq!(
+            nat(pk("192.0.2.1", "203.0.113.5")),
+            HookResult::Accept,
+            "not from a pool"
+        );
+    }
+
+    #[test]
+    fn adding_an_endpoint_like_an_existing_one_changes_elements_only() {
+        let (_, _, before) = build(vec![
+            ep("a/web", "caliweb", "10.0.0.1", "web"),
+            ep("a/db", "calidb", "10.0.0.2", "db"),
+        ]);
+        let (_, _, after) = build(vec![
+            ep("a/web", "caliweb", "10.0.0.1", "web"),
+            ep("a/web2", "caliweb2", "10.0.0.3", "web"),
+            ep("a/db", "calidb", "10.0.0.2", "db"),
+        ]);
+        let d = before.diff(&after);
+        assert!(!d.touches_rules(), "{d:#?}");
+        assert!(d.add_sets.is_empty() && d.del_sets.is_empty());
+        assert_eq!(d.add_elems.len(), 4, "{d:#?}"); // two maps, the web selector set, the named-port set
+        let back = after.diff(&before);
+        assert!(!back.touches_rules());
+        // And the new endpoint is allowed to reach the database.
+        let p = Packet::tcp(
+            "10.0.0.3".parse().unwrap(),
+            1,
+            "10.0.0.2".parse().unwrap(),
+            5432,
+        );
+        assert_eq!(
+            after.evaluate(&p, "calidb", Direction::Ingress).unwrap(),
+            Verdict::Allow
+        );
+        assert_eq!(
+            before.evaluate(&p, "calidb", Direction::Ingress).unwrap(),
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn bad_interfaces_are_rejected_with_the_endpoint_named() {
+        let m = PolicyModel::default();
+        let mut e = ep("a/x", "eth0", "10.0.0.1", "x");
+        let eps = Endpoints::new(&m, [e.clone()]);
+        let err = compile(&m, &eps, &[], &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a/x") && err.contains("\"eth0\""), "{err}");
+        e.interface = "cali0123456789abcdef".into();
+        let eps = Endpoints::new(&m, [e]);
+        assert!(compile(&m, &eps, &[], &Options::default()).is_err());
+        let eps = Endpoints::new(
+            &m,
+            [
+                ep("a/x", "calix", "10.0.0.1", "x"),
+                ep("a/y", "calix", "10.0.0.2", "y"),
+            ],
+        );
+        let err = compile(&m, &eps, &[], &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("also used by endpoint a/x"), "{err}");
+    }
+}

@@ -1,0 +1,714 @@
+//! The netlink transport: one `NETLINK_ROUTE` socket bound to one namespace, with
+//! consistent dumps and pipelined batches of writes.
+//!
+//! Messages are built and parsed with `netlink-packet-route`; the socket is driven
+//! here rather than through `rtnetlink::Handle` because the reconciler needs three
+//! things that handle hides: the `NLM_F_DUMP_INTR` flag of dump messages, the
+//! `ENOBUFS` overrun of the socket, and many writes per `send` with errors matched
+//! back to their request by sequence number.
+//!
+//! Writes are sent without `NLM_F_ACK`: the kernel then answers only the requests
+//! that fail. Each batch ends with an acknowledged `NLMSG_NOOP`, so once its ack
+//! arrives every error of the batch has arrived too (rtnetlink processes a datagram's
+//! messages in order).
+
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkSerializable,
+    ParseableParametrized,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+const HDR: usize = 16;
+/// How many times a dump is retried when interrupted or overrun.
+pub const DUMP_ATTEMPTS: u32 = 10;
+/// Upper bound on the bytes of one `send` (several hundred route messages).
+const BATCH_BYTES: usize = 60 * 1024;
+const RX_BUF: usize = 1 << 20;
+
+/// Counters of what a connection did (the zero-writes checks read these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Write requests sent (adds, replacements, deletions, link changes...).
+    pub writes: u64,
+    /// Completed dumps.
+    pub dumps: u64,
+    /// Dumps restarted because of `NLM_F_DUMP_INTR` or an overrun.
+    pub redumps: u64,
+    /// `send` calls that carried writes.
+    pub sends: u64,
+}
+
+/// A kernel rejection of one request of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// Positive errno.
+    pub errno: i32,
+    /// The extended-ack message, if the kernel gave one.
+    pub message: Option<String>,
+}
+
+impl Nack {
+    /// `strerror` plus the kernel's extended message.
+    pub fn describe(&self) -> String {
+        let base = std::io::Error::from_raw_os_error(self.errno).to_string();
+        match &self.message {
+            Some(m) => format!("{base}: {m}"),
+            None => base,
+        }
+    }
+}
+
+/// One netlink socket inside one namespace.
+#[derive(Debug)]
+pub struct Conn {
+    netns: Netns,
+    fd: AsyncFd<Socket>,
+    seq: u32,
+    rx: Vec<u8>,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+enum DumpOutcome {
+    Done(Vec<RouteNetlinkMessage>),
+    Interrupted,
+    Overrun,
+}
+
+fn open_socket(netns: &Netns) -> Result<Socket> {
+    let transport = |context: &str, source: std::io::Error| Error::Transport {
+        context: format!("{context} in netns {netns}"),
+        source,
+    };
+    netns.run(|| -> Result<Socket> {
+        let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| transport("socket()", e))?;
+        s.bind_auto().map_err(|e| transport("bind", e))?;
+        s.set_non_blocking(true)
+            .map_err(|e| transport("O_NONBLOCK", e))?;
+        // Errors carry only the failing request's header, plus a message.
+        s.set_cap_ack(true)
+            .map_err(|e| transport("NETLINK_CAP_ACK", e))?;
+        s.set_ext_ack(true)
+            .map_err(|e| transport("NETLINK_EXT_ACK", e))?;
+        // Large buffers so that a big dump or many errors do not overrun; the
+        // FORCE variants need CAP_NET_ADMIN, the plain ones are the fallback.
+        let fd = s.as_raw_fd();
+        set_buf(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
+        set_buf(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+        Ok(s)
+    })?
+}
+
+fn set_buf(fd: i32, force: i32, plain: i32, size: i32) {
+    let len = std::mem::size_of::<i32>() as libc::socklen_t;
+    let ptr = &size as *const i32 as *const libc::c_void;
+    // SAFETY: valid fd and a pointer to an i32 of the stated length.
+    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, force, ptr, len) };
+    if rc != 0 {
+        // SAFETY: as above.
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, plain, ptr, len) };
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Parses an `NLMSG_ERROR` payload: (errno, seq of the failing request, ext-ack msg).
+fn parse_error(payload: &[u8], capped: bool) -> (i32, u32, Option<String>) {
+    if payload.len() < 4 + HDR {
+        return (0, 0, None);
+    }
+    let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let orig_len = u32_at(payload, 4) as usize;
+    let orig_seq = u32_at(payload, 4 + 8);
+    // With NETLINK_CAP_ACK only the request header is echoed; otherwise the whole
+    // request. Extended-ack TLVs follow.
+    let skip = if capped { HDR } else { orig_len.max(HDR) };
+    let mut at = 4 + align4(skip);
+    let mut msg = None;
+    while at + 4 <= payload.len() {
+        let len = u16_at(payload, at) as usize;
+        let kind = u16_at(payload, at + 2) & 0x3fff;
+        if len < 4 || at + len > payload.len() {
+            break;
+        }
+        // NLMSGERR_ATTR_MSG = 1
+        if kind == 1 {
+            let raw = &payload[at + 4..at + len];
+            let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+            msg = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
+        }
+        at += align4(len);
+    }
+    (-code, orig_seq, msg)
+}
+
+/// Why one datagram of a dump could not be used.
+#[derive(Debug)]
+enum ScanError {
+    BadLength { len: usize, at: usize, of: usize },
+    Decode(String),
+    Kernel(Nack),
+}
+
+impl ScanError {
+    fn context(self, what: &str, netns: &Netns) -> Error {
+        match self {
+            ScanError::BadLength { len, at, of } => Error::Decode {
+                context: format!("dump of {what} in netns {netns}"),
+                message: format!("bad message length {len} at offset {at} of {of}"),
+            },
+            ScanError::Decode(message) => Error::Decode {
+                context: format!("dump of {what} in netns {netns}"),
+                message,
+            },
+            ScanError::Kernel(n) => Error::Netlink {
+                request: format!("dump {what} in netns {netns}"),
+                errno: n.errno,
+                message: n.describe(),
+            },
+        }
+    }
+}
+
+/// Processes one received datagram of the dump with sequence `seq`: collects its
+/// messages into `out`, and returns the outcome once the dump ends. A message
+/// flagged `NLM_F_DUMP_INTR` (the kernel's table changed during the dump) makes the
+/// whole dump [`DumpOutcome::Interrupted`]: its snapshot is discarded, never used.
+fn scan_dump(
+    buf: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    out: &mut Vec<RouteNetlinkMessage>,
+) -> std::result::Result<Option<DumpOutcome>, ScanError> {
+    let n = buf.len();
+    let mut at = 0;
+    while at + HDR <= n {
+        let len = u32_at(buf, at) as usize;
+        if len < HDR || at + len > n {
+            return Err(ScanError::BadLength { len, at, of: n });
+        }
+        let kind = u16_at(buf, at + 4);
+        let flags = u16_at(buf, at + 6);
+        let mseq = u32_at(buf, at + 8);
+        let payload = &buf[at + HDR..at + len];
+        at += align4(len);
+        if mseq != seq {
+            // Leftovers of an earlier request; not part of this dump.
+            continue;
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match kind {
+            NLMSG_DONE => {
+                return Ok(Some(if *interrupted {
+                    DumpOutcome::Interrupted
+                } else {
+                    DumpOutcome::Done(std::mem::take(out))
+                }));
+            }
+            NLMSG_ERROR => {
+                let (errno, _, message) = parse_error(payload, true);
+                if errno == libc::EINTR || errno == libc::EBUSY {
+                    // Some dumps report an inconsistent snapshot as EINTR.
+                    return Ok(Some(DumpOutcome::Interrupted));
+                }
+                return Err(ScanError::Kernel(Nack { errno, message }));
+            }
+            NLMSG_OVERRUN => return Ok(Some(DumpOutcome::Overrun)),
+            NLMSG_NOOP => {}
+            _ => {
+                if *interrupted {
+                    continue;
+                }
+                let msg = RouteNetlinkMessage::parse_with_param(payload, kind)
+                    .map_err(|e| ScanError::Decode(e.to_string()))?;
+                out.push(msg);
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl Conn {
+    /// Opens a socket inside `netns`. Must be called inside a tokio runtime.
+    pub async fn open(netns: &Netns) -> Result<Self> {
+        let sock = open_socket(netns)?;
+        // SAFETY: the socket owns its fd, which stays open and unchanged until the
+        // AsyncFd (which owns the socket) is dropped.
+        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Transport {
+            context: format!("registering netlink socket of netns {netns} with tokio"),
+            source: std::io::Error::from(e),
+        })?;
+        Ok(Conn {
+            netns: netns.clone(),
+            fd,
+            seq: 1,
+            rx: vec![0; RX_BUF],
+            stats: Stats::default(),
+        })
+    }
+
+    /// The namespace this connection works in.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Replaces the socket with a fresh one (after an overrun nothing queued on the
+    /// old one can be trusted).
+    async fn reopen(&mut self) -> Result<()> {
+        let fresh = Conn::open(&self.netns).await?;
+        self.fd = fresh.fd;
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn encode(out: &mut Vec<u8>, msg: &RouteNetlinkMessage, flags: u16, seq: u32) {
+        let body = msg.buffer_len();
+        let len = HDR + body;
+        let start = out.len();
+        out.resize(start + align4(len), 0);
+        let b = &mut out[start..];
+        b[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        b[4..6].copy_from_slice(&msg.message_type().to_ne_bytes());
+        b[6..8].copy_from_slice(&flags.to_ne_bytes());
+        b[8..12].copy_from_slice(&seq.to_ne_bytes());
+        b[12..16].copy_from_slice(&0u32.to_ne_bytes());
+        msg.serialize(&mut b[HDR..len]);
+    }
+
+    fn encode_noop(out: &mut Vec<u8>, seq: u32) {
+        let start = out.len();
+        out.resize(start + HDR, 0);
+        let b = &mut out[start..];
+        b[0..4].copy_from_slice(&(HDR as u32).to_ne_bytes());
+        b[4..6].copy_from_slice(&NLMSG_NOOP.to_ne_bytes());
+        b[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    }
+
+    async fn send_all(&self, buf: &[u8], context: &str) -> Result<()> {
+        loop {
+            let mut guard = self
+                .fd
+                .writable()
+                .await
+                .map_err(|source| Error::Transport {
+                    context: context.to_string(),
+                    source,
+                })?;
+            match guard.try_io(|inner| inner.get_ref().send(buf, 0)) {
+                Ok(Ok(n)) if n == buf.len() => return Ok(()),
+                Ok(Ok(n)) => {
+                    return Err(Error::Transport {
+                        context: context.to_string(),
+                        source: std::io::Error::other(format!("short send {n} of {}", buf.len())),
+                    });
+                }
+                Ok(Err(source)) => {
+                    return Err(Error::Transport {
+                        context: context.to_string(),
+                        source,
+                    });
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one datagram into `self.rx`, returning its length.
+    async fn recv(&mut self) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let rx = &mut self.rx;
+            match guard.try_io(|inner| {
+                let fd = inner.get_ref().as_raw_fd();
+                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
+                let n =
+                    unsafe { libc::recv(fd, rx.as_mut_ptr().cast(), rx.len(), libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(res) => return res,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Dumps with `request` (sent with `NLM_F_DUMP`), restarting on an interrupted
+    /// dump or a socket overrun until a consistent snapshot is read.
+    pub async fn dump(
+        &mut self,
+        request: &RouteNetlinkMessage,
+        what: &'static str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        for attempt in 1..=DUMP_ATTEMPTS {
+            match self.dump_once(request, what).await? {
+                DumpOutcome::Done(v) => {
+                    self.stats.dumps += 1;
+                    return Ok(v);
+                }
+                DumpOutcome::Interrupted => {
+                    self.stats.redumps += 1;
+                }
+                DumpOutcome::Overrun => {
+                    self.stats.redumps += 1;
+                    self.reopen().await?;
+                }
+            }
+            if attempt == DUMP_ATTEMPTS {
+                break;
+            }
+        }
+        Err(Error::DumpInconsistent {
+            what,
+            attempts: DUMP_ATTEMPTS,
+        })
+    }
+
+    async fn dump_once(
+        &mut self,
+        request: &RouteNetlinkMessage,
+        what: &'static str,
+    ) -> Result<DumpOutcome> {
+        let seq = self.next_seq();
+        let mut buf = Vec::with_capacity(64);
+        Conn::encode(&mut buf, request, NLM_F_REQUEST | NLM_F_DUMP, seq);
+        self.send_all(
+            &buf,
+            &format!("sending dump of {what} in netns {}", self.netns),
+        )
+        .await?;
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let n = match self.recv().await {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Ok(DumpOutcome::Overrun);
+                }
+                Err(source) => {
+                    return Err(Error::Transport {
+                        context: format!("receiving dump of {what} in netns {}", self.netns),
+                        source,
+                    });
+                }
+            };
+            let netns = &self.netns;
+            if let Some(outcome) = scan_dump(&self.rx[..n], seq, &mut interrupted, &mut out)
+                .map_err(|e| e.context(what, netns))?
+            {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// One acknowledged request (a `GET` of one object, or a single write whose
+    /// outcome the caller waits for). Returns the replies (for a `GET`), or the
+    /// kernel's rejection as `Err(Nack)`.
+    pub async fn request(
+        &mut self,
+        msg: &RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<RouteNetlinkMessage>, Nack>> {
+        let seq = self.next_seq();
+        let mut buf = Vec::with_capacity(256);
+        Conn::encode(&mut buf, msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+        self.send_all(&buf, &format!("sending {what} in netns {}", self.netns))
+            .await?;
+        let is_write = !matches!(
+            msg,
+            RouteNetlinkMessage::GetLink(_)
+                | RouteNetlinkMessage::GetAddress(_)
+                | RouteNetlinkMessage::GetRoute(_)
+                | RouteNetlinkMessage::GetNeighbour(_)
+        );
+        if is_write {
+            self.stats.writes += 1;
+        }
+        let mut replies = Vec::new();
+        loop {
+            let n = self.recv().await.map_err(|source| Error::Transport {
+                context: format!("receiving reply to {what} in netns {}", self.netns),
+                source,
+            })?;
+            let mut at = 0;
+            while at + HDR <= n {
+                let len = u32_at(&self.rx, at) as usize;
+                if len < HDR || at + len > n {
+                    break;
+                }
+                let kind = u16_at(&self.rx, at + 4);
+                let mseq = u32_at(&self.rx, at + 8);
+                let payload = &self.rx[at + HDR..at + len];
+                at += align4(len);
+                if mseq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_ERROR => {
+                        let (errno, _, message) = parse_error(payload, true);
+                        return Ok(if errno == 0 {
+                            Ok(replies)
+                        } else {
+                            Err(Nack { errno, message })
+                        });
+                    }
+                    NLMSG_DONE | NLMSG_NOOP => {}
+                    _ => {
+                        let m =
+                            RouteNetlinkMessage::parse_with_param(payload, kind).map_err(|e| {
+                                Error::Decode {
+                                    context: format!("reply to {what} in netns {}", self.netns),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        replies.push(m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `requests` (each with its own `NLM_F_*` operation flags; `NLM_F_REQUEST`
+    /// is added) pipelined: many per `send`, no per-request round trip. Returns, per
+    /// request, `None` when the kernel accepted it or the rejection.
+    pub async fn execute(
+        &mut self,
+        requests: &[(RouteNetlinkMessage, u16)],
+        what: &str,
+    ) -> Result<Vec<Option<Nack>>> {
+        let mut results: Vec<Option<Nack>> = vec![None; requests.len()];
+        if requests.is_empty() {
+            return Ok(results);
+        }
+        let base = self.seq.wrapping_add(1);
+        let mut buf = Vec::with_capacity(BATCH_BYTES + 1024);
+        let mut i = 0;
+        while i < requests.len() {
+            buf.clear();
+            while i < requests.len() && buf.len() < BATCH_BYTES {
+                let seq = self.next_seq();
+                let (msg, flags) = &requests[i];
+                Conn::encode(&mut buf, msg, NLM_F_REQUEST | flags, seq);
+                i += 1;
+            }
+            let last = i == requests.len();
+            let noop_seq = if last {
+                let s = self.next_seq();
+                Conn::encode_noop(&mut buf, s);
+                Some(s)
+            } else {
+                None
+            };
+            self.send_all(&buf, &format!("sending {what} in netns {}", self.netns))
+                .await?;
+            self.stats.sends += 1;
+            // The kernel handled the datagram during send(); collect what failed so
+            // far without waiting (keeps the receive queue short).
+            self.collect(base, &mut results, noop_seq, what).await?;
+        }
+        self.stats.writes += requests.len() as u64;
+        Ok(results)
+    }
+
+    /// Reads error messages and maps them to request indices (`seq - base`). When
+    /// `until` is given, waits for that sequence's ack; otherwise drains only what
+    /// is queued.
+    async fn collect(
+        &mut self,
+        base: u32,
+        results: &mut [Option<Nack>],
+        until: Option<u32>,
+        what: &str,
+    ) -> Result<()> {
+        loop {
+            let n = if until.is_some() {
+                self.recv().await
+            } else {
+                let fd = self.fd.get_ref().as_raw_fd();
+                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        self.rx.as_mut_ptr().cast(),
+                        self.rx.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        return Ok(());
+                    }
+                    Err(e)
+                } else {
+                    Ok(n as usize)
+                }
+            };
+            let n = n.map_err(|source| Error::Transport {
+                context: format!("receiving results of {what} in netns {}", self.netns),
+                source,
+            })?;
+            let mut at = 0;
+            let mut done = false;
+            while at + HDR <= n {
+                let len = u32_at(&self.rx, at) as usize;
+                if len < HDR || at + len > n {
+                    break;
+                }
+                let kind = u16_at(&self.rx, at + 4);
+                let mseq = u32_at(&self.rx, at + 8);
+                if kind == NLMSG_ERROR {
+                    let (errno, seq, message) = parse_error(&self.rx[at + HDR..at + len], true);
+                    if Some(mseq) == until && Some(seq) == until {
+                        done = true;
+                    } else if errno != 0 {
+                        let idx = seq.wrapping_sub(base) as usize;
+                        if let Some(slot) = results.get_mut(idx) {
+                            *slot = Some(Nack { errno, message });
+                        }
+                    }
+                }
+                at += align4(len);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((HDR + payload.len()) as u32).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(payload);
+        while b.len() % 4 != 0 {
+            b.push(0);
+        }
+        b
+    }
+
+    fn route_msg(seq: u32, flags: u16) -> Vec<u8> {
+        use netlink_packet_route::route::RouteMessage;
+        let msg = RouteNetlinkMessage::NewRoute(RouteMessage::default());
+        let mut body = vec![0; msg.buffer_len()];
+        msg.serialize(&mut body);
+        frame(msg.message_type(), NLM_F_MULTI | flags, seq, &body)
+    }
+
+    const NLM_F_MULTI: u16 = 2;
+
+    #[test]
+    fn dump_collects_until_done_and_ignores_other_sequences() {
+        let mut dg = route_msg(7, 0);
+        dg.extend(route_msg(6, 0)); // an earlier request's leftover
+        dg.extend(route_msg(7, 0));
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(scan_dump(&dg, 7, &mut intr, &mut out).unwrap().is_none());
+        let done = frame(NLMSG_DONE, NLM_F_MULTI, 7, &0i32.to_ne_bytes());
+        match scan_dump(&done, 7, &mut intr, &mut out).unwrap() {
+            Some(DumpOutcome::Done(v)) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn interrupted_dump_is_discarded() {
+        let mut dg = route_msg(9, 0);
+        dg.extend(route_msg(9, NLM_F_DUMP_INTR));
+        dg.extend(frame(
+            NLMSG_DONE,
+            NLM_F_MULTI | NLM_F_DUMP_INTR,
+            9,
+            &0i32.to_ne_bytes(),
+        ));
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(matches!(
+            scan_dump(&dg, 9, &mut intr, &mut out).unwrap(),
+            Some(DumpOutcome::Interrupted)
+        ));
+        let overrun = frame(NLMSG_OVERRUN, 0, 9, &[]);
+        let (mut intr, mut out) = (false, Vec::new());
+        assert!(matches!(
+            scan_dump(&overrun, 9, &mut intr, &mut out).unwrap(),
+            Some(DumpOutcome::Overrun)
+        ));
+        // A header claiming more bytes than the datagram holds.
+        let mut short = frame(NLMSG_DONE, 0, 9, &0i32.to_ne_bytes());
+        short[0] = 200;
+        assert!(scan_dump(&short, 9, &mut false, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn parses_capped_error_with_extack() {
+        // NLMSG_ERROR payload as the kernel sends it with CAP_ACK + EXT_ACK:
+        // error -19 (ENODEV), the request header (len 60, seq 7), then
+        // NLMSGERR_ATTR_MSG "no such device".
+        let mut p = Vec::new();
+        p.extend_from_slice(&(-19i32).to_ne_bytes());
+        p.extend_from_slice(&60u32.to_ne_bytes());
+        p.extend_from_slice(&24u16.to_ne_bytes());
+        p.extend_from_slice(&0x0501u16.to_ne_bytes());
+        p.extend_from_slice(&7u32.to_ne_bytes());
+        p.extend_from_slice(&0u32.to_ne_bytes());
+        let msg = b"no such device\0";
+        p.extend_from_slice(&((4 + msg.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(msg);
+        while p.len() % 4 != 0 {
+            p.push(0);
+        }
+        let (errno, seq, m) = parse_error(&p, true);
+        assert_eq!((errno, seq), (19, 7));
+        assert_eq!(m.as_deref(), Some("no such device"));
+        let nack = Nack { errno, message: m };
+        assert!(
+            nack.describe().contains("No such device"),
+            "{}",
+            nack.describe()
+        );
+    }
+}

@@ -1,0 +1,574 @@
+//! Workload plumbing, Calico's way: a veth pair from the host into the pod's
+//! namespace, the host side with MAC `ee:ee:ee:ee:ee:ee`, proxy ARP/NDP and the
+//! host routes; the pod side `eth0` with /32 and /128 addresses and default routes
+//! through `169.254.1.1` (IPv4) and the host side's link-local address (IPv6).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kernel::{LinkIndex, RouteMsgKind, route_message};
+use crate::link::{self, LinkChange};
+use crate::netns::Netns;
+use crate::nl::Conn;
+use crate::spec::{IfName, MacAddr, POD_GATEWAY_V4, RouteProtocol, RouteSpec, WorkloadSpec};
+
+/// How often the host MAC is set and read back before giving up.
+const MAC_ATTEMPTS: u32 = 5;
+/// How long to wait for the host side's IPv6 link-local address.
+const LINK_LOCAL_WAIT: Duration = Duration::from_secs(3);
+
+/// The sysctls Calico sets on a host-side workload interface, as
+/// (`/proc/sys` key, value).
+pub fn host_sysctls(ifname: &IfName, ipv6: bool) -> Vec<(String, String)> {
+    let mut v = vec![
+        (format!("net/ipv4/conf/{ifname}/proxy_arp"), "1".to_string()),
+        (
+            format!("net/ipv4/neigh/{ifname}/proxy_delay"),
+            "0".to_string(),
+        ),
+        (
+            format!("net/ipv4/conf/{ifname}/forwarding"),
+            "1".to_string(),
+        ),
+        (
+            format!("net/ipv4/conf/{ifname}/route_localnet"),
+            "1".to_string(),
+        ),
+    ];
+    if ipv6 {
+        v.extend([
+            (format!("net/ipv6/conf/{ifname}/proxy_ndp"), "1".to_string()),
+            (
+                format!("net/ipv6/conf/{ifname}/forwarding"),
+                "1".to_string(),
+            ),
+            (
+                format!("net/ipv6/conf/{ifname}/accept_dad"),
+                "0".to_string(),
+            ),
+            (format!("net/ipv6/conf/{ifname}/accept_ra"), "0".to_string()),
+        ]);
+    }
+    v
+}
+
+/// The pod-side routes: `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1
+/// dev eth0`, and for IPv6 `default via <host link-local> dev eth0`.
+pub fn pod_routes(spec: &WorkloadSpec, host_link_local: Option<IpAddr>) -> Vec<RouteSpec> {
+    let dev = spec.pod_ifname.clone();
+    let mut v = Vec::new();
+    if spec.ipv4.is_some() {
+        v.push(
+            RouteSpec::direct(IpNet::from(IpAddr::V4(POD_GATEWAY_V4)), dev.clone())
+                .protocol(RouteProtocol::BOOT),
+        );
+        v.push(
+            RouteSpec::via(
+                "0.0.0.0/0".parse().expect("valid"),
+                IpAddr::V4(POD_GATEWAY_V4),
+            )
+            .device(dev.clone())
+            .protocol(RouteProtocol::BOOT),
+        );
+    }
+    if let (Some(_), Some(ll)) = (spec.ipv6, host_link_local) {
+        v.push(
+            RouteSpec::via("::/0".parse().expect("valid"), ll)
+                .device(dev)
+                .protocol(RouteProtocol::BOOT),
+        );
+    }
+    v
+}
+
+/// The pod's addresses: /32 and /128.
+pub fn pod_addresses(spec: &WorkloadSpec) -> Vec<IpNet> {
+    let mut v = Vec::new();
+    if let Some(a) = spec.ipv4 {
+        v.push(IpNet::from(IpAddr::V4(a)));
+    }
+    if let Some(a) = spec.ipv6 {
+        v.push(IpNet::from(IpAddr::V6(a)));
+    }
+    v
+}
+
+/// One way the kernel differs from a workload's expected state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// What was checked (`host link cali123 mtu`, `pod route default ...`).
+    pub item: String,
+    /// What it should be.
+    pub expected: String,
+    /// What it is.
+    pub observed: String,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: expected {}, observed {}",
+            self.item, self.expected, self.observed
+        )
+    }
+}
+
+/// What [`setup_workload`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupReport {
+    /// False when the workload was already exactly as specified (nothing written).
+    pub changed: bool,
+    /// When the workload existed but differed: what differed (it was rebuilt).
+    pub rebuilt_because: Vec<Difference>,
+    /// The host side's IPv6 link-local address (the pod's IPv6 gateway).
+    pub host_link_local: Option<IpAddr>,
+    /// Attempts needed until the host MAC read back as `ee:ee:ee:ee:ee:ee`.
+    pub mac_attempts: u32,
+}
+
+/// What [`teardown_workload`] found and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// The host-side interface existed and was deleted (its peer and its routes go
+    /// with it).
+    pub host_link_deleted: bool,
+    /// A leftover pod-side interface was deleted.
+    pub pod_link_deleted: bool,
+    /// The pod's namespace no longer existed.
+    pub netns_missing: bool,
+}
+
+fn ll_of(addrs: &[link::ObservedAddress]) -> Option<IpAddr> {
+    addrs.iter().find_map(|a| match a.address {
+        IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80 && !a.tentative => {
+            Some(IpAddr::V6(n.addr()))
+        }
+        _ => None,
+    })
+}
+
+async fn host_link_local(host: &mut Conn, index: u32, wait: Duration) -> Result<Option<IpAddr>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(ll) = ll_of(&link::addresses(host, Some(index)).await?) {
+            return Ok(Some(ll));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends routes as replacements and fails on the first rejection.
+async fn replace_routes(conn: &mut Conn, routes: &[RouteSpec], links: &LinkIndex) -> Result<()> {
+    let mut reqs = Vec::with_capacity(routes.len());
+    for r in routes {
+        let oif = match &r.device {
+            Some(d) => Some(
+                links
+                    .by_name(d)
+                    .ok_or_else(|| Error::LinkNotFound {
+                        name: d.to_string(),
+                        netns: conn.netns().to_string(),
+                    })?
+                    .index,
+            ),
+            None => None,
+        };
+        reqs.push((
+            RouteNetlinkMessage::NewRoute(route_message(&r.normalized(), oif, RouteMsgKind::New)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ));
+    }
+    let out = conn.execute(&reqs, "workload routes").await?;
+    for (r, o) in routes.iter().zip(out) {
+        if let Some(n) = o {
+            return Err(Error::Netlink {
+                request: format!("route replace {r}"),
+                errno: n.errno,
+                message: n.describe(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Plumbs one workload. `host` is a connection in the node's namespace; host routes
+/// get `protocol` (the reconciler that owns them should use the same).
+///
+/// Idempotent: when the workload already matches, nothing is written; when it
+/// exists but differs, it is deleted and rebuilt (Calico's ADD semantics). Needs a
+/// tokio runtime with the time driver.
+pub async fn setup_workload(
+    host: &mut Conn,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+) -> Result<SetupReport> {
+    spec.validate()?;
+    let mut rebuilt_because = Vec::new();
+    if link::get_link(host, &spec.host_ifname).await?.is_some() {
+        let diffs = check_workload(host, spec, protocol).await?;
+        if diffs.is_empty() {
+            let idx = link::get_link(host, &spec.host_ifname)
+                .await?
+                .map(|l| l.index)
+                .unwrap_or(0);
+            let ll = if spec.ipv6.is_some() {
+                host_link_local(host, idx, Duration::ZERO).await?
+            } else {
+                None
+            };
+            return Ok(SetupReport {
+                changed: false,
+                rebuilt_because,
+                host_link_local: ll,
+                mac_attempts: 0,
+            });
+        }
+        rebuilt_because = diffs;
+        link::delete_link(host, &spec.host_ifname).await?;
+    }
+
+    let pod_ns = Netns::open(&spec.pod_netns)?;
+    let mut pod = Conn::open(&pod_ns).await?;
+    // A leftover pod interface of the same name would make the create fail.
+    if link::get_link(&mut pod, &spec.pod_ifname).await?.is_some() {
+        link::delete_link(&mut pod, &spec.pod_ifname).await?;
+    }
+
+    // The veth pair, peer created directly in the pod's namespace.
+    let pod_fd = std::os::fd::AsRawFd::as_raw_fd(pod_ns.file());
+    let peer = LinkUnspec::new_with_name(spec.pod_ifname.as_str())
+        .mtu(spec.mtu)
+        .setns_by_fd(pod_fd)
+        .build();
+    let veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(
+        netlink_packet_route::link::InfoKind::Veth,
+    )
+    .name(spec.host_ifname.as_str())
+    .mtu(spec.mtu)
+    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+    .append_extra_attribute(LinkAttribute::Address(MacAddr::WORKLOAD_HOST.0.to_vec()))
+    .build();
+    link::create_link(
+        host,
+        veth,
+        &format!(
+            "link add {} type veth peer name {} netns {}",
+            spec.host_ifname, spec.pod_ifname, pod_ns
+        ),
+    )
+    .await?;
+    let host_link = link::get_link(host, &spec.host_ifname)
+        .await?
+        .ok_or_else(|| Error::LinkNotFound {
+            name: spec.host_ifname.to_string(),
+            netns: host.netns().to_string(),
+        })?;
+
+    // Sysctls before the link comes up (accept_dad / accept_ra matter at up time).
+    host.netns()
+        .write_sysctls(&host_sysctls(&spec.host_ifname, spec.ipv6.is_some()))?;
+
+    // The kernel sometimes ignores a MAC given at creation: set, read back, retry.
+    let mut mac_attempts = 0;
+    let mut observed_mac = host_link.mac;
+    while observed_mac != Some(MacAddr::WORKLOAD_HOST) {
+        mac_attempts += 1;
+        if mac_attempts > MAC_ATTEMPTS {
+            return Err(Error::NotConverged {
+                what: "host-side MAC",
+                name: spec.host_ifname.to_string(),
+                detail: format!(
+                    "still {observed_mac:?} after {MAC_ATTEMPTS} attempts to set {}",
+                    MacAddr::WORKLOAD_HOST
+                ),
+            });
+        }
+        link::set_link(
+            host,
+            host_link.index,
+            &spec.host_ifname,
+            &LinkChange {
+                mac: Some(MacAddr::WORKLOAD_HOST),
+                ..LinkChange::default()
+            },
+        )
+        .await?;
+        observed_mac = link::get_link(host, &spec.host_ifname)
+            .await?
+            .and_then(|l| l.mac);
+    }
+
+    // Pod side: up, addresses, routes.
+    let pod_link = link::get_link(&mut pod, &spec.pod_ifname)
+        .await?
+        .ok_or_else(|| Error::LinkNotFound {
+            name: spec.pod_ifname.to_string(),
+            netns: pod_ns.to_string(),
+        })?;
+    link::set_link(
+        &mut pod,
+        pod_link.index,
+        &spec.pod_ifname,
+        &LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )
+    .await?;
+    for a in pod_addresses(spec) {
+        link::add_address(&mut pod, pod_link.index, &spec.pod_ifname, a, true).await?;
+    }
+
+    // Host side up; with both ends up the carrier comes and IPv6 assigns the
+    // link-local address the pod's IPv6 default route uses.
+    link::set_link(
+        host,
+        host_link.index,
+        &spec.host_ifname,
+        &LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )
+    .await?;
+    let host_ll = if spec.ipv6.is_some() {
+        let ll = host_link_local(host, host_link.index, LINK_LOCAL_WAIT).await?;
+        if ll.is_none() {
+            return Err(Error::NotConverged {
+                what: "host-side IPv6 link-local address",
+                name: spec.host_ifname.to_string(),
+                detail: format!("none appeared within {LINK_LOCAL_WAIT:?}"),
+            });
+        }
+        ll
+    } else {
+        None
+    };
+
+    let pod_links = LinkIndex::new([crate::kernel::LinkState {
+        up: true,
+        ..pod_link.clone()
+    }]);
+    replace_routes(&mut pod, &pod_routes(spec, host_ll), &pod_links).await?;
+    let host_links = LinkIndex::new([host_link]);
+    replace_routes(host, &spec.host_routes(protocol), &host_links).await?;
+
+    Ok(SetupReport {
+        changed: true,
+        rebuilt_because,
+        host_link_local: host_ll,
+        mac_attempts,
+    })
+}
+
+fn diff(
+    out: &mut Vec<Difference>,
+    item: String,
+    expected: impl fmt::Display,
+    observed: impl fmt::Display,
+) {
+    out.push(Difference {
+        item,
+        expected: expected.to_string(),
+        observed: observed.to_string(),
+    });
+}
+
+/// Compares the kernel with what [`setup_workload`] would make; empty when equal.
+pub async fn check_workload(
+    host: &mut Conn,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+) -> Result<Vec<Difference>> {
+    let mut out = Vec::new();
+    let h = &spec.host_ifname;
+    let Some(host_link) = link::get_link(host, h).await? else {
+        diff(&mut out, format!("host link {h}"), "present", "missing");
+        return Ok(out);
+    };
+    if host_link.kind.as_deref() != Some("veth") {
+        diff(
+            &mut out,
+            format!("host link {h} kind"),
+            "veth",
+            format!("{:?}", host_link.kind),
+        );
+    }
+    if host_link.mac != Some(MacAddr::WORKLOAD_HOST) {
+        diff(
+            &mut out,
+            format!("host link {h} address"),
+            MacAddr::WORKLOAD_HOST,
+            format!("{:?}", host_link.mac),
+        );
+    }
+    if host_link.mtu != spec.mtu {
+        diff(
+            &mut out,
+            format!("host link {h} mtu"),
+            spec.mtu,
+            host_link.mtu,
+        );
+    }
+    if !host_link.up {
+        diff(&mut out, format!("host link {h} state"), "up", "down");
+    }
+    let sysctls = host_sysctls(h, spec.ipv6.is_some());
+    let values = host.netns().run(|| {
+        sysctls
+            .iter()
+            .map(|(k, _)| {
+                std::fs::read_to_string(format!("/proc/sys/{k}"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|e| format!("<{e}>"))
+            })
+            .collect::<Vec<_>>()
+    })?;
+    for ((k, want), have) in sysctls.iter().zip(values) {
+        if *want != have {
+            diff(&mut out, format!("sysctl {k}"), want, have);
+        }
+    }
+    let host_links = link::dump_links(host).await?;
+    let routes = crate::backend::dump_routes(host, &host_links).await?;
+    for want in spec.host_routes(protocol) {
+        let want = want.normalized();
+        if !routes.contains(&want) {
+            let same_key: Vec<String> = routes
+                .iter()
+                .filter(|r| r.key() == want.key())
+                .map(|r| r.to_string())
+                .collect();
+            diff(
+                &mut out,
+                format!("host route {}", want.destination),
+                &want,
+                if same_key.is_empty() {
+                    "missing".to_string()
+                } else {
+                    same_key.join("; ")
+                },
+            );
+        }
+    }
+
+    // Pod side.
+    let pod_ns = match Netns::open(&spec.pod_netns) {
+        Ok(ns) => ns,
+        Err(e) => {
+            diff(
+                &mut out,
+                "pod netns".to_string(),
+                spec.pod_netns.display(),
+                e,
+            );
+            return Ok(out);
+        }
+    };
+    let mut pod = Conn::open(&pod_ns).await?;
+    let p = &spec.pod_ifname;
+    let Some(pod_link) = link::get_link(&mut pod, p).await? else {
+        diff(&mut out, format!("pod link {p}"), "present", "missing");
+        return Ok(out);
+    };
+    if pod_link.mtu != spec.mtu {
+        diff(
+            &mut out,
+            format!("pod link {p} mtu"),
+            spec.mtu,
+            pod_link.mtu,
+        );
+    }
+    if !pod_link.up {
+        diff(&mut out, format!("pod link {p} state"), "up", "down");
+    }
+    let addrs = link::addresses(&mut pod, Some(pod_link.index)).await?;
+    for a in pod_addresses(spec) {
+        if !addrs.iter().any(|o| o.address == a) {
+            diff(&mut out, format!("pod address {a}"), "present", "missing");
+        }
+    }
+    let host_ll = if spec.ipv6.is_some() {
+        ll_of(&link::addresses(host, Some(host_link.index)).await?)
+    } else {
+        None
+    };
+    if spec.ipv6.is_some() && host_ll.is_none() {
+        diff(
+            &mut out,
+            format!("host link {h} IPv6 link-local"),
+            "present",
+            "missing",
+        );
+    }
+    let pod_links = link::dump_links(&mut pod).await?;
+    let pod_observed = crate::backend::dump_routes(&mut pod, &pod_links).await?;
+    for want in pod_routes(spec, host_ll) {
+        let want = want.normalized();
+        let found = pod_observed.iter().any(|r| {
+            r.key() == want.key()
+                && r.device == want.device
+                && r.gateway == want.gateway
+                && r.kind == want.kind
+                && (want.is_ipv6() || r.scope == want.scope)
+        });
+        if !found {
+            diff(
+                &mut out,
+                format!("pod route {}", want.destination),
+                &want,
+                "missing or different",
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a workload: deletes the host-side interface (its peer and its routes
+/// go with it). Tolerates a missing interface and a missing namespace; when the
+/// host side is already gone but the pod's namespace still holds `pod_ifname`, that
+/// is deleted too.
+pub async fn teardown_workload(
+    host: &mut Conn,
+    host_ifname: &IfName,
+    pod_netns: Option<&Path>,
+    pod_ifname: &IfName,
+) -> Result<TeardownReport> {
+    let mut report = TeardownReport {
+        host_link_deleted: link::delete_link(host, host_ifname).await?,
+        ..TeardownReport::default()
+    };
+    if let Some(path) = pod_netns {
+        match Netns::open(path) {
+            Ok(ns) => {
+                if !report.host_link_deleted {
+                    let mut pod = Conn::open(&ns).await?;
+                    if let Some(l) = link::get_link(&mut pod, pod_ifname).await?
+                        && l.kind.as_deref() == Some("veth")
+                    {
+                        report.pod_link_deleted = link::delete_link(&mut pod, pod_ifname).await?;
+                    }
+                }
+            }
+            Err(Error::Netns { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                report.netns_missing = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,222 @@
+//! Root tests of workload plumbing in lab namespaces, checked with `ip -j` and
+//! `/proc/sys` (through testlab) and with real traffic.
+
+use std::time::Duration;
+
+use calinet_route::nl::Conn;
+use calinet_route::workload::{check_workload, setup_workload, teardown_workload};
+use calinet_route::{IfName, Netns, RouteProtocol, WorkloadSpec};
+use testlab::Lab;
+use testlab::ipjson::routes_to;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn spec(pod: &testlab::Netns, ns: &str, name: &str, v4: &str, v6: &str) -> WorkloadSpec {
+    WorkloadSpec::new(IfName::calico_workload(ns, name), pod.path(), 1440)
+        .ipv4(v4.parse().unwrap())
+        .ipv6(v6.parse().unwrap())
+}
+
+#[test]
+fn two_pods_on_one_node_ping_through_proxy_arp() {
+    testlab::require_root!();
+    let lab = Lab::new("two_pods_on_one_node_ping_through_proxy_arp").unwrap();
+    let seg = lab.segment("198.51.100.0/24").unwrap();
+    let n1 = lab
+        .node("n1", &seg, "198.51.100.10".parse().unwrap())
+        .unwrap();
+    n1.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    let p2 = lab.pod("p2").unwrap();
+    let s1 = spec(&p1, "default", "pod-a", "172.16.101.1", "fd00:10:244::1");
+    let s2 = spec(&p2, "default", "pod-b", "172.16.101.2", "fd00:10:244::2");
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        let r1 = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        let r2 = setup_workload(&mut host, &s2, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(r1.changed && r2.changed);
+        assert!(r1.host_link_local.is_some());
+
+        // The oracle: ip -j and /proc/sys in the node and the pod.
+        let h1 = s1.host_ifname.as_str();
+        let link = n1.link(h1).unwrap().expect("host veth exists");
+        assert_eq!(link.address.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+        assert_eq!(link.mtu, Some(1440));
+        assert_eq!(
+            link.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()),
+            Some("veth")
+        );
+        assert!(link.is_up());
+        for (key, want) in [
+            (format!("net.ipv4.conf.{h1}.proxy_arp"), "1"),
+            (format!("net.ipv4.neigh.{h1}.proxy_delay"), "0"),
+            (format!("net.ipv4.conf.{h1}.forwarding"), "1"),
+            (format!("net.ipv4.conf.{h1}.route_localnet"), "1"),
+            (format!("net.ipv6.conf.{h1}.proxy_ndp"), "1"),
+            (format!("net.ipv6.conf.{h1}.forwarding"), "1"),
+            (format!("net.ipv6.conf.{h1}.accept_dad"), "0"),
+            (format!("net.ipv6.conf.{h1}.accept_ra"), "0"),
+        ] {
+            assert_eq!(n1.sysctl_get(&key).unwrap().trim(), want, "{key}");
+        }
+        let host_routes = n1.routes().unwrap();
+        let hr = routes_to(&host_routes, "172.16.101.1/32");
+        assert_eq!(hr.len(), 1, "{host_routes:#?}");
+        assert_eq!(hr[0].dev.as_deref(), Some(h1));
+        assert_eq!(hr[0].scope.as_deref(), Some("link"));
+        assert_eq!(hr[0].protocol.as_deref(), Some("80"));
+        assert_eq!(
+            routes_to(&n1.routes6().unwrap(), "fd00:10:244::1/128").len(),
+            1
+        );
+
+        let pod_addrs = p1.addrs().unwrap();
+        assert!(
+            pod_addrs
+                .iter()
+                .any(|a| a.ifname == "eth0" && a.local == "172.16.101.1" && a.prefixlen == 32)
+        );
+        assert!(
+            pod_addrs
+                .iter()
+                .any(|a| a.ifname == "eth0" && a.local == "fd00:10:244::1" && a.prefixlen == 128)
+        );
+        let pod_routes = p1.routes().unwrap();
+        let gw = routes_to(&pod_routes, "169.254.1.1/32");
+        assert_eq!(gw.len(), 1);
+        assert_eq!(gw[0].scope.as_deref(), Some("link"));
+        let def = routes_to(&pod_routes, "default");
+        assert_eq!(def[0].gateway.as_deref(), Some("169.254.1.1"));
+        assert_eq!(def[0].dev.as_deref(), Some("eth0"));
+        let def6 = p1.routes6().unwrap();
+        let def6 = routes_to(&def6, "default");
+        assert_eq!(
+            def6[0].gateway.as_deref(),
+            Some(r1.host_link_local.unwrap().to_string().as_str())
+        );
+
+        // Traffic: pod to pod through the host, ARP answered by proxy ARP.
+        assert!(p1.ping("172.16.101.2".parse().unwrap(), Duration::from_secs(3)));
+        assert!(p2.ping("172.16.101.1".parse().unwrap(), Duration::from_secs(3)));
+        assert!(p1.ping("fd00:10:244::2".parse().unwrap(), Duration::from_secs(3)));
+        let neigh = p1.neighbours().unwrap();
+        let gw_neigh = neigh
+            .iter()
+            .find(|n| n.dst == "169.254.1.1")
+            .expect("ARP for the gateway");
+        assert_eq!(gw_neigh.lladdr.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+    });
+}
+
+#[test]
+fn setup_is_idempotent_check_reports_and_repairs() {
+    testlab::require_root!();
+    let lab = Lab::new("setup_is_idempotent_check_reports_and_repairs").unwrap();
+    let n1 = lab.netns("n1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    let s1 = spec(&p1, "kube-system", "dns", "172.16.101.7", "fd00:10:244::7");
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert_eq!(
+            check_workload(&mut host, &s1, RouteProtocol::CALICO)
+                .await
+                .unwrap(),
+            vec![]
+        );
+        let before = host.stats().writes;
+        let again = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(!again.changed);
+        assert_eq!(
+            host.stats().writes,
+            before,
+            "a converged setup writes nothing"
+        );
+
+        // Break three things by hand; check names each one.
+        let h = s1.host_ifname.as_str();
+        n1.ip(&["link", "set", h, "mtu", "1300"]).unwrap();
+        n1.sysctl(&format!("net.ipv4.conf.{h}.proxy_arp"), "0")
+            .unwrap();
+        p1.ip(&["route", "del", "default"]).unwrap();
+        let diffs = check_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        let items: Vec<&str> = diffs.iter().map(|d| d.item.as_str()).collect();
+        assert!(items.iter().any(|i| i.ends_with("mtu")), "{diffs:#?}");
+        assert!(items.iter().any(|i| i.contains("proxy_arp")), "{diffs:#?}");
+        assert!(items.contains(&"pod route 0.0.0.0/0"), "{diffs:#?}");
+
+        // Setup rebuilds and the result checks clean again.
+        let fixed = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(fixed.changed);
+        assert_eq!(fixed.rebuilt_because, diffs);
+        assert_eq!(
+            check_workload(&mut host, &s1, RouteProtocol::CALICO)
+                .await
+                .unwrap(),
+            vec![]
+        );
+        assert_eq!(routes_to(&p1.routes().unwrap(), "default").len(), 1);
+    });
+}
+
+#[test]
+fn teardown_tolerates_missing_interface_and_namespace() {
+    testlab::require_root!();
+    let lab = Lab::new("teardown_tolerates_missing_interface_and_namespace").unwrap();
+    let n1 = lab.netns("n1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    let s1 = spec(&p1, "default", "web", "172.16.101.9", "fd00:10:244::9");
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        let eth0: IfName = "eth0".parse().unwrap();
+        let r = teardown_workload(&mut host, &s1.host_ifname, Some(&s1.pod_netns), &eth0)
+            .await
+            .unwrap();
+        assert!(r.host_link_deleted);
+        assert!(n1.link(s1.host_ifname.as_str()).unwrap().is_none());
+        assert!(
+            p1.link("eth0").unwrap().is_none(),
+            "the peer goes with the host side"
+        );
+        assert!(routes_to(&n1.routes().unwrap(), "172.16.101.9/32").is_empty());
+
+        // Again: nothing left, no error.
+        let r = teardown_workload(&mut host, &s1.host_ifname, Some(&s1.pod_netns), &eth0)
+            .await
+            .unwrap();
+        assert!(!r.host_link_deleted && !r.pod_link_deleted && !r.netns_missing);
+
+        // The namespace is gone too.
+        setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        testlab::cmd::run("ip", &["netns", "del", p1.name()]).unwrap();
+        let r = teardown_workload(&mut host, &s1.host_ifname, Some(&s1.pod_netns), &eth0)
+            .await
+            .unwrap();
+        assert!(r.netns_missing);
+        // The host side is gone: deleted by teardown, or already by the kernel's
+        // (asynchronous) cleanup of the pod's namespace.
+        assert!(n1.link(s1.host_ifname.as_str()).unwrap().is_none());
+    });
+}

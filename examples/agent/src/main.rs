@@ -1,0 +1,6 @@
+//! The calinet reference node agent (under construction).
+
+fn main() {
+    eprintln!("calinet-agent: not built yet");
+    std::process::exit(2);
+}

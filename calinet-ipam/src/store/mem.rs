@@ -65,7 +65,7 @@ impl MemStore {
         s
     }
 
-    /// Forget the watch history at and below `revision` (as etcd's compaction
+    /// Forget the watch history before `revision` (as etcd's compaction
     /// does); watches that still need it report [`WatchError::Compacted`].
     pub fn compact(&self, revision: Revision) {
         let mut g = self.lock();
@@ -75,7 +75,7 @@ impl MemStore {
             compacted: current,
             capacity: DEFAULT_HISTORY,
         });
-        h.compacted = h.compacted.max(revision.min(current));
+        h.compacted = h.compacted.max((revision - 1).min(current));
         let c = h.compacted;
         while h.events.front().is_some_and(|e| e.revision() <= c) {
             h.events.pop_front();
@@ -197,7 +197,7 @@ impl WatchSource for MemWatch {
                 return Err(WatchError::Compacted {
                     prefix: self.prefix.clone(),
                     requested: self.next,
-                    compact_revision: h.compacted,
+                    compact_revision: h.compacted + 1,
                 });
             }
             let start = h.events.partition_point(|e| e.revision() < self.next);

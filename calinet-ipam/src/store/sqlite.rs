@@ -139,15 +139,15 @@ impl SqliteStore {
         self
     }
 
-    /// Drop the watch history at and below `revision` now (as etcd's
-    /// compaction); watches that still need it report [`WatchError::Compacted`].
+    /// Drop the watch history before `revision` now (as etcd's compaction);
+    /// watches that still need it report [`WatchError::Compacted`].
     pub fn compact(&self, revision: Revision) -> StoreResult<()> {
         let ps = self.path.display().to_string();
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| backend("compact", &ps, e))?;
-        prune_history(&tx, revision).map_err(|e| backend("compact", &ps, e))?;
+        prune_history(&tx, revision - 1).map_err(|e| backend("compact", &ps, e))?;
         tx.commit().map_err(|e| backend("compact", &ps, e))
     }
 
@@ -385,7 +385,7 @@ impl WatchSource for SqliteWatch {
                 return Err(WatchError::Compacted {
                     prefix: self.prefix.clone(),
                     requested: self.next,
-                    compact_revision: compacted,
+                    compact_revision: compacted + 1,
                 });
             }
             self.next = self.next.max(current + 1);

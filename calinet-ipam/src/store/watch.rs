@@ -84,7 +84,7 @@ pub enum WatchError {
     /// ([`Store::list_with_revision`](super::Store::list_with_revision)) and
     /// watch again from the listing's revision + 1.
     #[error(
-        "watch on {prefix:?} cannot continue from revision {requested}: history up to revision \
+        "watch on {prefix:?} cannot continue from revision {requested}: history before revision \
          {compact_revision} was compacted; re-list and watch again"
     )]
     Compacted {
@@ -92,7 +92,8 @@ pub enum WatchError {
         prefix: String,
         /// The first revision the watch still needed.
         requested: Revision,
-        /// The store's compaction point (history at or below it is gone).
+        /// The store's compaction point: the oldest revision still in the
+        /// history (etcd's `compact_revision`); everything before it is gone.
         compact_revision: Revision,
     },
     /// The backend failed in a way the watch could not recover from by

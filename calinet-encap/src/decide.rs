@@ -412,18 +412,18 @@ fn path_for(input: &Input, dst: IpNet, remote: &Node, pool: Option<&Pool>) -> Re
     let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
         (p.ipip_mode, p.vxlan_mode)
     });
-    let missing = |what, kind: &str| Error::NoUsableAddress {
+    let missing = |what, purpose: String| Error::NoUsableAddress {
         node: remote.name.clone(),
         family,
         what,
-        purpose: format!("{kind} path to {dst}"),
+        purpose,
     };
     // Every kind of path needs the remote node's underlay address of the family:
     // direct and IPIP route via it, VXLAN's FDB entry points at it.
     let node_ip = remote
         .address(family)
         .map(|n| n.addr())
-        .ok_or_else(|| missing("node address", "any"))?;
+        .ok_or_else(|| missing("node address", format!("path to {dst}")))?;
     let same = same_subnet(&input.local, node_ip);
     let base = |kind, via, dev, onlink| Path {
         dst,
@@ -437,7 +437,7 @@ fn path_for(input: &Input, dst: IpNet, remote: &Node, pool: Option<&Pool>) -> Re
     if tunnels(vxlan, same) {
         let via = remote
             .vxlan_tunnel_addr(family)
-            .ok_or_else(|| missing("VXLAN tunnel address", "VXLAN"))?;
+            .ok_or_else(|| missing("VXLAN tunnel address", format!("VXLAN path to {dst}")))?;
         return Ok(base(PathKind::Vxlan, via, vxlan_device_name(family), true));
     }
     if tunnels(ipip, same) {

@@ -28,7 +28,10 @@
 //! assert_eq!(specs.fdb[0].to_string(),
 //!            format!("{} dev vxlan.calico dst 203.0.113.12 self permanent", specs.neighbours[0].lladdr));
 //! assert_eq!(specs.remove_links.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
-//!            ["tunl0", "vxlan-v6.calico"]);
+//!            ["vxlan-v6.calico"]);
+//! // tunl0 cannot be deleted: if it exists, it is set down without addresses.
+//! assert_eq!(specs.quiesce_links[0].name.as_str(), "tunl0");
+//! assert!(!specs.quiesce_links[0].up && specs.quiesce_links[0].addresses.is_empty());
 //! ```
 
 use calinet_route as cr;
@@ -49,8 +52,12 @@ pub struct RouteSpecs {
     pub neighbours: Vec<NeighbourSpec>,
     /// VTEP FDB entries.
     pub fdb: Vec<FdbSpec>,
-    /// Calico tunnel links that must not exist (after a mode switch).
+    /// VXLAN links that must not exist (after a mode switch): delete them.
     pub remove_links: Vec<cr::IfName>,
+    /// Links to quiesce only if they exist, never to create: `tunl0` when IPIP
+    /// is not wanted. The kernel creates `tunl0` itself with the `ipip` module
+    /// and refuses to delete it, so it is set down with no address instead.
+    pub quiesce_links: Vec<LinkSpec>,
 }
 
 /// Both crates apply the kernel's `dev_valid_name` rules, so a name valid here
@@ -132,7 +139,17 @@ impl Decisions {
             links: self.devices.iter().map(link).collect(),
             neighbours: self.neighbours.iter().map(neighbour).collect(),
             fdb: self.fdb.iter().map(fdb).collect(),
-            remove_links: self.unwanted_devices().iter().map(ifname).collect(),
+            remove_links: self
+                .unwanted_devices()
+                .iter()
+                .filter(|n| n.as_str() != crate::IPIP_DEVICE)
+                .map(ifname)
+                .collect(),
+            quiesce_links: if self.device(crate::IPIP_DEVICE).is_none() {
+                vec![LinkSpec::ipip_tunl0().up(false)]
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -519,7 +519,7 @@ fn errors_table() {
             "remote without node address",
             |i| i.remotes[2].ipv4_address = None,
             |e| matches!(e, Error::NoUsableAddress { node, what: "node address", .. } if node.as_str() == "k8s-w0"),
-            "node k8s-w0 has no IPv4 node address",
+            "node k8s-w0 has no IPv4 node address, which the path to 172.16.34.0/24 needs",
         ),
         (
             "remote without VXLAN tunnel address",

@@ -137,3 +137,193 @@ fn checkers_reject_broken_decisions() {
             .contains("local block")
     );
 }
+
+mod random_inputs {
+    //! Unstructured inputs (overlaps, missing addresses, both encaps, ghosts):
+    //! `decide` either rejects them with an error or returns decisions that
+    //! pass every invariant.
+
+    use std::net::IpAddr;
+
+    use calinet_encap::proptest_support::check_decisions;
+    use calinet_encap::{Block, Borrowed, EncapMode, Input, Node, Pool, Uplink, Wireguard, decide};
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    const POOLS: [&str; 5] = [
+        "172.16.0.0/16",
+        "172.16.0.0/12",
+        "10.0.0.0/8",
+        "fd00:10::/48",
+        "fd00::/8",
+    ];
+    const BLOCKS: [&str; 7] = [
+        "172.16.1.0/24",
+        "172.16.2.0/24",
+        "172.16.3.0/26",
+        "10.1.0.0/16",
+        "fd00:10:0:1::/64",
+        "fd00:10:0:2::/122",
+        "192.0.2.0/24",
+    ];
+    /// Overlaps three of `BLOCKS`.
+    const OVERLAPPING_BLOCK: &str = "172.16.0.0/20";
+    const ADDRS4: [&str; 4] = [
+        "198.51.100.10/24",
+        "198.51.100.11/24",
+        "203.0.113.10/24",
+        "203.0.113.11/16",
+    ];
+    const ADDRS6: [&str; 3] = [
+        "2001:db8:1::10/64",
+        "2001:db8:1::11/64",
+        "2001:db8:2::10/64",
+    ];
+    const TUNNELS: [&str; 4] = ["172.16.1.0", "172.16.2.0", "fd00:10:0:1::", "10.1.0.1"];
+    const BORROWED: [&str; 4] = ["172.16.1.9", "172.16.2.9", "fd00:10:0:1::9", "10.9.9.9"];
+    const NAMES: [&str; 4] = ["n0", "n1", "n2", "ghost"];
+
+    fn arb_node(name: &'static str) -> impl Strategy<Value = Node> {
+        (
+            proptest::option::weighted(0.9, select(&ADDRS4[..])),
+            proptest::option::weighted(0.8, select(&ADDRS6[..])),
+            proptest::option::weighted(0.9, select(&TUNNELS[..])),
+            proptest::option::weighted(0.9, select(&TUNNELS[..])),
+        )
+            .prop_map(move |(a4, a6, t1, t2)| {
+                let mut n = Node::new(name.parse().unwrap());
+                for a in [a4, a6].into_iter().flatten() {
+                    n = n.with_address(a.parse().unwrap());
+                }
+                if let Some(IpAddr::V4(t)) = t1.map(|t| t.parse().unwrap()) {
+                    n = n.with_ipip_tunnel(t);
+                }
+                if let Some(t) = t2 {
+                    n = n.with_vxlan_tunnel(t.parse().unwrap());
+                }
+                n
+            })
+    }
+
+    fn arb_mode() -> impl Strategy<Value = EncapMode> {
+        select(&[EncapMode::Never, EncapMode::Always, EncapMode::CrossSubnet][..])
+    }
+
+    /// (ipipMode, vxlanMode): mostly one of them, sometimes both (invalid).
+    fn arb_modes() -> impl Strategy<Value = (EncapMode, EncapMode)> {
+        prop_oneof![
+            3 => arb_mode().prop_map(|m| (m, EncapMode::Never)),
+            5 => arb_mode().prop_map(|m| (EncapMode::Never, m)),
+            1 => (arb_mode(), arb_mode()),
+        ]
+    }
+
+    /// Mostly real nodes, sometimes a node nobody knows.
+    fn arb_owner() -> impl Strategy<Value = &'static str> {
+        prop_oneof![9 => select(&NAMES[..3]), 1 => Just(NAMES[3])]
+    }
+
+    fn arb_input() -> impl Strategy<Value = Input> {
+        (
+            (arb_node("n0"), arb_node("n1"), arb_node("n2")),
+            proptest::collection::vec((select(&POOLS[..]), arb_modes()), 0..3),
+            (
+                proptest::sample::subsequence(&BLOCKS[..], 0..=5),
+                proptest::collection::vec(arb_owner(), 6),
+                proptest::bool::weighted(0.1),
+            )
+                .prop_map(|(cidrs, owners, overlap)| {
+                    let extra = overlap.then_some(OVERLAPPING_BLOCK);
+                    cidrs
+                        .into_iter()
+                        .chain(extra)
+                        .zip(owners)
+                        .collect::<Vec<_>>()
+                }),
+            proptest::option::weighted(0.4, (select(&BORROWED[..]), arb_owner())),
+            (
+                prop_oneof![9 => 1400u32..10_000, 1 => 0u32..1400],
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |((n0, n1, n2), pools, blocks, borrowed, (mtu, gw, wg4, wg6))| {
+                    let mut uplink = Uplink::new("eth0".parse().unwrap(), mtu);
+                    if gw {
+                        uplink = uplink.with_gateway("198.51.100.1".parse().unwrap());
+                    }
+                    let mut input = Input::new(n0, uplink);
+                    input.remotes = vec![n1, n2];
+                    input.pools = pools
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (c, (ipip, vxlan)))| {
+                            Pool::new(format!("p{i}"), c.parse::<IpNet>().unwrap())
+                                .ipip(ipip)
+                                .vxlan(vxlan)
+                        })
+                        .collect();
+                    input.blocks = blocks
+                        .into_iter()
+                        .map(|(c, n)| Block::new(c.parse().unwrap(), n.parse().unwrap()))
+                        .collect();
+                    input.borrowed = borrowed
+                        .into_iter()
+                        .map(|(a, n)| Borrowed {
+                            addr: a.parse().unwrap(),
+                            node: n.parse().unwrap(),
+                        })
+                        .collect();
+                    input.wireguard = Wireguard {
+                        ipv4: wg4,
+                        ipv6: wg6,
+                    };
+                    input
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn decisions_from_any_input_are_sound_or_refused(input in arb_input()) {
+            match decide(&input) {
+                Ok(d) => {
+                    if let Err(e) = check_decisions(&input, &d) {
+                        prop_assert!(false, "{e}\n{d}");
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+
+    /// The random inputs must reach both outcomes, or the test above proves little.
+    #[test]
+    fn random_inputs_reach_both_outcomes() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut ok, mut err) = (0, 0);
+        let mut kinds = std::collections::BTreeMap::new();
+        for _ in 0..512 {
+            let input = arb_input().new_tree(&mut runner).unwrap().current();
+            match decide(&input) {
+                Ok(d) if !d.paths.is_empty() => ok += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    err += 1;
+                    let kind = format!("{e:?}");
+                    let kind = kind.split([' ', '(', '{']).next().unwrap_or("").to_owned();
+                    *kinds.entry(kind).or_insert(0) += 1;
+                }
+            }
+        }
+        println!("refusals by kind: {kinds:?}");
+        println!("random inputs: {ok} decided with paths, {err} refused (of 512)");
+        assert!(ok > 20 && err > 20, "ok {ok}, err {err}");
+    }
+}

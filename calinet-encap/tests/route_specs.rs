@@ -66,7 +66,7 @@ fn input(me: &str, ipip: EncapMode, vxlan: EncapMode) -> Input {
 
 #[test]
 fn specs_per_mode() {
-    /// (ipipMode, vxlanMode, routes, links wanted, links removed)
+    /// (ipipMode, vxlanMode, routes, links wanted, links deleted)
     type Case = (
         EncapMode,
         EncapMode,
@@ -109,7 +109,7 @@ fn specs_per_mode() {
                 "172.16.184.0/24 via 198.51.100.102 dev eth0 proto 80 onlink",
             ],
             &[],
-            &["tunl0", "vxlan.calico", "vxlan-v6.calico"],
+            &["vxlan.calico", "vxlan-v6.calico"],
         ),
         (
             Never,
@@ -121,7 +121,7 @@ fn specs_per_mode() {
                 "172.16.184.0/24 via 172.16.184.0 dev vxlan.calico proto 80 onlink",
             ],
             &["vxlan.calico"],
-            &["tunl0", "vxlan-v6.calico"],
+            &["vxlan-v6.calico"],
         ),
         (
             Never,
@@ -133,7 +133,7 @@ fn specs_per_mode() {
                 "172.16.184.0/24 via 198.51.100.102 dev eth0 proto 80 onlink",
             ],
             &["vxlan.calico"],
-            &["tunl0", "vxlan-v6.calico"],
+            &["vxlan-v6.calico"],
         ),
     ];
     for (ipip, vxlan, routes, links, removed) in cases {
@@ -150,6 +150,27 @@ fn specs_per_mode() {
         assert_eq!(names, links, "{label}");
         let rm: Vec<&str> = specs.remove_links.iter().map(|l| l.as_str()).collect();
         assert_eq!(rm, removed, "{label}");
+        // tunl0 is never deleted: quiesced (down, no address) when IPIP is off.
+        let quiesced: Vec<&str> = specs
+            .quiesce_links
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(
+            quiesced,
+            if ipip.enabled() {
+                vec![]
+            } else {
+                vec!["tunl0"]
+            },
+            "{label}"
+        );
+        for l in &specs.quiesce_links {
+            assert!(
+                !l.up && l.addresses.is_empty() && l.validate().is_ok(),
+                "{label}"
+            );
+        }
         for l in &specs.links {
             l.validate()
                 .unwrap_or_else(|e| panic!("{label}: {}: {e}", l.name));

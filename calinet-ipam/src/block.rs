@@ -10,8 +10,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bitvec::prelude::*;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::error::{Error, Result};
 use crate::types::{
@@ -22,9 +24,9 @@ use crate::types::{
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Allocation {
     /// Owning handle (Calico allows none; calinet always sets one).
-    pub handle: Option<String>,
+    pub handle: Option<Arc<str>>,
     /// Owner attributes.
-    pub secondary: Option<Attributes>,
+    pub secondary: Option<Arc<Attributes>>,
     /// Sequence number of the block write that made this allocation.
     pub sequence: Option<u64>,
     /// Unknown attribute fields, kept.
@@ -35,6 +37,10 @@ pub struct Allocation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Block {
     cidr: BlockCidr,
+    // Derived from `cidr`, kept because formatting addresses is a measurable
+    // part of every write.
+    cidr_text: String,
+    key: String,
     affinity: Option<String>,
     strict_affinity: bool,
     allocated: BitVec<u64, Lsb0>,
@@ -80,6 +86,8 @@ impl Block {
         let size = cidr.size();
         let mut b = Block {
             cidr,
+            cidr_text: cidr.to_string(),
+            key: crate::keys::block(&cidr),
             affinity,
             strict_affinity: false,
             allocated: bitvec![u64, Lsb0; 0; size as usize],
@@ -95,7 +103,7 @@ impl Block {
             ords.retain(|o| *o < size);
             ords.dedup();
             for o in ords {
-                b.take(o, Some(WINDOWS_RESERVED_HANDLE.to_owned()), None, 0);
+                b.take(o, Some(Arc::from(WINDOWS_RESERVED_HANDLE)), None, 0);
             }
             let allocated = &b.allocated;
             b.free.retain(|o| !allocated[*o as usize]);
@@ -130,8 +138,8 @@ impl Block {
                 })?;
                 allocated.set(ord, true);
                 allocs[ord] = Some(Allocation {
-                    handle: attr.handle_id.clone(),
-                    secondary: attr.secondary.clone(),
+                    handle: attr.handle_id.as_deref().map(Arc::from),
+                    secondary: attr.secondary.clone().map(Arc::new),
                     sequence: seqs.get(&ord.to_string()).copied(),
                     extra: attr.extra.clone(),
                 });
@@ -166,6 +174,8 @@ impl Block {
             .collect();
         Ok(Block {
             cidr,
+            cidr_text: cidr.to_string(),
+            key: crate::keys::block(&cidr),
             affinity: m.affinity,
             strict_affinity: m.strict_affinity,
             allocated,
@@ -201,14 +211,14 @@ impl Block {
                     let idx = attributes
                         .iter()
                         .position(|x| {
-                            x.handle_id == a.handle
-                                && x.secondary == a.secondary
+                            x.handle_id.as_deref() == a.handle.as_deref()
+                                && x.secondary.as_ref() == a.secondary.as_deref()
                                 && x.extra == a.extra
                         })
                         .unwrap_or_else(|| {
                             attributes.push(AllocationAttribute {
-                                handle_id: a.handle.clone(),
-                                secondary: a.secondary.clone(),
+                                handle_id: a.handle.as_deref().map(str::to_owned),
+                                secondary: a.secondary.as_deref().cloned(),
                                 extra: a.extra.clone(),
                             });
                             attributes.len() - 1
@@ -240,14 +250,25 @@ impl Block {
         }
     }
 
-    /// Encode as stored JSON.
+    /// Encode as stored JSON (Calico's IPAMBlock; same document as
+    /// serialising [`Block::to_model`], written without building it).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_model()).expect("IPAMBlock serialises")
+        let mut out = Vec::with_capacity(64 + self.allocs.len() * 8);
+        serde_json::to_writer(&mut out, self).expect("IPAMBlock serialises");
+        out
     }
 
     /// The block CIDR.
     pub fn cidr(&self) -> BlockCidr {
         self.cidr
+    }
+    /// The block CIDR as text (`10.0.0.0/26`).
+    pub fn cidr_text(&self) -> &str {
+        &self.cidr_text
+    }
+    /// The block's store key.
+    pub fn key(&self) -> &str {
+        &self.key
     }
     /// `host:<node>` etc.
     pub fn affinity(&self) -> Option<&str> {
@@ -333,9 +354,17 @@ impl Block {
             .count() as u32
     }
 
-    fn take(&mut self, ord: u32, handle: Option<String>, secondary: Option<Attributes>, seq: u64) {
+    fn take(
+        &mut self,
+        ord: u32,
+        handle: Option<Arc<str>>,
+        secondary: Option<Arc<Attributes>>,
+        seq: u64,
+    ) {
         self.allocated.set(ord as usize, true);
-        self.released_at.remove(&ord);
+        if !self.released_at.is_empty() {
+            self.released_at.remove(&ord);
+        }
         self.allocs[ord as usize] = Some(Allocation {
             handle,
             secondary,
@@ -344,29 +373,61 @@ impl Block {
         });
     }
 
+    /// Allocate one address in FIFO order for `handle` (no result vector).
+    pub fn allocate_one(
+        &mut self,
+        handle: &Arc<str>,
+        secondary: Option<&Arc<Attributes>>,
+        pick: &Pick<'_>,
+    ) -> Option<u32> {
+        let i = self.next_usable(pick, 0)?;
+        let ord = self.remove_free_at(i);
+        self.sequence_number += 1;
+        self.take(
+            ord,
+            Some(handle.clone()),
+            secondary.cloned(),
+            self.sequence_number,
+        );
+        Some(ord)
+    }
+
+    fn next_usable(&self, pick: &Pick<'_>, from: usize) -> Option<usize> {
+        if pick.reserved.is_none() && (pick.cooldown == 0 || self.released_at.is_empty()) {
+            return (from < self.free.len()).then_some(from);
+        }
+        (from..self.free.len()).find(|&i| pick.usable(self.free[i], &self.released_at))
+    }
+
+    fn remove_free_at(&mut self, i: usize) -> u32 {
+        if i == 0 {
+            self.free.pop_front().expect("index in range")
+        } else {
+            self.free.remove(i).expect("index in range")
+        }
+    }
+
     /// Allocate up to `n` addresses in FIFO order for `handle`. Returns the
     /// ordinals (fewer than `n` if the block runs out). Bumps the sequence
     /// number once when anything was allocated.
     pub fn allocate(
         &mut self,
         n: u32,
-        handle: &str,
-        secondary: Option<&Attributes>,
+        handle: &Arc<str>,
+        secondary: Option<&Arc<Attributes>>,
         pick: &Pick<'_>,
     ) -> Vec<u32> {
         let mut out = Vec::with_capacity(n as usize);
         let seq = self.sequence_number + 1;
         let mut i = 0;
-        while out.len() < n as usize && i < self.free.len() {
-            let ord = self.free[i];
-            if pick.usable(ord, &self.released_at) {
-                // The front is the common case: O(1).
-                self.free.remove(i);
-                self.take(ord, Some(handle.to_owned()), secondary.cloned(), seq);
-                out.push(ord);
-            } else {
-                i += 1;
-            }
+        while out.len() < n as usize {
+            let Some(j) = self.next_usable(pick, i) else {
+                break;
+            };
+            let ord = self.remove_free_at(j);
+            self.take(ord, Some(handle.clone()), secondary.cloned(), seq);
+            out.push(ord);
+            i = j;
         }
         if !out.is_empty() {
             self.sequence_number = seq;
@@ -378,13 +439,14 @@ impl Block {
     pub fn assign(
         &mut self,
         ord: u32,
-        handle: &str,
-        secondary: Option<&Attributes>,
+        handle: &Arc<str>,
+        secondary: Option<&Arc<Attributes>>,
     ) -> std::result::Result<(), Option<Allocation>> {
         if ord >= self.size() {
             return Err(None);
         }
         if self.allocated[ord as usize] {
+            // (checked before touching the FIFO)
             return Err(self.allocs[ord as usize].clone());
         }
         let pos = self
@@ -396,7 +458,7 @@ impl Block {
         self.sequence_number += 1;
         self.take(
             ord,
-            Some(handle.to_owned()),
+            Some(handle.clone()),
             secondary.cloned(),
             self.sequence_number,
         );
@@ -429,6 +491,75 @@ impl Block {
     }
 }
 
+fn same_owner(a: &Allocation, b: &Allocation) -> bool {
+    a.handle == b.handle && a.secondary == b.secondary && a.extra == b.extra
+}
+
+struct AttrRef<'a>(&'a Allocation);
+
+impl Serialize for AttrRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("handle_id", &self.0.handle.as_deref())?;
+        m.serialize_entry("secondary", &self.0.secondary.as_deref())?;
+        for (k, v) in &self.0.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+struct SeqMap<'a>(&'a [Option<Allocation>]);
+
+impl Serialize for SeqMap<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // Integer keys are written as JSON strings ("5": 12), as Calico does.
+        s.collect_map(
+            self.0
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| a.as_ref().and_then(|a| a.sequence).map(|q| (i as u32, q))),
+        )
+    }
+}
+
+impl Serialize for Block {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut attrs: Vec<&Allocation> = Vec::new();
+        let mut index: Vec<Option<usize>> = Vec::with_capacity(self.allocs.len());
+        for a in &self.allocs {
+            index.push(
+                a.as_ref()
+                    .map(|a| match attrs.iter().position(|x| same_owner(x, a)) {
+                        Some(i) => i,
+                        None => {
+                            attrs.push(a);
+                            attrs.len() - 1
+                        }
+                    }),
+            );
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("cidr", &self.cidr_text)?;
+        m.serialize_entry("affinity", &self.affinity)?;
+        m.serialize_entry("strictAffinity", &self.strict_affinity)?;
+        m.serialize_entry("allocations", &index)?;
+        m.serialize_entry("unallocated", &self.free)?;
+        let attr_refs: Vec<AttrRef<'_>> = attrs.into_iter().map(AttrRef).collect();
+        m.serialize_entry("attributes", &attr_refs)?;
+        m.serialize_entry("deleted", &self.deleted)?;
+        m.serialize_entry("sequenceNumber", &self.sequence_number)?;
+        m.serialize_entry("sequenceNumberForAllocation", &SeqMap(&self.allocs))?;
+        if !self.released_at.is_empty() {
+            m.serialize_entry("calinetReleasedAt", &self.released_at)?;
+        }
+        for (k, v) in &self.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,11 +572,15 @@ mod tests {
     fn allocates_in_fifo_order_and_reuses_oldest_free_first() {
         let mut b = blk("10.0.0.0/30");
         let p = Pick::default();
-        assert_eq!(b.allocate(2, "h1", None, &p), vec![0, 1]);
-        assert_eq!(b.release(0, 0, 0).and_then(|a| a.handle), Some("h1".into()));
+        assert_eq!(b.allocate(2, &Arc::from("h1"), None, &p), vec![0, 1]);
+        assert_eq!(
+            b.release(0, 0, 0)
+                .and_then(|a| a.handle.as_deref().map(str::to_owned)),
+            Some("h1".into())
+        );
         // 2 and 3 have been free longer than 0.
-        assert_eq!(b.allocate(3, "h2", None, &p), vec![2, 3, 0]);
-        assert_eq!(b.allocate(1, "h3", None, &p), Vec::<u32>::new());
+        assert_eq!(b.allocate(3, &Arc::from("h2"), None, &p), vec![2, 3, 0]);
+        assert_eq!(b.allocate(1, &Arc::from("h3"), None, &p), Vec::<u32>::new());
         assert_eq!(b.free_count(), 0);
     }
 
@@ -457,14 +592,17 @@ mod tests {
             now: 100,
             cooldown: 30,
         };
-        assert_eq!(b.allocate(2, "h", None, &p), vec![0, 1]);
+        assert_eq!(b.allocate(2, &Arc::from("h"), None, &p), vec![0, 1]);
         b.release(1, 100, 30);
         assert_eq!(b.available(&Pick { now: 129, ..p }), 0);
         assert!(
-            b.allocate(1, "h2", None, &Pick { now: 129, ..p })
+            b.allocate(1, &Arc::from("h2"), None, &Pick { now: 129, ..p })
                 .is_empty()
         );
-        assert_eq!(b.allocate(1, "h2", None, &Pick { now: 130, ..p }), vec![1]);
+        assert_eq!(
+            b.allocate(1, &Arc::from("h2"), None, &Pick { now: 130, ..p }),
+            vec![1]
+        );
     }
 
     #[test]
@@ -479,7 +617,7 @@ mod tests {
             cooldown: 0,
         };
         assert_eq!(b.available(&p), 2);
-        assert_eq!(b.allocate(4, "h", None, &p), vec![1, 3]);
+        assert_eq!(b.allocate(4, &Arc::from("h"), None, &p), vec![1, 3]);
     }
 
     #[test]
@@ -499,13 +637,16 @@ mod tests {
     #[test]
     fn assign_specific_and_conflict() {
         let mut b = blk("10.0.0.0/29");
-        b.assign(5, "h", None).expect("free");
+        b.assign(5, &Arc::from("h"), None).expect("free");
         assert_eq!(
-            b.assign(5, "h2", None)
-                .map_err(|e| e.and_then(|a| a.handle)),
+            b.assign(5, &Arc::from("h2"), None)
+                .map_err(|e| e.and_then(|a| a.handle.as_deref().map(str::to_owned))),
             Err(Some("h".into()))
         );
-        assert_eq!(b.allocate(8, "x", None, &Pick::default()).len(), 7);
+        assert_eq!(
+            b.allocate(8, &Arc::from("x"), None, &Pick::default()).len(),
+            7
+        );
         assert_eq!(b.release_handle("h", 0, 0), vec![5]);
         assert_eq!(b.release(5, 0, 0), None, "double release is a no-op");
     }
@@ -514,8 +655,13 @@ mod tests {
     fn model_round_trip_and_sequence_numbers() {
         let mut b = blk("10.0.0.0/29");
         let attrs: Attributes = [("pod".to_string(), "p1".to_string())].into();
-        b.allocate(2, "h1", Some(&attrs), &Pick::default());
-        b.allocate(1, "h2", None, &Pick::default());
+        b.allocate(
+            2,
+            &Arc::from("h1"),
+            Some(&Arc::new(attrs.clone())),
+            &Pick::default(),
+        );
+        b.allocate(1, &Arc::from("h2"), None, &Pick::default());
         b.release(0, 7, 10);
         let m = b.to_model();
         assert_eq!(
@@ -532,6 +678,13 @@ mod tests {
         );
         let back = Block::from_json("k", &b.to_json()).expect("decode");
         assert_eq!(back, b);
+        let direct: serde_json::Value = serde_json::from_slice(&b.to_json()).expect("json");
+        let via_model = serde_json::to_value(b.to_model()).expect("json");
+        assert_eq!(direct, via_model, "direct writer and model disagree");
+        assert_eq!(
+            b.allocate_one(&Arc::from("h3"), None, &Pick::default()),
+            Some(3)
+        );
     }
 
     #[test]

@@ -441,6 +441,19 @@ impl<S: Store> Ipam<S> {
         }
     }
 
+    /// Like `load_block` but moves the block out of the cache (no clone). The
+    /// caller puts it back or commits a successor.
+    fn take_block(&self, c: &mut Cache, cidr: BlockCidr) -> Result<Option<(Block, Revision)>> {
+        if let Some(b) = c.blocks.remove(&cidr) {
+            return Ok(Some(b));
+        }
+        let key = keys::block(&cidr);
+        match self.store.get(&key)? {
+            None => Ok(None),
+            Some(kv) => Ok(Some((Block::from_json(&key, &kv.value)?, kv.mod_revision))),
+        }
+    }
+
     fn load_handle(&self, c: &mut Cache, id: &HandleId) -> Result<Option<(IpamHandle, Revision)>> {
         if let Some(h) = c.handles.get(id) {
             return Ok(h.clone());
@@ -500,7 +513,7 @@ impl<S: Store> Ipam<S> {
         &self,
         c: &mut Cache,
         id: &HandleId,
-        cidr: &BlockCidr,
+        cidr_text: &str,
         delta: i64,
     ) -> Result<(Option<TxnOp>, Option<IpamHandle>)> {
         let key = keys::handle(id);
@@ -519,7 +532,7 @@ impl<S: Store> Ipam<S> {
                 self.load_handle(c, id)?
             }
         };
-        let bkey = cidr.to_string();
+        let bkey = cidr_text.to_owned();
         match current {
             None if delta <= 0 => Ok((None, None)),
             None => {
@@ -569,7 +582,7 @@ impl<S: Store> Ipam<S> {
         mut extra: Vec<TxnOp>,
     ) -> Result<Step> {
         let cidr = block.cidr();
-        let bkey = keys::block(&cidr);
+        let bkey = block.key().to_owned();
         let mut ops = vec![TxnOp::Update {
             key: bkey,
             value: block.to_json(),
@@ -579,7 +592,7 @@ impl<S: Store> Ipam<S> {
         if let Some(id) = handle
             && delta != 0
         {
-            let (op, h) = self.handle_op(c, id, &cidr, delta)?;
+            let (op, h) = self.handle_op(c, id, block.cidr_text(), delta)?;
             ops.extend(op);
             new_handle = Some(h);
         }
@@ -688,6 +701,8 @@ impl<S: Store> Ipam<S> {
         attrs
             .entry("node".to_owned())
             .or_insert_with(|| req.node.to_string());
+        let attrs = Arc::new(attrs);
+        let owner: Arc<str> = Arc::from(req.handle.as_str());
         let mut need = n - out.len() as u32;
         let mut attempts = 0u32;
         let mut refreshed = false;
@@ -702,7 +717,7 @@ impl<S: Store> Ipam<S> {
                 if !in_pools(&cidr) {
                     continue;
                 }
-                let Some((block, rev)) = self.load_block(c, cidr)? else {
+                let Some((block, rev)) = self.take_block(c, cidr)? else {
                     // Affinity without block: the list is stale.
                     Self::forget_node(c, &req.node, fam);
                     attempts += 1;
@@ -720,10 +735,11 @@ impl<S: Store> Ipam<S> {
                     cooldown,
                 };
                 if block.available(&pick) == 0 {
+                    c.blocks.insert(cidr, (block, rev));
                     continue;
                 }
                 let mut nb = block;
-                let ords = nb.allocate(need, req.handle.as_str(), Some(&attrs), &pick);
+                let ords = nb.allocate(need, &owner, Some(&attrs), &pick);
                 let seq = nb.sequence_number();
                 let k = ords.len() as i64;
                 match self.commit_block(c, nb, rev, Some(&req.handle), k, Vec::new())? {
@@ -789,7 +805,7 @@ impl<S: Store> Ipam<S> {
                         continue;
                     }
                     let mut nb = block;
-                    let ords = nb.allocate(need, req.handle.as_str(), Some(&attrs), &pick);
+                    let ords = nb.allocate(need, &owner, Some(&attrs), &pick);
                     let seq = nb.sequence_number();
                     let k = ords.len() as i64;
                     match self.commit_block(
@@ -916,13 +932,22 @@ impl<S: Store> Ipam<S> {
         let pending = affinity_json(node, &cidr, AffinityState::Pending);
         let arev = match self.store.create(&akey, &pending) {
             Ok(r) => r,
-            Err(StoreError::AlreadyExists { .. }) => {
-                // Our own leftover (e.g. a crashed claim): take it over.
-                match self.store.get(&akey)? {
-                    Some(kv) => kv.mod_revision,
-                    None => return Ok(false),
+            Err(StoreError::AlreadyExists { .. }) => match self.store.get(&akey)? {
+                Some(kv) => {
+                    let a: BlockAffinity = decode("BlockAffinity", &akey, &kv.value)?;
+                    if a.state != AffinityState::Pending {
+                        // Another allocator (same node) completed this claim:
+                        // the node owns the block; re-read its block list.
+                        c.node_blocks.remove(&(node.clone(), cidr.family()));
+                        return Ok(true);
+                    }
+                    // A pending leftover of ours (e.g. a crashed claim): take it
+                    // over. If a live claim holds it, one of us loses the
+                    // block creation below.
+                    kv.mod_revision
                 }
-            }
+                None => return Ok(false),
+            },
             Err(e) => return Err(e.into()),
         };
         let mut block = Block::new(cidr, Some(host_affinity(node)), self.opts.windows_reserved);
@@ -1074,12 +1099,16 @@ impl<S: Store> Ipam<S> {
                 }
                 return Err(Error::AddressInUse {
                     addr,
-                    handle: a.handle.clone(),
+                    handle: a.handle.as_deref().map(str::to_owned),
                 });
             }
             let mut nb = block;
-            nb.assign(ord, handle.as_str(), Some(attributes))
-                .map_err(|_| Error::AddressInUse { addr, handle: None })?;
+            nb.assign(
+                ord,
+                &Arc::from(handle.as_str()),
+                Some(&Arc::new(attributes.clone())),
+            )
+            .map_err(|_| Error::AddressInUse { addr, handle: None })?;
             let seq = nb.sequence_number();
             match self.commit_block(&mut c, nb, rev, Some(handle), 1, Vec::new())? {
                 Step::Done => {
@@ -1255,7 +1284,7 @@ impl<S: Store> Ipam<S> {
                 return Err(Error::HandleMismatch {
                     addr,
                     expected: h.to_string(),
-                    actual: a.handle.clone(),
+                    actual: a.handle.as_deref().map(str::to_owned),
                 });
             }
             if let Some(s) = sequence
@@ -1321,11 +1350,11 @@ impl<S: Store> Ipam<S> {
                 }
             };
             let cidr: BlockCidr = bstr.parse()?;
-            let step = match self.load_block(&mut c, cidr)? {
+            let step = match self.take_block(&mut c, cidr)? {
                 None => {
                     // The block is gone: drop it from the handle.
                     let (op, newh) =
-                        self.handle_op(&mut c, handle, &cidr, -i64::from(h.block[&bstr]))?;
+                        self.handle_op(&mut c, handle, &bstr, -i64::from(h.block[&bstr]))?;
                     match self.store.txn(&op.into_iter().collect::<Vec<_>>()) {
                         Ok(r) => {
                             Self::cache_handle(&mut c, handle, newh.map(|h| (h, r)));

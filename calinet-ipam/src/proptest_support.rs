@@ -131,7 +131,10 @@ pub fn allocations<S: Store + ?Sized>(store: &S) -> Result<BTreeMap<IpAddr, Stri
     let mut m = BTreeMap::new();
     for (b, _) in &d.blocks {
         for (o, a) in b.allocations() {
-            m.insert(b.addr(o), a.handle.clone().unwrap_or_default());
+            m.insert(
+                b.addr(o),
+                a.handle.as_deref().unwrap_or_default().to_owned(),
+            );
         }
     }
     Ok(m)

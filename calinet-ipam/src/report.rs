@@ -287,7 +287,7 @@ pub fn show_from(d: &Dump) -> ShowReport {
                 sec.and_then(|s| s.get("pod")),
             ) {
                 (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-                _ => a.handle.clone().unwrap_or_default(),
+                _ => a.handle.as_deref().unwrap_or_default().to_owned(),
             };
             r.borrowed.push(BorrowedRow {
                 ip: b.addr(o),

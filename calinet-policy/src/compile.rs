@@ -90,7 +90,7 @@ pub fn compile(
     opts: &Options,
 ) -> Result<Ruleset, Error> {
     let mut seen_if = BTreeMap::new();
-    for ep in eps.by_name.values() {
+    for ep in eps.by_name.values().filter(|e| e.local) {
         check_interface(ep, opts)?;
         if let Some(other) = seen_if.insert(ep.interface.clone(), ep.name.clone()) {
             return Err(Error::Endpoint {
@@ -114,7 +114,7 @@ pub fn compile(
     c.base_chains();
     let mut fw = BTreeMap::new();
     let mut tw = BTreeMap::new();
-    for ep in eps.by_name.values() {
+    for ep in eps.by_name.values().filter(|e| e.local) {
         let f = c.signature_chain(ep, Direction::Egress);
         fw.insert(ep.interface.clone(), f);
         let t = c.signature_chain(ep, Direction::Ingress);
@@ -751,6 +751,7 @@ mod tests {
         Endpoint {
             name: name.into(),
             namespace: Some("a".into()),
+            local: true,
             interface: ifname.into(),
             addrs: vec![addr.parse().unwrap()],
             labels: [("app".to_string(), app.to_string())].into_iter().collect(),

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod index;
 pub mod ir;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod selector;
 pub mod semantics;
@@ -54,6 +55,16 @@ pub enum Error {
         command: String,
         /// What nft printed (or the spawn error).
         stderr: String,
+    },
+    /// A netlink operation failed.
+    #[error("{operation}: errno {errno}: {detail}")]
+    Netlink {
+        /// What was being done (and which message of a transaction failed).
+        operation: String,
+        /// The errno (0 when not from the kernel).
+        errno: i32,
+        /// The error text.
+        detail: String,
     },
     /// A YAML document did not decode.
     #[error("YAML document {document}: {source}")]

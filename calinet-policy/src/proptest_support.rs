@@ -346,11 +346,12 @@ pub fn endpoints() -> impl Strategy<Value = Vec<Endpoint>> {
         any::<bool>(),
         any::<bool>(),
         np,
+        prop::bool::weighted(0.8),
     );
     prop::collection::vec(one, 1..5).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (ns, labels, v6, profile, named_ports))| {
+            .map(|(i, (ns, labels, v6, profile, named_ports, local))| {
                 let mut addrs: Vec<IpAddr> = vec![format!("10.0.0.{}", i + 1).parse().unwrap()];
                 if v6 {
                     addrs.push(format!("fd00::{}", i + 1).parse().unwrap());
@@ -358,6 +359,7 @@ pub fn endpoints() -> impl Strategy<Value = Vec<Endpoint>> {
                 Endpoint {
                     name: format!("{ns}/ep{i}"),
                     namespace: Some(ns.to_owned()),
+                    local,
                     interface: format!("cali{i}"),
                     addrs,
                     labels,

@@ -35,7 +35,10 @@ pub struct Endpoint {
     pub name: String,
     /// Kubernetes namespace, if any.
     pub namespace: Option<String>,
-    /// Host-side interface (`cali...`).
+    /// Whether the endpoint is on this node. Only local endpoints get an
+    /// interface dispatch entry; remote ones only feed selector and named-port sets.
+    pub local: bool,
+    /// Host-side interface (`cali...`); unused for remote endpoints.
     pub interface: String,
     /// Its addresses.
     pub addrs: Vec<IpAddr>,
@@ -629,6 +632,7 @@ mod tests {
         Endpoint {
             name: name.into(),
             namespace: Some(ns.into()),
+            local: true,
             interface: ifname.into(),
             addrs: vec![addr.parse().unwrap()],
             labels: labels

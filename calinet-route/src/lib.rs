@@ -1,11 +1,121 @@
-//! Netlink programming for pod networks.
+//! Netlink programming for pod networks: workload veths, and a reconciler that
+//! keeps routes, neighbours and FDB entries exactly as desired without disturbing
+//! anything it does not own.
 //!
-//! Owns: workload veth pairs into a pod's network namespace, addresses, sysctls,
-//! a route-table reconciler that only touches routes it owns, neighbour and FDB
-//! entries, and tunnel links.
+//! **Owns:** the spec types other calinet crates produce ([`RouteSpec`],
+//! [`NeighbourSpec`], [`FdbSpec`], [`LinkSpec`], [`WorkloadSpec`], the validated
+//! [`IfName`]); the pure planner ([`plan_routes`], [`plan_neighbours`],
+//! [`plan_fdb`]); the netlink edge ([`NetlinkBackend`], [`nl::Conn`]) and the
+//! [`Reconciler`] over any [`Backend`]; workload plumbing ([`workload`]); tunnel
+//! links, addresses and host-MTU detection ([`link`]).
 //!
-//! Does not own: deciding which routes or tunnels a node needs (see
-//! `calinet-encap`), address allocation (see `calinet-ipam`).
+//! **Does not own:** deciding which routes, tunnels, neighbours or FDB entries a
+//! node needs (`calinet-encap`, `calinet-wg`), address allocation
+//! (`calinet-ipam`), policy rules (`calinet-policy`), or `ip rule`s.
+//!
+//! Every kernel operation names the namespace it works in: a [`Netns`] (an open
+//! `/run/netns/NAME` or `/proc/PID/ns/net`). Sockets are created on a short-lived
+//! thread that entered that namespace, and stay bound to it; the caller's threads
+//! never switch namespace.
+//!
+//! # Example: plan, apply, converge (runs without root)
+//!
+//! ```
+//! use calinet_route::{plan_routes, MemoryBackend, Ownership, Reconciler, RouteProtocol, RouteSpec};
+//!
+//! // What the node should have: a local block blackholed, a remote block via its node.
+//! let eth0 = "eth0".parse().unwrap();
+//! let desired = vec![
+//!     RouteSpec::blackhole("172.16.101.0/26".parse().unwrap()),
+//!     RouteSpec::via("172.16.158.0/26".parse().unwrap(), "198.51.100.11".parse().unwrap())
+//!         .device(eth0)
+//!         .onlink(),
+//! ];
+//! // What the kernel has: a stale route of ours, and BIRD's route (not ours).
+//! let observed = vec![
+//!     RouteSpec::blackhole("172.16.9.0/26".parse().unwrap()),
+//!     RouteSpec::blackhole("10.0.0.0/8".parse().unwrap()).protocol(RouteProtocol::BIRD),
+//! ];
+//! let own = Ownership::default(); // protocol 80, main table
+//! let plan = plan_routes(&desired, &observed, &own).unwrap();
+//! assert_eq!(plan.adds.len(), 2);
+//! assert_eq!(plan.deletions, vec![observed[0].clone()]); // BIRD's route is untouched
+//! print!("{plan}");
+//!
+//! // The same through the reconciler, on the in-memory kernel used by unit tests.
+//! tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//!     let mut kernel = MemoryBackend::new();
+//!     kernel.add_link("eth0", true);
+//!     kernel.routes = observed.clone();
+//!     let mut rec = Reconciler::new(kernel, own);
+//!     assert_eq!(rec.reconcile_routes(&desired).await.unwrap().writes, 3);
+//!     assert_eq!(rec.reconcile_routes(&desired).await.unwrap().writes, 0); // converged
+//! });
+//! ```
+//!
+//! # Example: a pod and the node's routes in real namespaces (needs root)
+//!
+//! ```no_run
+//! # async fn demo() -> calinet_route::Result<()> {
+//! use calinet_route::nl::Conn;
+//! use calinet_route::workload::setup_workload;
+//! use calinet_route::*;
+//!
+//! let node = Netns::named("node1")?;
+//! let mut host = Conn::open(&node).await?;
+//! let pod = WorkloadSpec::new(IfName::calico_workload("default", "nginx"), "/run/netns/pod1", 1440)
+//!     .ipv4("172.16.101.5".parse().unwrap())
+//!     .ipv6("fd00:10:244::5".parse().unwrap());
+//! setup_workload(&mut host, &pod, RouteProtocol::CALICO).await?;
+//!
+//! let mut rec = Reconciler::new(
+//!     NetlinkBackend::open(&node).await?,
+//!     Ownership::default().interface_prefix("cali"),
+//! );
+//! let mut desired = pod.host_routes(RouteProtocol::CALICO);
+//! desired.push(RouteSpec::blackhole("172.16.101.0/26".parse().unwrap()));
+//! let report = rec.reconcile_routes(&desired).await?.into_result()?;
+//! println!("{} writes, {} pending", report.writes, report.pending.len());
+//! # Ok(()) }
+//! ```
+//!
+//! # How it behaves
+//!
+//! - **Ownership** ([`Ownership`]): a route in a managed table is owned when its
+//!   protocol is the configured one (default 80, Calico's) or its device starts with
+//!   a configured prefix (except `proto kernel` routes and IPv6 link-local ones).
+//!   Foreign routes are never deleted or replaced; when one shares a key with a
+//!   desired route, ours is added beside it and later deleted exactly (by
+//!   protocol, type, device and gateway), never by key alone.
+//! - **Every owned attribute is compared** (device, gateway, onlink, scope, type,
+//!   protocol, MTU, source, metric, TOS, table), so `ip route change` by hand is
+//!   repaired by the next reconcile. Desired routes are normalised like the kernel
+//!   stores them (IPv6 metric 0 is 1024, IPv6 routes have no scope, IPv6
+//!   blackholes report `dev lo`).
+//! - **Bad input** (an invalid route, a desired route the ownership would not own,
+//!   two desired routes with one key) is rejected before anything is written.
+//! - **Dumps** are consistent snapshots: a dump flagged `NLM_F_DUMP_INTR` is
+//!   discarded and redone; a socket overrun (`ENOBUFS`) replaces the socket and
+//!   redumps.
+//! - **Writes** are pipelined: several hundred requests per `send`, without
+//!   per-request acks (the kernel answers only failures), closed by one
+//!   acknowledged `NLMSG_NOOP`. Each failure is an [`Error::Netlink`] with the errno
+//!   and the request written like the `ip` command.
+//! - **Pending**: routes whose device is missing or down are held back
+//!   ([`Report::pending`]) and retried by [`Reconciler::retry_pending`], e.g. when
+//!   [`nl::LinkEvents`] reports a link change; full resyncs follow the caller's clock
+//!   ([`ResyncTimer`], Calico's 90 s).
+//!
+//! # Where calinet differs from Calico
+//!
+//! - Workload setup on an existing, already correct workload writes nothing
+//!   (Calico's CNI ADD always deletes and rebuilds); an existing workload that
+//!   differs is rebuilt as in Calico, and [`workload::check_workload`] says why.
+//! - Host routes to workloads get the protocol the caller chooses (Calico's CNI
+//!   plugin uses the kernel default, and Felix later takes them over by interface).
+//! - `tunl0` is the kernel's fallback IPIP device: a parameter mismatch there is an
+//!   error rather than a recreate. (This machine's kernel has no IPIP; that test is
+//!   reported as skipped.)
 
 pub mod backend;
 mod error;

@@ -9,7 +9,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use rtnetlink::{LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +28,13 @@ fn nack(request: String, n: Nack) -> Error {
 
 /// All links of the connection's namespace.
 pub async fn dump_links(conn: &mut Conn) -> Result<LinkIndex> {
+    // Skip the per-link statistics: the reconciler needs names, indices and state,
+    // and with hundreds of workload interfaces the stats dominate the dump.
+    let mut req = LinkMessage::default();
+    req.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
     let msgs = conn
-        .dump(
-            &RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            "links",
-        )
+        .dump(&RouteNetlinkMessage::GetLink(req), "links")
         .await?;
     Ok(LinkIndex::new(msgs.into_iter().filter_map(|m| match m {
         RouteNetlinkMessage::NewLink(l) => kernel::link_from_message(&l),
@@ -304,7 +306,7 @@ pub fn kind_mismatch(spec: &LinkSpec, observed: &LinkState, links: &LinkIndex) -
     }
 }
 
-fn create_message(spec: &LinkSpec, links: &LinkIndex) -> Result<LinkMessage> {
+fn create_message(spec: &LinkSpec, links: &LinkIndex, netns: &str) -> Result<LinkMessage> {
     let name = spec.name.as_str();
     let mut msg = match &spec.kind {
         LinkKind::Vxlan(v) => {
@@ -313,8 +315,8 @@ fn create_message(spec: &LinkSpec, links: &LinkIndex) -> Result<LinkMessage> {
                 .learning(v.learning);
             if let Some(parent) = &v.parent {
                 let l = links.by_name(parent).ok_or_else(|| Error::LinkNotFound {
-                    name: parent.to_string(),
-                    netns: "(parent of VXLAN device)".to_string(),
+                    name: format!("{parent} (parent of {})", spec.name),
+                    netns: netns.to_string(),
                 })?;
                 b = b.dev(l.index);
             }
@@ -365,9 +367,17 @@ pub async fn reconcile_link(conn: &mut Conn, spec: &LinkSpec) -> Result<LinkRepo
     let mut report = LinkReport::default();
     let links = dump_links(conn).await?;
     let mut current = links.by_name(&spec.name).cloned();
-    if let Some(cur) = &current
-        && let Some(why) = kind_mismatch(spec, cur, &links)
-    {
+    let mismatch = current
+        .as_ref()
+        .and_then(|cur| kind_mismatch(spec, cur, &links));
+    // Build the creation message before deleting anything, so that a spec that
+    // cannot be created (e.g. a missing parent) leaves the old device in place.
+    let create = if current.is_none() || mismatch.is_some() {
+        Some(create_message(spec, &links, &conn.netns().to_string())?)
+    } else {
+        None
+    };
+    if let (Some(cur), Some(why)) = (&current, &mismatch) {
         if spec.name.as_str() == crate::spec::TUNL0 && cur.kind.as_deref() == Some("ipip") {
             return Err(Error::InvalidLink {
                 name: spec.name.to_string(),
@@ -377,17 +387,26 @@ pub async fn reconcile_link(conn: &mut Conn, spec: &LinkSpec) -> Result<LinkRepo
             });
         }
         delete_link(conn, &spec.name).await?;
-        report.recreated = Some(why);
+        report.recreated = Some(why.clone());
         current = None;
     }
-    let cur = match current {
-        Some(c) => c,
-        None => {
-            let msg = create_message(spec, &links)?;
+    let cur = match (current, create) {
+        (Some(c), _) => c,
+        (None, msg) => {
+            let msg = msg.ok_or_else(|| Error::InvalidLink {
+                name: spec.name.to_string(),
+                rule: "internal: no creation message".to_string(),
+            })?;
             let what = format!("link add {} ({:?})", spec.name, spec.kind);
-            // tunl0 already exists once the ipip module is loaded; EEXIST is not
-            // possible here because we looked first.
-            create_link(conn, msg, &what).await?;
+            match create_link(conn, msg, &what).await {
+                Ok(()) => {}
+                // Loading the ipip module creates tunl0 itself (the fallback
+                // device), so creating "tunl0" can race with it: use that one.
+                Err(e)
+                    if e.errno() == Some(libc::EEXIST)
+                        && spec.name.as_str() == crate::spec::TUNL0 => {}
+                Err(e) => return Err(e),
+            }
             if report.recreated.is_none() {
                 report.created = true;
             }

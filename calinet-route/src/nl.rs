@@ -289,7 +289,9 @@ impl Conn {
     }
 
     fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
+        // Contiguous (also across wrap-around): batch results are indexed by
+        // `seq - base`.
+        self.seq = self.seq.wrapping_add(1);
         self.seq
     }
 
@@ -540,7 +542,18 @@ impl Conn {
             self.stats.sends += 1;
             // The kernel handled the datagram during send(); collect what failed so
             // far without waiting (keeps the receive queue short).
-            self.collect(base, &mut results, noop_seq, what).await?;
+            if let Err(e) = self.collect(base, &mut results, noop_seq, what).await {
+                // After an overrun, acks of this batch are lost: the outcome of
+                // its requests is unknown. Start the next batch on a clean socket;
+                // the caller re-dumps and re-plans.
+                if let Error::Transport { source, .. } = &e
+                    && source.raw_os_error() == Some(libc::ENOBUFS)
+                {
+                    self.reopen().await?;
+                }
+                self.stats.writes += i as u64;
+                return Err(e);
+            }
         }
         self.stats.writes += requests.len() as u64;
         Ok(results)
@@ -609,6 +622,113 @@ impl Conn {
             if done {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// What a [`LinkEvents`] socket saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkEvent {
+    /// Links were created, deleted or changed (their names, where known).
+    Changed(Vec<String>),
+    /// Notifications were lost (socket overrun): assume anything changed.
+    Overrun,
+}
+
+/// Link notifications (`RTNLGRP_LINK`) of one namespace, so that pending routes are
+/// retried as soon as their interface appears or comes up, rather than on a timer.
+#[derive(Debug)]
+pub struct LinkEvents {
+    netns: Netns,
+    fd: AsyncFd<Socket>,
+    rx: Vec<u8>,
+}
+
+impl LinkEvents {
+    /// Subscribes inside `netns`. Call inside a tokio runtime.
+    pub async fn open(netns: &Netns) -> Result<Self> {
+        let transport = |context: &str, source: std::io::Error| Error::Transport {
+            context: format!("{context} in netns {netns}"),
+            source,
+        };
+        let sock = netns.run(|| -> Result<Socket> {
+            let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| transport("socket()", e))?;
+            // RTMGRP_LINK = 1
+            s.bind(&netlink_sys::SocketAddr::new(0, 1))
+                .map_err(|e| transport("bind to RTMGRP_LINK", e))?;
+            s.set_non_blocking(true)
+                .map_err(|e| transport("O_NONBLOCK", e))?;
+            Ok(s)
+        })??;
+        // SAFETY: the socket owns its fd for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Transport {
+            context: format!("registering link-event socket of netns {netns} with tokio"),
+            source: std::io::Error::from(e),
+        })?;
+        Ok(LinkEvents {
+            netns: netns.clone(),
+            fd,
+            rx: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Waits for the next batch of link notifications.
+    pub async fn next(&mut self) -> Result<LinkEvent> {
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(|source| Error::Transport {
+                    context: format!("waiting for link events in netns {}", self.netns),
+                    source,
+                })?;
+            let rx = &mut self.rx;
+            let res = guard.try_io(|inner| {
+                let fd = inner.get_ref().as_raw_fd();
+                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
+                let n =
+                    unsafe { libc::recv(fd, rx.as_mut_ptr().cast(), rx.len(), libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            let n = match res {
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Ok(LinkEvent::Overrun);
+                }
+                Ok(Err(source)) => {
+                    return Err(Error::Transport {
+                        context: format!("receiving link events in netns {}", self.netns),
+                        source,
+                    });
+                }
+                Ok(Ok(n)) => n,
+            };
+            let mut names = Vec::new();
+            let mut at = 0;
+            while at + HDR <= n {
+                let len = u32_at(&self.rx, at) as usize;
+                if len < HDR || at + len > n {
+                    break;
+                }
+                let kind = u16_at(&self.rx, at + 4);
+                if let Ok(RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)) =
+                    RouteNetlinkMessage::parse_with_param(&self.rx[at + HDR..at + len], kind)
+                {
+                    for a in &l.attributes {
+                        if let netlink_packet_route::link::LinkAttribute::IfName(name) = a {
+                            names.push(name.clone());
+                        }
+                    }
+                }
+                at += align4(len);
+            }
+            return Ok(LinkEvent::Changed(names));
         }
     }
 }

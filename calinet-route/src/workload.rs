@@ -271,6 +271,30 @@ pub async fn setup_workload(
         ),
     )
     .await?;
+    // From here on a failure must not leave a half-plumbed workload behind.
+    match finish_setup(host, &mut pod, &pod_ns, spec, protocol).await {
+        Ok((host_ll, mac_attempts)) => Ok(SetupReport {
+            changed: true,
+            rebuilt_because,
+            host_link_local: host_ll,
+            mac_attempts,
+        }),
+        Err(e) => {
+            // Best effort: the original error is what the caller needs to see.
+            let _ = link::delete_link(host, &spec.host_ifname).await;
+            Err(e)
+        }
+    }
+}
+
+/// The steps after the veth pair exists: sysctls, MAC, addresses, up, routes.
+async fn finish_setup(
+    host: &mut Conn,
+    pod: &mut Conn,
+    pod_ns: &Netns,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+) -> Result<(Option<IpAddr>, u32)> {
     let host_link = link::get_link(host, &spec.host_ifname)
         .await?
         .ok_or_else(|| Error::LinkNotFound {
@@ -313,14 +337,14 @@ pub async fn setup_workload(
     }
 
     // Pod side: up, addresses, routes.
-    let pod_link = link::get_link(&mut pod, &spec.pod_ifname)
+    let pod_link = link::get_link(pod, &spec.pod_ifname)
         .await?
         .ok_or_else(|| Error::LinkNotFound {
             name: spec.pod_ifname.to_string(),
             netns: pod_ns.to_string(),
         })?;
     link::set_link(
-        &mut pod,
+        pod,
         pod_link.index,
         &spec.pod_ifname,
         &LinkChange {
@@ -330,7 +354,7 @@ pub async fn setup_workload(
     )
     .await?;
     for a in pod_addresses(spec) {
-        link::add_address(&mut pod, pod_link.index, &spec.pod_ifname, a, true).await?;
+        link::add_address(pod, pod_link.index, &spec.pod_ifname, a, true).await?;
     }
 
     // Host side up; with both ends up the carrier comes and IPv6 assigns the
@@ -363,16 +387,11 @@ pub async fn setup_workload(
         up: true,
         ..pod_link.clone()
     }]);
-    replace_routes(&mut pod, &pod_routes(spec, host_ll), &pod_links).await?;
+    replace_routes(pod, &pod_routes(spec, host_ll), &pod_links).await?;
     let host_links = LinkIndex::new([host_link]);
     replace_routes(host, &spec.host_routes(protocol), &host_links).await?;
 
-    Ok(SetupReport {
-        changed: true,
-        rebuilt_because,
-        host_link_local: host_ll,
-        mac_attempts,
-    })
+    Ok((host_ll, mac_attempts))
 }
 
 fn diff(

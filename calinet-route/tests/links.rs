@@ -98,6 +98,17 @@ fn vxlan_link_is_created_reconciled_and_recreated_on_mismatch() {
         let link = n1.link("vxlan.calico").unwrap().unwrap();
         assert_eq!(link.linkinfo.unwrap().info_data.unwrap()["id"], 4097);
         assert_eq!(link.address.as_deref(), Some("66:11:22:33:44:55"));
+
+        // A spec that cannot be created (missing parent) leaves the device alone.
+        let mut broken = other.clone();
+        if let calinet_route::LinkKind::Vxlan(v) = &mut broken.kind {
+            v.vni = 5000;
+            v.parent = Some("eth9".parse().unwrap());
+        }
+        let err = reconcile_link(&mut conn, &broken).await.unwrap_err();
+        assert!(err.to_string().contains("eth9"), "{err}");
+        let link = n1.link("vxlan.calico").unwrap().expect("still there");
+        assert_eq!(link.linkinfo.unwrap().info_data.unwrap()["id"], 4097);
     });
 }
 

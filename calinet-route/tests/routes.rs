@@ -231,7 +231,20 @@ fn interface_deleted_and_recreated_gets_its_routes_back() {
         assert_eq!(report.writes, 0);
         assert!(rec.retry_pending().await.unwrap().is_none());
 
+        // Retried when the interface appears: driven by link notifications.
+        let netns = Netns::open(n1.path()).unwrap();
+        let mut events = calinet_route::nl::LinkEvents::open(&netns).await.unwrap();
         make_veth();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+            .await
+            .expect("a link event arrives")
+            .unwrap();
+        match event {
+            calinet_route::nl::LinkEvent::Changed(names) => {
+                assert!(names.iter().any(|n| n == "calitest1"), "{names:?}")
+            }
+            other => panic!("{other:?}"),
+        }
         let report = rec.retry_pending().await.unwrap().expect("device is back");
         assert!(report.converged());
         assert_eq!(report.writes, 1);
@@ -314,4 +327,129 @@ fn protocol_ownership_in_another_table() {
         );
         assert_eq!(rec.reconcile_routes(&[throw]).await.unwrap().writes, 0);
     });
+}
+
+#[test]
+fn ipv6_routes_converge_with_kernel_normalisation() {
+    testlab::require_root!();
+    let lab = Lab::new("ipv6_routes_converge_with_kernel_normalisation").unwrap();
+    let n1 = node(&lab);
+    rt().block_on(async {
+        let mut rec = reconciler(&n1).await;
+        let desired = vec![
+            // IPv6 VXLAN-style remote block: via the peer's address, onlink.
+            RouteSpec::via(
+                "fd00:10:244:2::/122".parse().unwrap(),
+                "fd00:99::11".parse().unwrap(),
+            )
+            .device(dev("eth0"))
+            .onlink()
+            .mtu(1430),
+            RouteSpec::blackhole("fd00:10:244:1::/122".parse().unwrap()).metric(100),
+            RouteSpec::unreachable("fd00:10:244:3::/122".parse().unwrap()),
+        ];
+        let r = rec.reconcile_routes(&desired).await.unwrap();
+        assert!(r.converged(), "{:?}", r.failures);
+        assert_eq!(r.writes, 3);
+        let routes6 = n1.routes6().unwrap();
+        let remote = routes_to_dst(&routes6, "fd00:10:244:2::/122");
+        assert_eq!(remote.len(), 1, "{routes6:#?}");
+        assert_eq!(remote[0].gateway.as_deref(), Some("fd00:99::11"));
+        assert!(remote[0].has_flag("onlink"), "{:?}", remote[0]);
+        assert_eq!(remote[0].mtu(), Some(1430));
+        assert_eq!(
+            routes_to_dst(&routes6, "fd00:10:244:1::/122")[0].metric,
+            Some(100)
+        );
+        let again = rec.reconcile_routes(&desired).await.unwrap();
+        assert_eq!(again.writes, 0, "{}", again.plan);
+    });
+}
+
+#[test]
+fn dumps_stay_consistent_under_concurrent_churn() {
+    testlab::require_root!();
+    let lab = Lab::new("dumps_stay_consistent_under_concurrent_churn").unwrap();
+    let n1 = node(&lab);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Another process keeps adding and deleting links and foreign routes while we
+    // dump and reconcile.
+    let churn = {
+        let ns = n1.name().to_string();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("churn{}", i % 4);
+                let _ = testlab::cmd::run(
+                    "ip",
+                    &[
+                        "-n",
+                        &ns,
+                        "link",
+                        "add",
+                        &name,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &format!("{name}p"),
+                    ],
+                );
+                let _ = testlab::cmd::run(
+                    "ip",
+                    &[
+                        "-n",
+                        &ns,
+                        "route",
+                        "add",
+                        "blackhole",
+                        &format!("192.0.2.{}/32", i % 200),
+                        "proto",
+                        "static",
+                    ],
+                );
+                let _ = testlab::cmd::run("ip", &["-n", &ns, "link", "del", &name]);
+                let _ = testlab::cmd::run(
+                    "ip",
+                    &[
+                        "-n",
+                        &ns,
+                        "route",
+                        "del",
+                        "blackhole",
+                        &format!("192.0.2.{}/32", i % 200),
+                        "proto",
+                        "static",
+                    ],
+                );
+                i += 1;
+            }
+        })
+    };
+    rt().block_on(async {
+        let mut rec = reconciler(&n1).await;
+        let desired: Vec<RouteSpec> = (0..2000u32)
+            .map(|i| {
+                RouteSpec::blackhole(
+                    format!("172.16.{}.{}/32", i / 256, i % 256)
+                        .parse()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        assert!(rec.reconcile_routes(&desired).await.unwrap().converged());
+        for _ in 0..30 {
+            // Each snapshot must be complete: a torn dump would plan spurious adds.
+            let r = rec.reconcile_routes(&desired).await.unwrap();
+            assert_eq!(r.writes, 0, "{}", r.plan);
+        }
+        let stats = rec.backend().stats();
+        eprintln!(
+            "dumps {} redumps {} under churn",
+            stats.dumps, stats.redumps
+        );
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
 }

@@ -220,3 +220,31 @@ fn teardown_tolerates_missing_interface_and_namespace() {
         assert!(n1.link(s1.host_ifname.as_str()).unwrap().is_none());
     });
 }
+
+#[test]
+fn failed_setup_leaves_nothing_behind() {
+    testlab::require_root!();
+    let lab = Lab::new("failed_setup_leaves_nothing_behind").unwrap();
+    let n1 = lab.netns("n1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    // IPv6 disabled in the pod: the /128 cannot be added after the veth exists.
+    p1.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .unwrap();
+    p1.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
+    let s1 = spec(&p1, "default", "v6pod", "172.16.101.11", "fd00:10:244::11");
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        let err = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("fd00:10:244::11/128"), "{text}");
+        assert!(err.errno().is_some(), "{text}");
+        assert!(
+            n1.link(s1.host_ifname.as_str()).unwrap().is_none(),
+            "host veth left behind"
+        );
+        assert!(p1.link("eth0").unwrap().is_none(), "pod veth left behind");
+        assert!(routes_to(&n1.routes().unwrap(), "172.16.101.11/32").is_empty());
+    });
+}

@@ -289,6 +289,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_configs_and_deltas_never_shows_secrets() {
+        let mut d = seed_device();
+        d.peers[0].preshared_key = Some(PresharedKey::from_bytes([0x5a; 32]));
+        let key = d.private_key.clone().unwrap();
+        let psk = d.peers[0].preshared_key.clone().unwrap();
+        for text in [format!("{d:?}"), format!("{:?}", DeviceDelta::full(&d))] {
+            for secret in [
+                key.expose_base64(),
+                key.expose_hex(),
+                psk.expose_base64(),
+                psk.expose_hex(),
+            ] {
+                assert!(!text.contains(&secret), "secret in Debug output");
+            }
+            assert!(text.contains("PrivateKey(<redacted>)"));
+        }
+    }
+
+    #[test]
     fn empty_device_gets_everything() {
         let d = seed_device();
         let delta = plan_delta(&d, &ObservedDevice::default());

@@ -43,6 +43,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The system's randomness source could not be read.
+    #[error("cannot read random bytes from {source_path} for a new key")]
+    Entropy {
+        /// Where randomness was read from.
+        source_path: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An interface name broke the kernel's rules.
     #[error("invalid interface name {name:?}: {reason}")]
     InvalidIfName {

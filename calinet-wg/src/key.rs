@@ -5,12 +5,18 @@
 //! `<redacted>` in `Debug`, have no `Display`, and are only turned into text by
 //! methods whose names say so (`expose_*`), which this crate calls only to write
 //! the key file, the control socket and rendered configs the caller asked for.
+//!
+//! Curve25519 comes from `x25519-dalek` (pinned) rather than
+//! `wireguard-control`'s `Key`: that type prints the private key in `Debug`,
+//! is never zeroed, treats public and private keys as one type, and would pull
+//! in a second generation of the netlink crates (netlink-packet-core 0.7 next
+//! to the workspace's 0.9). Randomness is read from `/dev/urandom`.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use base64::Engine;
@@ -57,11 +63,13 @@ fn decode_hex(text: &str, what: &str) -> Result<[u8; KEY_LEN]> {
     Ok(out)
 }
 
+const RANDOM_SOURCE: &str = "/dev/urandom";
+
 fn random_bytes() -> std::io::Result<[u8; KEY_LEN]> {
     let mut bytes = [0u8; KEY_LEN];
     // /dev/urandom never blocks once the pool is initialised at boot, which
     // is long before a node agent runs.
-    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    File::open(RANDOM_SOURCE)?.read_exact(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -122,9 +130,8 @@ pub struct PrivateKey([u8; KEY_LEN]);
 impl PrivateKey {
     /// A new random, clamped private key.
     pub fn generate() -> Result<Self> {
-        let bytes = random_bytes().map_err(|source| Error::KeyFileIo {
-            path: PathBuf::from("/dev/urandom"),
-            op: "read random bytes",
+        let bytes = random_bytes().map_err(|source| Error::Entropy {
+            source_path: RANDOM_SOURCE,
             source,
         })?;
         Ok(Self::from_bytes(bytes))
@@ -186,9 +193,8 @@ pub struct PresharedKey([u8; KEY_LEN]);
 impl PresharedKey {
     /// A new random pre-shared key.
     pub fn generate() -> Result<Self> {
-        random_bytes().map(Self).map_err(|source| Error::KeyFileIo {
-            path: PathBuf::from("/dev/urandom"),
-            op: "read random bytes",
+        random_bytes().map(Self).map_err(|source| Error::Entropy {
+            source_path: RANDOM_SOURCE,
             source,
         })
     }

@@ -47,6 +47,21 @@
 //! boringtun), [`backend::kernel::KernelBackend`] (generic netlink, messages
 //! split under a byte budget), [`backend::recording::RecordingBackend`] (tests).
 //!
+//! # Routing
+//!
+//! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), the rule
+//! `not from all fwmark M/M lookup T` priority 99 ([`routing::FwmarkRule`],
+//! programmed by [`routing::RuleSocket`] over rtnetlink since calinet-route has
+//! no rules), and with the `route` feature the device's table as calinet-route
+//! `RouteSpec`s (`throw` routes for nodes without a usable key) plus
+//! `rule_decision`, which holds the rule back until device and routes exist.
+//!
+//! # Features
+//!
+//! `route` (table routes as calinet-route specs), `tokio`
+//! (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
+//! checkers in `proptest_support`).
+//!
 //! # Keys
 //!
 //! [`key::load_or_generate`] keeps the private key in a file created 0600 and

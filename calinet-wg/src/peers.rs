@@ -157,13 +157,13 @@ pub fn compute_device(
     let mut warnings = Vec::new();
     let mut by_name: BTreeMap<&NodeName, &NodeState> = BTreeMap::new();
     for node in nodes {
-        if by_name.insert(&node.name, node).is_some() {
+        // The first entry wins; later ones are reported.
+        if by_name.contains_key(&node.name) {
             warnings.push(Warning::DuplicateNodeName {
                 node: node.name.clone(),
             });
-            // Keep the first entry.
-            let first = nodes.iter().find(|n| n.name == node.name).unwrap_or(node);
-            by_name.insert(&node.name, first);
+        } else {
+            by_name.insert(&node.name, node);
         }
     }
 
@@ -424,6 +424,30 @@ mod tests {
             .unwrap();
         assert_eq!(w1.ranges, vec!["fd00:10::/122".parse::<IpNet>().unwrap()]);
         assert_eq!(w1.reason, FallbackReason::NoEndpoint);
+    }
+
+    #[test]
+    fn duplicate_node_entries_keep_the_first_and_warn() {
+        let (mut nodes, key) = seed::nodes();
+        let mut copy = nodes[2].clone();
+        copy.endpoint = Some("192.0.2.99".parse().unwrap());
+        nodes.push(copy);
+        let c = compute_device(
+            &"k8s-m".parse().unwrap(),
+            &key,
+            &DeviceSettings::calico_v4(),
+            &nodes,
+            &BTreeMap::new(),
+        );
+        assert_eq!(c.device.peers.len(), 3);
+        let w1 = c.device.peer(&seed::W1_KEY.parse().unwrap()).unwrap();
+        assert_eq!(w1.endpoint.unwrap().to_string(), "192.168.10.101:51820");
+        assert_eq!(
+            c.warnings,
+            vec![Warning::DuplicateNodeName {
+                node: "k8s-w1".parse().unwrap()
+            }]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Order matters: the rule sends every unmarked packet to table T, so it is
 //! added only after the device is up and the table's routes exist
-//! (`missing_routes`, `route` feature, must be empty); otherwise traffic to peers would hit an
+//! (`rule_decision`, `route` feature, says when); otherwise traffic to peers would hit an
 //! empty table and fall through unencrypted or be dropped mid-update.
 //! calinet-route has no rule support, so [`RuleSocket`] programs the rule
 //! through rtnetlink (`RTM_NEWRULE`) itself.
@@ -345,7 +345,7 @@ impl RuleSocket {
 }
 
 #[cfg(feature = "route")]
-pub use with_route::{missing_routes, route_specs};
+pub use with_route::{RuleDecision, missing_routes, route_specs, rule_decision};
 
 #[cfg(feature = "route")]
 mod with_route {
@@ -381,6 +381,34 @@ mod with_route {
             }
         }
         Ok(by_key.into_values().collect())
+    }
+
+    /// Whether the fwmark rule may be installed now.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum RuleDecision {
+        /// Device and every table route exist: add (or keep) the rule.
+        Add,
+        /// The device does not exist yet: the rule would black-hole traffic.
+        WaitForDevice,
+        /// This many table routes are still missing.
+        WaitForRoutes(usize),
+    }
+
+    /// The ordering rule as a value: the rule goes in only after the device
+    /// and all of its table's routes exist.
+    pub fn rule_decision(
+        device_present: bool,
+        desired: &[RouteSpec],
+        observed: &[RouteSpec],
+    ) -> RuleDecision {
+        if !device_present {
+            return RuleDecision::WaitForDevice;
+        }
+        match missing_routes(desired, observed).len() {
+            0 => RuleDecision::Add,
+            n => RuleDecision::WaitForRoutes(n),
+        }
     }
 
     /// Desired routes not (yet) in `observed`, compared on key, type and
@@ -486,5 +514,25 @@ mod tests {
         );
         assert_eq!(missing_routes(&routes, &routes).len(), 0);
         assert_eq!(missing_routes(&routes, &routes[1..]).len(), 1);
+        assert_eq!(rule_decision(true, &routes, &routes), RuleDecision::Add);
+        assert_eq!(
+            rule_decision(false, &routes, &routes),
+            RuleDecision::WaitForDevice
+        );
+        assert_eq!(
+            rule_decision(true, &routes, &routes[2..]),
+            RuleDecision::WaitForRoutes(2)
+        );
+        // A route with the right key on another device does not count.
+        let mut wrong = routes.clone();
+        let i = wrong
+            .iter()
+            .position(|r| r.kind == RouteType::Unicast)
+            .unwrap();
+        wrong[i].device = Some("eth0".parse().unwrap());
+        assert_eq!(
+            rule_decision(true, &routes, &wrong),
+            RuleDecision::WaitForRoutes(1)
+        );
     }
 }

@@ -50,3 +50,51 @@ proptest! {
         prop_assert_eq!(delta.peers.len(), changed);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any delta, any budget that fits one peer: every netlink message stays
+    /// under the budget, and decoding the messages in order gives back every
+    /// peer's allowed IPs exactly once, in order.
+    #[test]
+    fn netlink_split_respects_budget_and_reassembles(
+        counts in prop::collection::vec(0usize..700, 1..6),
+        budget in 600usize..9000,
+    ) {
+        use calinet_wg::backend::kernel::{decode_set, encode_set, messages};
+        use calinet_wg::{DeviceDelta, PeerConfig, PeerUpdate, PublicKey};
+        let ifname: calinet_wg::IfName = "wireguard.cali".parse().unwrap();
+        let mut next = 0u32;
+        let peers: Vec<PeerConfig> = counts.iter().enumerate().map(|(i, n)| {
+            let ips = (0..*n).map(|_| { next += 1; ipnet::IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(0xac10_0000 + next))) }).collect();
+            PeerConfig {
+                public_key: PublicKey::from_bytes([i as u8 + 1; 32]),
+                preshared_key: None,
+                endpoint: Some("198.51.100.1:51820".parse().unwrap()),
+                allowed_ips: ips,
+                persistent_keepalive: None,
+            }
+        }).collect();
+        let delta = DeviceDelta {
+            fwmark: Some(0x100000),
+            listen_port: Some(51820),
+            peers: peers.iter().map(PeerUpdate::create).collect(),
+            ..Default::default()
+        };
+        let msgs = encode_set(&ifname, 0x1b, 1, &delta, budget).unwrap();
+        let mut got: Vec<(PublicKey, Vec<ipnet::IpNet>)> = Vec::new();
+        for m in &msgs {
+            prop_assert!(m.len() <= budget, "{} > {}", m.len(), budget);
+            let raw = messages("wg", m).unwrap();
+            for p in decode_set("wg", &raw[0]).unwrap().peers {
+                match got.last_mut() {
+                    Some((k, ips)) if *k == p.public_key => ips.extend(p.allowed_ips),
+                    _ => got.push((p.public_key, p.allowed_ips)),
+                }
+            }
+        }
+        let want: Vec<(PublicKey, Vec<ipnet::IpNet>)> = peers.iter().map(|p| (p.public_key, p.allowed_ips.clone())).collect();
+        prop_assert_eq!(got, want);
+    }
+}

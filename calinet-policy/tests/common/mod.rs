@@ -99,6 +99,7 @@ pub fn endpoint(
     Endpoint {
         name: name.into(),
         namespace: Some(ns.into()),
+        local: true,
         interface: ifname.into(),
         addrs: vec![v4.parse().unwrap(), v6.parse().unwrap()],
         labels: labels

@@ -4,10 +4,12 @@
 //! The messages are built and parsed here at the byte level (a few dozen lines
 //! of TLV code) instead of through `wireguard-control` 2.0.0, whose kernel
 //! backend pulls netlink-packet-core 0.7 / netlink-packet-route 0.21 next to
-//! the workspace's 0.9 / 0.34, always sends whole peers, and gives no control
-//! over message splitting. The kernel of the build machines has no WireGuard
-//! module, so this backend is tested on encoded bytes; its live test reports
-//! SKIPPED there.
+//! the workspace's 0.9 / 0.34 and has no update-only peer flag (it splits
+//! large requests itself, but with its own fixed limit and no way to report
+//! how many messages an apply took). The kernel of the build machines has no
+//! WireGuard module, so this backend is tested on encoded bytes (also against
+//! rust-netlink's independent `netlink-packet-wireguard` in
+//! `tests/netlink_oracle.rs`); its live test reports SKIPPED there.
 //!
 //! Splitting: like `wg(8)`, a set request is cut into messages of at most a
 //! byte budget (default 8192, libmnl's socket buffer size); a peer whose allowed
@@ -364,6 +366,14 @@ pub fn decode_set(ifname: &str, msg: &RawMessage<'_>) -> Result<DeviceDelta> {
 /// peers across messages; consecutive entries with one key are merged.
 pub fn parse_get(ifname: &str, family: u16, buf: &[u8]) -> Result<(ObservedDevice, bool)> {
     let mut dev = ObservedDevice::default();
+    let done = merge_get(ifname, family, buf, &mut dev)?;
+    Ok((dev, done))
+}
+
+/// Parse one receive buffer of a `WG_CMD_GET_DEVICE` dump into `dev`
+/// (device attributes set where present, peers appended or continued).
+/// Returns whether the dump is complete.
+pub fn merge_get(ifname: &str, family: u16, buf: &[u8], dev: &mut ObservedDevice) -> Result<bool> {
     let mut done = false;
     for msg in messages(ifname, buf)? {
         match msg.ty {
@@ -440,7 +450,7 @@ pub fn parse_get(ifname: &str, family: u16, buf: &[u8]) -> Result<(ObservedDevic
             }
         }
     }
-    Ok((dev, done))
+    Ok(done)
 }
 
 fn check_ack(ifname: &str, op: &'static str, msg: &RawMessage<'_>) -> Result<()> {
@@ -552,20 +562,7 @@ impl Backend for KernelBackend {
                 .socket
                 .recv_from_full()
                 .map_err(io("receive get device"))?;
-            let (part, done) = parse_get(&name, self.family, &buf)?;
-            if part.public_key.is_some() {
-                all.public_key = part.public_key;
-                all.listen_port = part.listen_port;
-                all.fwmark = part.fwmark;
-            }
-            for p in part.peers {
-                match all.peers.last_mut() {
-                    Some(last) if last.public_key == p.public_key => {
-                        last.allowed_ips.extend(p.allowed_ips)
-                    }
-                    _ => all.peers.push(p),
-                }
-            }
+            let done = merge_get(&name, self.family, &buf, &mut all)?;
             if done {
                 return Ok(all);
             }

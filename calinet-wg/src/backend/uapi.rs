@@ -8,7 +8,9 @@
 //! crate's userspace backend fixes the socket directory to `/var/run/wireguard`,
 //! always rewrites the whole peer (no `update_only`, so a delta could resurrect a
 //! peer removed concurrently), has no way to report what an operation cost, and
-//! its `Key` prints the private key in `Debug`.
+//! its `Key` prints the private key in `Debug`. [`UapiBackend`] is blocking
+//! (one short round trip per operation, with timeouts); with the `tokio`
+//! feature, `AsyncUapiBackend` does the same on tokio's Unix sockets.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -292,6 +294,152 @@ impl Backend for UapiBackend {
             allowed_ips: delta.allowed_ip_count(),
             bytes,
         })
+    }
+}
+
+#[cfg(feature = "tokio")]
+pub use self::with_tokio::{AsyncUapiBackend, sync_async};
+
+#[cfg(feature = "tokio")]
+mod with_tokio {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+    use zeroize::Zeroizing;
+
+    use super::{DEFAULT_SOCKET_DIR, encode_set, parse_get, reply_errno};
+    use crate::backend::ApplyReport;
+    use crate::delta::{DeviceDelta, plan_delta};
+    use crate::error::{Error, Result};
+    use crate::model::{DeviceConfig, IfName, ObservedDevice};
+
+    /// The userspace backend on tokio: same protocol and encoding as
+    /// [`super::UapiBackend`], for agents that run on an async runtime.
+    #[derive(Debug, Clone)]
+    pub struct AsyncUapiBackend {
+        socket_dir: PathBuf,
+        timeout: Duration,
+    }
+
+    impl Default for AsyncUapiBackend {
+        fn default() -> Self {
+            Self::with_socket_dir(DEFAULT_SOCKET_DIR)
+        }
+    }
+
+    impl AsyncUapiBackend {
+        /// Sockets in `dir`.
+        pub fn with_socket_dir(dir: impl Into<PathBuf>) -> Self {
+            Self {
+                socket_dir: dir.into(),
+                timeout: Duration::from_secs(10),
+            }
+        }
+
+        /// The socket of `ifname`.
+        pub fn socket_path(&self, ifname: &IfName) -> PathBuf {
+            self.socket_dir.join(format!("{ifname}.sock"))
+        }
+
+        async fn round_trip(
+            &self,
+            ifname: &IfName,
+            op: &'static str,
+            request: &[u8],
+        ) -> Result<Vec<String>> {
+            let socket = self.socket_path(ifname);
+            let io = |what: &'static str| {
+                let (ifname, socket) = (ifname.to_string(), socket.clone());
+                move |source| Error::UapiIo {
+                    ifname,
+                    socket,
+                    op: what,
+                    source,
+                }
+            };
+            let work = async {
+                let mut stream = UnixStream::connect(&socket).await.map_err(io("connect"))?;
+                stream.write_all(request).await.map_err(io(op))?;
+                let mut reader = BufReader::new(stream);
+                let mut lines = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader
+                        .read_line(&mut line)
+                        .await
+                        .map_err(io("read reply"))?
+                        == 0
+                    {
+                        return Err(io("read reply")(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "control socket closed before the empty line ending the reply",
+                        )));
+                    }
+                    let line = line.trim_end_matches('\n');
+                    if line.is_empty() {
+                        return Ok(lines);
+                    }
+                    lines.push(line.to_owned());
+                }
+            };
+            tokio::time::timeout(self.timeout, work)
+                .await
+                .map_err(|_| io("wait for reply")(std::io::ErrorKind::TimedOut.into()))?
+        }
+
+        /// Read the device.
+        pub async fn read(&self, ifname: &IfName) -> Result<ObservedDevice> {
+            let mut lines = self
+                .round_trip(ifname, "write get request", b"get=1\n\n")
+                .await?;
+            let parsed = parse_get(ifname, &lines);
+            for l in &mut lines {
+                zeroize::Zeroize::zeroize(l);
+            }
+            parsed
+        }
+
+        /// Apply `delta` in one `set` round trip.
+        pub async fn apply(&self, ifname: &IfName, delta: &DeviceDelta) -> Result<ApplyReport> {
+            if delta.is_empty() {
+                return Ok(ApplyReport::default());
+            }
+            let body = encode_set(delta);
+            let mut request = Zeroizing::new(String::with_capacity(body.len() + 8));
+            request.push_str("set=1\n");
+            request.push_str(&body);
+            request.push('\n');
+            let reply = self
+                .round_trip(ifname, "write set request", request.as_bytes())
+                .await?;
+            match reply_errno(ifname, &reply)? {
+                0 => Ok(ApplyReport {
+                    operations: 1,
+                    peer_entries: delta.peers.len(),
+                    allowed_ips: delta.allowed_ip_count(),
+                    bytes: request.len(),
+                }),
+                errno => Err(Error::UapiErrno {
+                    ifname: ifname.to_string(),
+                    op: "set",
+                    errno,
+                }),
+            }
+        }
+    }
+
+    /// [`crate::backend::sync`] on the async backend.
+    pub async fn sync_async(
+        backend: &AsyncUapiBackend,
+        ifname: &IfName,
+        desired: &DeviceConfig,
+    ) -> Result<(DeviceDelta, ApplyReport)> {
+        let observed = backend.read(ifname).await?;
+        let delta = plan_delta(desired, &observed);
+        let report = backend.apply(ifname, &delta).await?;
+        Ok((delta, report))
     }
 }
 

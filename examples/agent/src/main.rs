@@ -1,6 +1,5 @@
-//! The calinet reference node agent (under construction).
+//! `calinet-agent`: the calinet reference node agent and its lab.
 
 fn main() {
-    eprintln!("calinet-agent: not built yet");
-    std::process::exit(2);
+    std::process::exit(calinet_agent::cli::main());
 }

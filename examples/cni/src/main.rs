@@ -1,6 +1,5 @@
-//! The calinet CNI plugin (under construction).
+//! `calinet`: the CNI plugin (IPAM plus workload plumbing). See the README.
 
 fn main() {
-    eprintln!("calinet CNI plugin: not built yet");
-    std::process::exit(2);
+    calinet_cni::run::main_for(calinet_cni::run::Mode::Plugin)
 }

@@ -1,0 +1,316 @@
+//! The command line (clap): calicoctl-like commands, `run`, and `lab`.
+
+use std::io::Read as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::datastore::{self, DynStore, read_view};
+use crate::error::{Error, Result, chain};
+use crate::show::{self, IpamShowFlags, Output};
+
+/// The calinet reference node agent: calicoctl-like commands over the
+/// datastore, the node agent itself (`run`), and a lab that runs the seed
+/// article's cluster in network namespaces (`lab`).
+#[derive(Debug, Parser)]
+#[command(name = "calinet-agent", version)]
+pub struct Cli {
+    /// The embedded SQLite datastore file.
+    #[arg(
+        long,
+        global = true,
+        env = "CALINET_DATASTORE",
+        default_value = "/var/lib/calinet/datastore.db"
+    )]
+    pub datastore: PathBuf,
+    /// etcd endpoints (comma separated) instead of SQLite. Not available until
+    /// calinet-ipam's etcd store lands.
+    #[arg(long, global = true, env = "CALINET_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from YAML files (all or nothing).
+    Apply(FileArgs),
+    /// Delete the resources named in YAML files.
+    Delete(FileArgs),
+    /// IP address management.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// Show resources.
+    Get(GetArgs),
+    /// Node commands.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run the node agent.
+    Run(RunArgs),
+    /// The seed cluster in network namespaces (needs root).
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
+}
+
+/// `-f FILE...`.
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// YAML files (`-` reads stdin); several documents per file separated by `---`.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+/// `ipam ...`.
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// Usage per pool (and block).
+    Show {
+        /// One row per block too.
+        #[arg(long)]
+        show_blocks: bool,
+        /// Addresses borrowed from other nodes' blocks.
+        #[arg(long, conflicts_with_all = ["show_blocks", "show_configuration"])]
+        show_borrowed: bool,
+        /// The IPAM configuration.
+        #[arg(long, conflicts_with = "show_blocks")]
+        show_configuration: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Check IPAM for leaks and inconsistencies (exit code 1 when problems).
+    Check,
+    /// Release an address.
+    Release {
+        /// The address.
+        #[arg(long)]
+        ip: IpAddr,
+    },
+}
+
+/// `get KIND`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// `ippool` or `workloadendpoint` (plurals and `wep` accepted).
+    pub kind: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Namespace (workload endpoints).
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+/// `node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// The agent's status and its paths to the other nodes.
+    Status {
+        /// The node (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// Uplink interface (default: the default route's device).
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// Metrics port (0 disables).
+    #[arg(long, default_value_t = crate::metrics::DEFAULT_PORT)]
+    pub metrics_port: u16,
+    /// Metrics listen address.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub metrics_address: IpAddr,
+    /// Datastore poll interval in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Full resync interval in seconds (Calico: 90).
+    #[arg(long, default_value_t = 90)]
+    pub resync_secs: u64,
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|source| Error::Io {
+                what: "read",
+                path: "<stdin>".into(),
+                source,
+            })?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(file).map_err(|source| Error::Io {
+        what: "read",
+        path: file.into(),
+        source,
+    })
+}
+
+fn parse_files(files: &[String]) -> Result<Vec<crate::resources::Parsed>> {
+    let mut docs = Vec::new();
+    for f in files {
+        let name = if f == "-" { "<stdin>" } else { f.as_str() };
+        docs.extend(crate::resources::parse_documents(name, &read_input(f)?)?);
+    }
+    Ok(docs)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            1
+        }
+    }
+}
+
+fn store(cli: &Cli) -> Result<DynStore> {
+    datastore::open(&cli.datastore, cli.etcd_endpoints.as_deref())
+}
+
+/// Executes a parsed command line; returns the exit code.
+pub fn execute(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Apply(a) => {
+            let docs = parse_files(&a.files)?;
+            let store = store(&cli)?;
+            let outcomes = datastore::apply(store.as_ref(), &docs)?;
+            for (what, outcome) in &outcomes {
+                println!("{what} {outcome}");
+            }
+            println!("Successfully applied {} resource(s)", outcomes.len());
+            Ok(0)
+        }
+        Command::Delete(a) => {
+            let docs = parse_files(&a.files)?;
+            let store = store(&cli)?;
+            let mut n = 0;
+            for d in &docs {
+                let (key, _) = d.resource.key_value();
+                if datastore::delete_if_present(store.as_ref(), &key)? {
+                    println!("{} deleted", d.resource.describe());
+                    n += 1;
+                } else {
+                    println!("{} not found", d.resource.describe());
+                }
+            }
+            println!("Successfully deleted {n} resource(s)");
+            Ok(0)
+        }
+        Command::Ipam(IpamCommand::Show {
+            show_blocks,
+            show_borrowed,
+            show_configuration,
+            output,
+        }) => {
+            let view = read_view(store(&cli)?.as_ref())?;
+            let flags = IpamShowFlags {
+                blocks: *show_blocks,
+                borrowed: *show_borrowed,
+                configuration: *show_configuration,
+            };
+            print!("{}", show::ipam_show(&view, flags, *output)?);
+            Ok(0)
+        }
+        Command::Ipam(IpamCommand::Check) => {
+            let view = read_view(store(&cli)?.as_ref())?;
+            let (text, problems) = show::ipam_check(&view);
+            print!("{text}");
+            Ok(i32::from(problems > 0))
+        }
+        Command::Ipam(IpamCommand::Release { ip }) => {
+            let store = store(&cli)?;
+            let ipam = calinet_ipam::Ipam::new(store);
+            if ipam.release_ip(*ip, None, None, SystemTime::now())? {
+                println!("Successfully released IP address {ip}");
+                Ok(0)
+            } else {
+                println!("IP address {ip} was not allocated");
+                Ok(1)
+            }
+        }
+        Command::Get(g) => {
+            let view = read_view(store(&cli)?.as_ref())?;
+            let text = match g.kind.to_ascii_lowercase().as_str() {
+                "ippool" | "ippools" => show::get_ippool(&view, g.output)?,
+                "workloadendpoint" | "workloadendpoints" | "wep" | "weps" => {
+                    let ns = (!g.all_namespaces).then_some(g.namespace.as_str());
+                    show::get_weps(&view, ns, g.output)?
+                }
+                other => {
+                    return Err(Error::Usage(format!(
+                        "get {other}: known kinds are ippool and workloadendpoint"
+                    )));
+                }
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Node(NodeCommand::Status { node }) => {
+            let view = read_view(store(&cli)?.as_ref())?;
+            let node = node.clone().unwrap_or_else(hostname);
+            let now = crate::lab::unix_now();
+            print!("{}", show::node_status(&view, &node, now, 15)?);
+            Ok(0)
+        }
+        Command::Run(r) => {
+            let store = store(&cli)?;
+            let metrics =
+                (r.metrics_port != 0).then(|| SocketAddr::new(r.metrics_address, r.metrics_port));
+            crate::agent::run(
+                store,
+                crate::agent::RunOptions {
+                    node: r.node.clone(),
+                    uplink: r.uplink.clone(),
+                    metrics,
+                    poll: Duration::from_millis(r.poll_ms),
+                    resync: Duration::from_secs(r.resync_secs),
+                    max_reconciles: None,
+                },
+            )?;
+            Ok(0)
+        }
+        Command::Lab(l) => crate::lab::execute(l, &cli),
+    }
+}

@@ -1,0 +1,420 @@
+//! The datastore side: opening the store, `apply` as one transaction, and the
+//! cluster view the agent plans from.
+//!
+//! The agent reads the cluster through [`ClusterSource`]. Today the only source
+//! is [`PollingSource`], which lists the store's prefixes (the `Store` trait has
+//! no watch yet); a watch-backed source only has to produce the same
+//! [`ClusterView`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use calinet_ipam::report::Dump;
+use calinet_ipam::{IpPool, Revision, Store, StoreError, TxnOp};
+use calinet_policy::model::AnyResource;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::resources::{
+    CalicoNode, FelixConfiguration, Parsed, Pod, Resource, WorkloadEndpoint, keys,
+};
+
+/// The store every command uses.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the datastore named on the command line.
+pub fn open(path: &std::path::Path, etcd_endpoints: Option<&str>) -> Result<DynStore> {
+    if let Some(endpoints) = etcd_endpoints {
+        return Err(Error::Usage(format!(
+            "--etcd-endpoints {endpoints}: calinet-ipam has no etcd store on this branch yet; \
+             use the SQLite datastore (--datastore PATH)"
+        )));
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            what: "create the datastore directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(calinet_ipam::SqliteStore::open(path)?))
+}
+
+/// What `apply` did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did not exist.
+    Created,
+    /// It existed and changed.
+    Configured,
+    /// It existed unchanged.
+    Unchanged,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|source| Error::Decode {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+/// Writes all `docs` in one compare-and-swap transaction: either every document
+/// is stored or none. Pools are checked against each other and the stored ones
+/// (overlaps, immutable `cidr` / `blockSize`) first; a re-applied Node keeps the
+/// fields the agent wrote (tunnel address, VTEP MAC, WireGuard key).
+pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)>> {
+    // Later documents for the same key win, as with sequential applies.
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        last.insert(d.resource.key_value().0, i);
+    }
+    for attempt in 0.. {
+        let mut pools: BTreeMap<String, IpPool> = BTreeMap::new();
+        for kv in store.list(calinet_ipam::keys::POOLS_PREFIX)? {
+            let p: IpPool = decode(&kv.key, &kv.value)?;
+            pools.insert(p.name().to_owned(), p);
+        }
+        let mut ops = Vec::new();
+        let mut outcomes = Vec::new();
+        for (i, d) in docs.iter().enumerate() {
+            let (key, mut value) = d.resource.key_value();
+            if last[&key] != i {
+                continue;
+            }
+            let stored = store.get(&key)?;
+            match &d.resource {
+                Resource::IpPool(p) => {
+                    if let Some(old) = pools.get(p.name())
+                        && (old.spec.cidr != p.spec.cidr || old.block_size() != p.block_size())
+                    {
+                        return Err(d.err(
+                            "spec.cidr",
+                            format!(
+                                "IPPool {}: cidr and blockSize are immutable (stored {} /{}, given {} /{})",
+                                p.name(),
+                                old.spec.cidr,
+                                old.block_size(),
+                                p.spec.cidr,
+                                p.block_size()
+                            ),
+                        ));
+                    }
+                    pools.insert(p.name().to_owned(), p.clone());
+                    let all: Vec<IpPool> = pools.values().cloned().collect();
+                    calinet_ipam::validate_pools(&all)
+                        .map_err(|e| d.err("spec.cidr", crate::error::chain(&e)))?;
+                }
+                Resource::Node(n) => {
+                    if let Some(kv) = &stored {
+                        let old: CalicoNode = decode(&kv.key, &kv.value)?;
+                        let mut merged = n.clone();
+                        merged.keep_agent_fields(&old);
+                        value = serde_json::to_vec(&merged).expect("nodes serialise");
+                    }
+                }
+                _ => {}
+            }
+            let outcome = match &stored {
+                None => {
+                    ops.push(TxnOp::Create {
+                        key: key.clone(),
+                        value,
+                    });
+                    Outcome::Created
+                }
+                Some(kv) if same_json(&kv.value, &value) => Outcome::Unchanged,
+                Some(kv) => {
+                    ops.push(TxnOp::Update {
+                        key: key.clone(),
+                        value,
+                        expected: kv.mod_revision,
+                    });
+                    Outcome::Configured
+                }
+            };
+            outcomes.push((d.resource.describe(), outcome));
+        }
+        if ops.is_empty() {
+            return Ok(outcomes);
+        }
+        match store.txn(&ops) {
+            Ok(_) => return Ok(outcomes),
+            Err(e) if e.is_conflict() && attempt < 10 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (
+        serde_json::from_slice::<serde_json::Value>(a),
+        serde_json::from_slice::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// What an agent publishes about itself (what `node status` shows).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Node name.
+    pub node: String,
+    /// The node's address.
+    pub address: String,
+    /// Unix seconds of the agent's start.
+    pub started: u64,
+    /// Unix seconds of the last successful reconcile.
+    pub last_reconcile: u64,
+    /// Whether the last reconcile left nothing pending.
+    pub converged: bool,
+    /// Path to each remote node: (node, address, path kind).
+    pub peers: Vec<PeerStatus>,
+    /// Routes the agent owns.
+    pub routes: usize,
+    /// Workload endpoints on the node.
+    pub endpoints: usize,
+    /// Dataplane writes since the agent started.
+    pub dataplane_writes: u64,
+}
+
+/// One remote node as an agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// Node name.
+    pub node: String,
+    /// Its address.
+    pub address: String,
+    /// `direct`, `vxlan`, `ipip` or `wireguard`.
+    pub path: String,
+}
+
+/// Everything one node needs to plan, read at one point in time.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// IPAM state (pools, config, blocks, affinities, handles).
+    pub ipam: Dump,
+    /// Nodes by name, with their revisions.
+    pub nodes: BTreeMap<String, (CalicoNode, Revision)>,
+    /// FelixConfigurations by name.
+    pub felix: BTreeMap<String, FelixConfiguration>,
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<String, Pod>,
+    /// Policy resources.
+    pub policies: Vec<AnyResource>,
+    /// WorkloadEndpoints by store key, with revisions.
+    pub weps: BTreeMap<String, (WorkloadEndpoint, Revision)>,
+    /// Agent statuses by node.
+    pub statuses: BTreeMap<String, (AgentStatus, Revision)>,
+    /// Highest revision seen (changes when anything changes).
+    pub revision: Revision,
+}
+
+impl ClusterView {
+    /// Whether WireGuard is enabled for `node` (`node.<name>` overrides `default`).
+    pub fn wireguard_enabled(&self, node: &str) -> bool {
+        self.felix
+            .get(&format!("node.{node}"))
+            .and_then(|f| f.spec.wireguard_enabled)
+            .or_else(|| {
+                self.felix
+                    .get("default")
+                    .and_then(|f| f.spec.wireguard_enabled)
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// Where the agent gets its cluster view from.
+pub trait ClusterSource {
+    /// The current view.
+    fn snapshot(&self) -> Result<ClusterView>;
+}
+
+/// A source that lists the store's prefixes on every call.
+#[derive(Debug, Clone)]
+pub struct PollingSource<S> {
+    store: S,
+}
+
+impl<S> PollingSource<S> {
+    /// Polls `store`.
+    pub fn new(store: S) -> Self {
+        PollingSource { store }
+    }
+}
+
+fn list_decoded<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+    max_rev: &mut Revision,
+) -> Result<Vec<(String, T, Revision)>> {
+    let mut out = Vec::new();
+    for kv in store.list(prefix)? {
+        *max_rev = (*max_rev).max(kv.mod_revision);
+        out.push((kv.key.clone(), decode(&kv.key, &kv.value)?, kv.mod_revision));
+    }
+    Ok(out)
+}
+
+impl<S: Store> ClusterSource for PollingSource<S> {
+    fn snapshot(&self) -> Result<ClusterView> {
+        read_view(&self.store)
+    }
+}
+
+/// Reads a whole [`ClusterView`] from a store.
+pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
+    let mut rev = 0;
+    let ipam = calinet_ipam::report::dump(store)?;
+    rev = rev.max(ipam.blocks.iter().map(|(_, r)| *r).max().unwrap_or(0));
+    // Affinity and handle revisions are not in the dump; list them for change detection.
+    for prefix in [
+        calinet_ipam::keys::HOSTS_PREFIX,
+        calinet_ipam::keys::POOLS_PREFIX,
+        calinet_ipam::keys::HANDLES_PREFIX,
+    ] {
+        for kv in store.list(prefix)? {
+            rev = rev.max(kv.mod_revision);
+        }
+    }
+    let mut view = ClusterView {
+        ipam,
+        ..ClusterView::default()
+    };
+    for (_, n, r) in list_decoded::<CalicoNode>(store, keys::NODES, &mut rev)? {
+        view.nodes.insert(n.metadata.name.clone(), (n, r));
+    }
+    for (_, f, _) in list_decoded::<FelixConfiguration>(store, keys::FELIX, &mut rev)? {
+        view.felix.insert(f.metadata.name.clone(), f);
+    }
+    for (_, p, _) in list_decoded::<Pod>(store, keys::PODS, &mut rev)? {
+        view.pods.insert(p.key(), p);
+    }
+    for (k, w, r) in list_decoded::<WorkloadEndpoint>(store, keys::WEPS, &mut rev)? {
+        view.weps.insert(k, (w, r));
+    }
+    // Heartbeats change every few seconds; they do not count as cluster changes.
+    let mut status_rev = 0;
+    for (_, s, r) in list_decoded::<AgentStatus>(store, keys::STATUS, &mut status_rev)? {
+        view.statuses.insert(s.node.clone(), (s, r));
+    }
+    for (prefix, kind) in [
+        (keys::TIERS, "Tier"),
+        (keys::NETWORK_POLICIES, "NetworkPolicy"),
+        (keys::GLOBAL_POLICIES, "GlobalNetworkPolicy"),
+        (keys::PROFILES, "Profile"),
+        (keys::K8S_POLICIES, "K8sNetworkPolicy"),
+    ] {
+        for kv in store.list(prefix)? {
+            rev = rev.max(kv.mod_revision);
+            let r = match kind {
+                "Tier" => AnyResource::Tier(decode(&kv.key, &kv.value)?),
+                "NetworkPolicy" => AnyResource::NetworkPolicy(decode(&kv.key, &kv.value)?),
+                "GlobalNetworkPolicy" => {
+                    AnyResource::GlobalNetworkPolicy(decode(&kv.key, &kv.value)?)
+                }
+                "Profile" => AnyResource::Profile(decode(&kv.key, &kv.value)?),
+                _ => AnyResource::K8sNetworkPolicy(decode(&kv.key, &kv.value)?),
+            };
+            view.policies.push(r);
+        }
+    }
+    view.revision = rev;
+    Ok(view)
+}
+
+/// Creates or replaces `key` with `value` unless it already holds it.
+/// Returns whether it wrote.
+pub fn put_if_changed(
+    store: &dyn Store,
+    key: &str,
+    value: &[u8],
+    current: Option<Revision>,
+) -> Result<bool, StoreError> {
+    match current {
+        None => match store.get(key)? {
+            None => store.create(key, value).map(|_| true),
+            Some(kv) if same_json(&kv.value, value) => Ok(false),
+            Some(kv) => store.update(key, value, kv.mod_revision).map(|_| true),
+        },
+        Some(rev) => store.update(key, value, rev).map(|_| true),
+    }
+}
+
+/// Deletes `key` if present.
+pub fn delete_if_present(store: &dyn Store, key: &str) -> Result<bool, StoreError> {
+    match store.get(key)? {
+        Some(kv) => store.delete(key, kv.mod_revision).map(|_| true),
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::parse_documents;
+    use calinet_ipam::MemStore;
+
+    const POOL: &str = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p1}\nspec: {cidr: 172.16.0.0/16, blockSize: 24}\n";
+
+    #[test]
+    fn apply_is_all_or_nothing() {
+        let store = MemStore::new();
+        let docs = parse_documents("a.yaml", POOL).unwrap();
+        let out = apply(&store, &docs).unwrap();
+        assert_eq!(out, [("IPPool p1".to_owned(), Outcome::Created)]);
+        assert_eq!(apply(&store, &docs).unwrap()[0].1, Outcome::Unchanged);
+        // A second pool overlapping the first fails, and the node before it in the
+        // same input is not written either.
+        let bad = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 198.51.100.10/24}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p2}\nspec: {cidr: 172.16.8.0/24}\n";
+        let docs = parse_documents("b.yaml", bad).unwrap();
+        let e = crate::error::chain(&apply(&store, &docs).unwrap_err());
+        assert!(e.starts_with("b.yaml: document 1: spec.cidr:"), "{e}");
+        assert!(e.contains("overlaps"), "{e}");
+        assert!(store.list(keys::NODES).unwrap().is_empty());
+        // Immutable block size.
+        let changed = POOL.replace("blockSize: 24", "blockSize: 26");
+        let docs = parse_documents("c.yaml", &changed).unwrap();
+        let e = crate::error::chain(&apply(&store, &docs).unwrap_err());
+        assert!(e.contains("immutable"), "{e}");
+    }
+
+    #[test]
+    fn reapplied_node_keeps_agent_fields() {
+        let store = MemStore::new();
+        let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 198.51.100.10/24}}\n";
+        apply(&store, &parse_documents("n", node).unwrap()).unwrap();
+        let mut view = read_view(&store).unwrap();
+        let (mut n, rev) = view.nodes.remove("n1").unwrap();
+        n.spec.ipv4_vxlan_tunnel_addr = Some("172.16.1.0".parse().unwrap());
+        put_if_changed(
+            &store,
+            &format!("{}n1", keys::NODES),
+            &serde_json::to_vec(&n).unwrap(),
+            Some(rev),
+        )
+        .unwrap();
+        apply(&store, &parse_documents("n", node).unwrap()).unwrap();
+        let view = read_view(&store).unwrap();
+        assert_eq!(
+            view.nodes["n1"].0.spec.ipv4_vxlan_tunnel_addr,
+            Some("172.16.1.0".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,1030 @@
+//! The lab: the seed article's cluster in network namespaces (built with the
+//! test lab's `SeedCluster`), one agent process per node sharing one SQLite
+//! datastore, a pod per node, and what a user wants to see: `ipam show`, each
+//! node's routes, and a connectivity matrix whose paths are *observed* with
+//! `tcpdump` on the sending node's uplink, not assumed.
+//!
+//! `lab up` leaves the cluster running and records it in a state file
+//! (`/run/calinet-lab/state.json`) so that `lab mode`, `lab status` and
+//! `lab down` (other processes) can find the namespaces and agent pids.
+//! `lab run` builds, prints and tears down in one go.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Cli;
+use crate::datastore::{self, ClusterView, read_view};
+use crate::error::{Error, Result};
+use crate::show::{self, IpamShowFlags, Output};
+
+/// `lab ...`.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the cluster and leave it running (see `lab status`, `lab mode`, `lab down`).
+    Up(UpArgs),
+    /// Build the cluster, print everything, and tear it down again.
+    Run(UpArgs),
+    /// Switch the running cluster to another mode and show it re-converged.
+    Mode {
+        /// The new mode.
+        #[arg(value_enum)]
+        mode: Mode,
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Print the running cluster: IPAM, routes, the matrix with observed paths.
+    Status {
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Stop the agents and remove every namespace of the running lab.
+    Down {
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// Where `lab up` records the running lab.
+pub const DEFAULT_STATE_DIR: &str = "/run/calinet-lab";
+
+/// `lab up` / `lab run` options.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// How pod traffic crosses nodes.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub mode: Mode,
+    /// The IP pool.
+    #[arg(long, default_value = "172.16.0.0/16")]
+    pub pool: ipnet::Ipv4Net,
+    /// Block prefix length.
+    #[arg(long, default_value_t = 24)]
+    pub block_size: u8,
+    /// The lab's state directory (datastore, agent logs, state file).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Seconds to wait for the cluster to converge.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// The lab's networking modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `vxlanMode: Always`.
+    Vxlan,
+    /// `vxlanMode: CrossSubnet`: direct inside a subnet, VXLAN across.
+    Crosssubnet,
+    /// No encapsulation; the router learns the blocks (as BGP would teach it).
+    Direct,
+    /// WireGuard between nodes (`FelixConfiguration wireguardEnabled`).
+    Wireguard,
+    /// `ipipMode: Always` (only where the kernel has IPIP).
+    Ipip,
+}
+
+impl Mode {
+    fn vxlan_mode(self) -> &'static str {
+        match self {
+            Mode::Vxlan => "Always",
+            Mode::Crosssubnet => "CrossSubnet",
+            _ => "Never",
+        }
+    }
+
+    fn router_learns_blocks(self) -> bool {
+        matches!(self, Mode::Direct | Mode::Wireguard)
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Vxlan => "vxlan",
+            Mode::Crosssubnet => "crosssubnet",
+            Mode::Direct => "direct",
+            Mode::Wireguard => "wireguard",
+            Mode::Ipip => "ipip",
+        })
+    }
+}
+
+/// A node of the running lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Node name.
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its address.
+    pub addr: Ipv4Addr,
+}
+
+/// A pod of the running lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPod {
+    /// Pod name (namespace `default`).
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its namespace.
+    pub netns: String,
+}
+
+/// An agent process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabAgent {
+    /// Node.
+    pub node: String,
+    /// Process id (of `ip netns exec`, which execs the agent).
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// What `lab up` leaves behind for the other lab commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Every namespace, in creation order.
+    pub namespaces: Vec<String>,
+    /// The router (underlay) namespace.
+    pub router: String,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    /// The outside host.
+    pub outside: LabNode,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+    /// Agents.
+    pub agents: Vec<LabAgent>,
+    /// The datastore file.
+    pub datastore: PathBuf,
+    /// Current mode.
+    pub mode: Mode,
+    /// The pool.
+    pub pool: ipnet::Ipv4Net,
+    /// Routes taught to the router (BGP stand-in), to remove on mode changes.
+    #[serde(default)]
+    pub router_routes: Vec<String>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn progress(step: &str) {
+    println!("==> {step}");
+}
+
+fn require_root() -> Result<()> {
+    if !testlab::skip::is_root() {
+        return Err(Error::Usage(
+            "the lab needs root: it creates network namespaces, veths and bridges \
+             (run it as root, e.g. with sudo)"
+                .into(),
+        ));
+    }
+    for tool in ["ip", "tcpdump", "ping"] {
+        if !testlab::cmd::have(tool) {
+            return Err(Error::Usage(format!(
+                "the lab needs `{tool}` (Debian: iproute2, tcpdump, iputils-ping)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_mode(mode: Mode) -> Result<()> {
+    match mode {
+        Mode::Ipip => match testlab::Feature::check(testlab::Feature::Ipip) {
+            Err(reason) => Err(Error::Usage(format!(
+                "--mode ipip: {reason}; this kernel cannot create tunl0. \
+                 Use --mode vxlan, crosssubnet, direct or wireguard."
+            ))),
+            Ok(()) => Err(Error::Usage(
+                "--mode ipip: the kernel has IPIP, but this agent does not assign IPIP \
+                 tunnel addresses yet; use vxlan, crosssubnet, direct or wireguard"
+                    .into(),
+            )),
+        },
+        Mode::Wireguard => testlab::Feature::check(testlab::Feature::WireguardGo)
+            .map_err(|reason| Error::Usage(format!("--mode wireguard: {reason}"))),
+        _ => Ok(()),
+    }
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn save_state(dir: &Path, state: &LabState) -> Result<()> {
+    let path = state_file(dir);
+    std::fs::write(&path, serde_json::to_vec_pretty(state).expect("serialises")).map_err(|source| {
+        Error::Io {
+            what: "write the lab state file",
+            path,
+            source,
+        }
+    })
+}
+
+fn load_state(dir: &Path) -> Result<LabState> {
+    let path = state_file(dir);
+    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        what: "read the lab state file (is a lab up? `lab up` writes it)",
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+        key: path.display().to_string(),
+        source,
+    })
+}
+
+/// The cluster's YAML for `mode`: pool, IPAM configuration, nodes, Felix
+/// configuration, and one pod per node with its sandbox's namespace.
+pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
+    let mut y = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\n\
+         spec:\n  cidr: {}\n  blockSize: {block_size}\n  ipipMode: Never\n  vxlanMode: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
+        state.pool,
+        state.mode.vxlan_mode()
+    );
+    y.push_str(
+        "---\napiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\n\
+         spec:\n  strictAffinity: false\n  autoAllocateBlocks: true\n  maxBlocksPerHost: 0\n",
+    );
+    let _ = write!(
+        y,
+        "---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\n\
+         spec:\n  wireguardEnabled: {}\n",
+        state.mode == Mode::Wireguard
+    );
+    for n in &state.nodes {
+        let prefix = if testlab::seed::LAN1.contains(&n.addr) {
+            testlab::seed::LAN1.prefix_len()
+        } else {
+            testlab::seed::LAN2.prefix_len()
+        };
+        let _ = write!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {}\n  labels:\n    kubernetes.io/hostname: {}\n\
+             spec:\n  bgp:\n    ipv4Address: {}/{prefix}\n",
+            n.name, n.name, n.addr
+        );
+    }
+    for p in &state.pods {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: web\n\
+             \x20 annotations:\n    calinet.io/netns: /run/netns/{}\nspec:\n  nodeName: {}\n  containers:\n  - name: web\n    ports:\n    - name: http\n      containerPort: 80\n",
+            p.name, p.netns, p.node
+        );
+    }
+    y
+}
+
+fn apply_text(store: &dyn calinet_ipam::Store, text: &str) -> Result<()> {
+    let docs = crate::resources::parse_documents("<lab>", text)?;
+    datastore::apply(store, &docs)?;
+    Ok(())
+}
+
+fn spawn_agent(state_dir: &Path, datastore: &Path, node: &LabNode) -> Result<LabAgent> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "find the agent binary",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let log = state_dir.join(format!("agent-{}.log", node.name));
+    let file = std::fs::File::create(&log).map_err(|source| Error::Io {
+        what: "create the agent log",
+        path: log.clone(),
+        source,
+    })?;
+    let err = file.try_clone().map_err(|source| Error::Io {
+        what: "open the agent log",
+        path: log.clone(),
+        source,
+    })?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&exe)
+        .arg("--datastore")
+        .arg(datastore)
+        .args(["run", "--node", &node.name, "--poll-ms", "300"])
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        // Its own process group: it outlives `lab up`, and `lab down` stops it.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Io {
+            what: "start the agent with",
+            path: "ip netns exec".into(),
+            source,
+        })?;
+    Ok(LabAgent {
+        node: node.name.clone(),
+        pid: child.id(),
+        log,
+    })
+}
+
+/// Sends SIGTERM to an agent (if the pid is still one of ours) and waits.
+fn stop_agent(agent: &LabAgent) {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid)).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("calinet-agent") {
+        return;
+    }
+    // SAFETY: signalling a process we started (checked by its command line).
+    unsafe { libc::kill(agent.pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && Path::new(&format!("/proc/{}", agent.pid)).exists() {
+        let mut status = 0;
+        // Reap it when it is our child (lab run); harmless otherwise.
+        // SAFETY: waitpid with WNOHANG on a pid.
+        unsafe { libc::waitpid(agent.pid as i32, &mut status, libc::WNOHANG) };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid)).unwrap_or_default();
+        if stat.contains(") Z") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if Path::new(&format!("/proc/{}", agent.pid)).exists() {
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Builds the cluster; returns the lab (whose drop removes the namespaces) and
+/// the state.
+fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
+    require_root()?;
+    check_mode(args.mode)?;
+    if state_file(&args.state_dir).exists() {
+        return Err(Error::Usage(format!(
+            "a lab is already up ({} exists); run `lab down` first",
+            state_file(&args.state_dir).display()
+        )));
+    }
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| Error::Io {
+        what: "create the state directory",
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let datastore = args.state_dir.join("datastore.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", datastore.display()));
+    }
+    progress(
+        "building the seed cluster: router, 198.51.100.0/24, 203.0.113.0/24, outside host 192.0.2.100",
+    );
+    let lab = testlab::Lab::new("calinet-lab")?;
+    let seed = testlab::seed::SeedCluster::build(&lab)?;
+    let mut pods = Vec::new();
+    for n in &seed.nodes {
+        let ns = lab.pod(&format!("pod-{}", n.name))?;
+        pods.push(LabPod {
+            name: format!("web-{}", n.name),
+            node: n.name.clone(),
+            netns: ns.name().to_owned(),
+        });
+    }
+    let state = LabState {
+        namespaces: lab
+            .namespaces()
+            .iter()
+            .map(|n| n.name().to_owned())
+            .collect(),
+        router: seed.router.name().to_owned(),
+        nodes: seed
+            .nodes
+            .iter()
+            .map(|n| LabNode {
+                name: n.name.clone(),
+                netns: n.ns.name().to_owned(),
+                addr: n.address(),
+            })
+            .collect(),
+        outside: LabNode {
+            name: "outside".into(),
+            netns: seed.outside.ns.name().to_owned(),
+            addr: seed.outside.address(),
+        },
+        pods,
+        agents: Vec::new(),
+        datastore,
+        mode: args.mode,
+        pool: args.pool,
+        router_routes: Vec::new(),
+    };
+    Ok((lab, state))
+}
+
+fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
+    progress(&format!(
+        "datastore {} : pool {} /{} (mode {}), 4 nodes, 4 pods",
+        state.datastore.display(),
+        state.pool,
+        args.block_size,
+        state.mode
+    ));
+    let store = datastore::open(&state.datastore, None)?;
+    apply_text(store.as_ref(), &cluster_yaml(&state, args.block_size))?;
+    for n in state.nodes.clone() {
+        let a = spawn_agent(&args.state_dir, &state.datastore, &n)?;
+        progress(&format!(
+            "agent for {} started in netns {} (pid {}, log {})",
+            n.name,
+            n.netns,
+            a.pid,
+            a.log.display()
+        ));
+        state.agents.push(a);
+    }
+    save_state(&args.state_dir, &state)?;
+    converge(
+        &mut state,
+        store.as_ref(),
+        unix_now(),
+        Duration::from_secs(args.timeout),
+    )?;
+    save_state(&args.state_dir, &state)?;
+    Ok(state)
+}
+
+/// Waits until every agent reports a converged reconcile that started after
+/// `since` with every pod plumbed; teaches the router the blocks in direct mode.
+fn converge(
+    state: &mut LabState,
+    store: &dyn calinet_ipam::Store,
+    since: u64,
+    timeout: Duration,
+) -> Result<()> {
+    progress("waiting for the agents to converge");
+    let t0 = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let view = read_view(store)?;
+        let ready: Vec<&str> = state
+            .nodes
+            .iter()
+            .filter(|n| {
+                view.statuses.get(&n.name).is_some_and(|(s, _)| {
+                    s.converged
+                        && s.last_reconcile >= since
+                        && s.endpoints == 1
+                        && s.peers.iter().all(|p| !p.path.starts_with("none"))
+                })
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        let line = format!(
+            "    {}/{} nodes converged ({}), {} workload endpoints, {:.1}s",
+            ready.len(),
+            state.nodes.len(),
+            ready.join(", "),
+            view.weps.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        if line.split(", ").take(2).collect::<String>() != last_line {
+            println!("{line}");
+            last_line = line.split(", ").take(2).collect();
+        }
+        if ready.len() == state.nodes.len() {
+            teach_router(state, &view)?;
+            return Ok(());
+        }
+        if t0.elapsed() > timeout {
+            return Err(Error::Lab(format!(
+                "not converged after {timeout:?}: only {ready:?}; see the agent logs {}",
+                state
+                    .agents
+                    .iter()
+                    .map(|a| a.log.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )));
+        }
+        for a in &state.agents {
+            if !Path::new(&format!("/proc/{}", a.pid)).exists() {
+                let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(Error::Lab(format!(
+                    "the agent of {} exited; last log lines:\n{}",
+                    a.node,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// In direct (and WireGuard) mode the router must know where each block lives,
+/// as BGP would teach it; in the other modes it must not need to.
+fn teach_router(state: &mut LabState, view: &ClusterView) -> Result<()> {
+    for r in std::mem::take(&mut state.router_routes) {
+        let _ = testlab::cmd::run("ip", &["-n", &state.router, "route", "del", &r]);
+    }
+    if !state.mode.router_learns_blocks() {
+        return Ok(());
+    }
+    for (b, _) in &view.ipam.blocks {
+        let Some(owner) = b.affinity().and_then(|a| a.strip_prefix("host:")) else {
+            continue;
+        };
+        let Some(n) = state.nodes.iter().find(|n| n.name == owner) else {
+            continue;
+        };
+        let dst = b.cidr().to_string();
+        testlab::cmd::run(
+            "ip",
+            &[
+                "-n",
+                &state.router,
+                "route",
+                "replace",
+                &dst,
+                "via",
+                &n.addr.to_string(),
+            ],
+        )?;
+        state.router_routes.push(dst);
+    }
+    progress(&format!(
+        "router taught {} block routes (what BGP would announce)",
+        state.router_routes.len()
+    ));
+    Ok(())
+}
+
+/// Everything the lab prints about the running cluster.
+pub fn report(state: &LabState) -> Result<LabReport> {
+    let store = datastore::open(&state.datastore, None)?;
+    let view = read_view(store.as_ref())?;
+    let mut out = String::new();
+    let _ = writeln!(out, "\n$ calinet-agent ipam show --show-blocks");
+    out.push_str(&show::ipam_show(
+        &view,
+        IpamShowFlags {
+            blocks: true,
+            ..IpamShowFlags::default()
+        },
+        Output::Table,
+    )?);
+    let _ = writeln!(out, "\n$ calinet-agent get ippool -o wide");
+    out.push_str(&show::get_ippool(&view, Output::Wide)?);
+    let _ = writeln!(out, "\n$ calinet-agent get workloadendpoint");
+    out.push_str(&show::get_weps(&view, Some("default"), Output::Table)?);
+    let _ = writeln!(out, "\n$ calinet-agent node status --node k8s-m");
+    out.push_str(&show::node_status(&view, "k8s-m", unix_now(), 15)?);
+    for n in &state.nodes {
+        let _ = writeln!(out, "\n[{}]$ ip route", n.name);
+        out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "route"])?);
+    }
+    let probes = probe_all(state, &view)?;
+    let _ = writeln!(
+        out,
+        "\nconnectivity (ping) and the path observed on the sender's uplink (tcpdump):"
+    );
+    out.push_str(&render_matrix(&probes));
+    Ok(LabReport { text: out, probes })
+}
+
+/// The lab's printout and the probe results.
+#[derive(Debug, Clone)]
+pub struct LabReport {
+    /// Human-readable report.
+    pub text: String,
+    /// One entry per (source pod, target).
+    pub probes: Vec<Probe>,
+}
+
+/// How traffic was seen on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservedPath {
+    /// Pod addresses in plain sight on the uplink.
+    Direct,
+    /// Inside `VXLAN vni 4096` between node addresses.
+    Vxlan,
+    /// Only UDP 51820 between node addresses (encrypted).
+    Wireguard,
+    /// Leaving with the node's address as source (natOutgoing).
+    Masqueraded,
+    /// Nothing seen on the uplink.
+    NotSeen,
+}
+
+impl std::fmt::Display for ObservedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObservedPath::Direct => "direct",
+            ObservedPath::Vxlan => "VXLAN",
+            ObservedPath::Wireguard => "WireGuard",
+            ObservedPath::Masqueraded => "direct+SNAT",
+            ObservedPath::NotSeen => "not seen",
+        })
+    }
+}
+
+/// One probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// Source pod.
+    pub from: String,
+    /// Target (pod name or `outside`).
+    pub to: String,
+    /// Target address.
+    pub addr: IpAddr,
+    /// Ping answered.
+    pub reachable: bool,
+    /// What the capture showed.
+    pub path: ObservedPath,
+}
+
+fn pod_addr(view: &ClusterView, pod: &str) -> Option<IpAddr> {
+    view.weps
+        .values()
+        .find(|(w, _)| w.spec.pod == pod)
+        .and_then(|(w, _)| w.spec.ip_networks.first().map(|n| n.addr()))
+}
+
+/// Pings every target from every pod, capturing on the sender's uplink.
+pub fn probe_all(state: &LabState, view: &ClusterView) -> Result<Vec<Probe>> {
+    let mut targets: Vec<(String, IpAddr, Option<&LabNode>)> = Vec::new();
+    for p in &state.pods {
+        let addr = pod_addr(view, &p.name)
+            .ok_or_else(|| Error::Lab(format!("pod {} has no address yet", p.name)))?;
+        targets.push((
+            p.name.clone(),
+            addr,
+            state.nodes.iter().find(|n| n.name == p.node),
+        ));
+    }
+    targets.push(("outside".into(), IpAddr::V4(state.outside.addr), None));
+    let mut probes = Vec::new();
+    for p in &state.pods {
+        let node = state
+            .nodes
+            .iter()
+            .find(|n| n.name == p.node)
+            .ok_or_else(|| Error::Lab(format!("pod {} on unknown node {}", p.name, p.node)))?;
+        let src = pod_addr(view, &p.name)
+            .ok_or_else(|| Error::Lab(format!("pod {} has no address yet", p.name)))?;
+        for (to, addr, dst_node) in &targets {
+            if *to == p.name {
+                continue;
+            }
+            let cap = Capture::start(
+                &node.netns,
+                "eth0",
+                "icmp or udp port 4789 or udp port 51820",
+            )?;
+            let reachable = ping(&p.netns, *addr);
+            let lines = cap.stop()?;
+            let path = classify(&lines, src, *addr, node.addr, dst_node.map(|n| n.addr));
+            probes.push(Probe {
+                from: p.name.clone(),
+                to: to.clone(),
+                addr: *addr,
+                reachable,
+                path,
+            });
+        }
+    }
+    Ok(probes)
+}
+
+/// Reads a capture of the sender's uplink: which way did `src -> dst` go?
+pub fn classify(
+    lines: &[String],
+    src: IpAddr,
+    dst: IpAddr,
+    src_node: Ipv4Addr,
+    dst_node: Option<Ipv4Addr>,
+) -> ObservedPath {
+    let inner = format!("{src} > {dst}: ICMP echo request");
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains(&inner) {
+            let outer = i.checked_sub(1).map(|j| lines[j].as_str()).unwrap_or("");
+            return if outer.contains("VXLAN") || l.contains("VXLAN") {
+                ObservedPath::Vxlan
+            } else {
+                ObservedPath::Direct
+            };
+        }
+    }
+    if let Some(dn) = dst_node {
+        let wg = format!("{src_node}.");
+        let to = format!("> {dn}.51820");
+        if lines
+            .iter()
+            .any(|l| l.contains(&wg) && l.contains(&to) && l.contains("UDP"))
+        {
+            return ObservedPath::Wireguard;
+        }
+    }
+    if lines
+        .iter()
+        .any(|l| l.contains(&format!("{src_node} > {dst}: ICMP echo request")))
+    {
+        return ObservedPath::Masqueraded;
+    }
+    ObservedPath::NotSeen
+}
+
+/// The matrix: rows are sources, columns targets, each cell reachability and
+/// the observed path.
+pub fn render_matrix(probes: &[Probe]) -> String {
+    let mut sources: Vec<&str> = Vec::new();
+    let mut targets: Vec<&str> = Vec::new();
+    for p in probes {
+        if !sources.contains(&p.from.as_str()) {
+            sources.push(&p.from);
+        }
+        if !targets.contains(&p.to.as_str()) {
+            targets.push(&p.to);
+        }
+    }
+    // Targets in source order, the outside host last.
+    targets.sort_by_key(|t| sources.iter().position(|s| s == t).unwrap_or(usize::MAX));
+    let cell = |from: &str, to: &str| -> String {
+        match probes.iter().find(|p| p.from == from && p.to == to) {
+            None => "-".into(),
+            Some(p) if p.reachable => format!("ok {}", p.path),
+            Some(p) => format!("FAIL ({})", p.path),
+        }
+    };
+    let mut header = vec!["from \\ to".to_owned()];
+    header.extend(targets.iter().map(|t| (*t).to_owned()));
+    let mut rows = vec![header];
+    for s in &sources {
+        let mut row = vec![(*s).to_owned()];
+        row.extend(targets.iter().map(|t| cell(s, t)));
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let addrs: BTreeMap<&str, IpAddr> = probes.iter().map(|p| (p.to.as_str(), p.addr)).collect();
+    let legend: Vec<String> = addrs.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    let _ = writeln!(out, "({})", legend.join(", "));
+    out
+}
+
+fn ping(netns: &str, addr: IpAddr) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "2",
+        ])
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A running `tcpdump` in a namespace.
+struct Capture {
+    child: Child,
+}
+
+impl Capture {
+    fn start(netns: &str, interface: &str, filter: &str) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "tcpdump", "-i", interface, "-nn", "-l",
+            ])
+            .args(["--immediate-mode", filter])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Io {
+                what: "start tcpdump in",
+                path: netns.into(),
+                source,
+            })?;
+        // Ready once tcpdump says it listens.
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                    let _ = std::io::copy(&mut r, &mut std::io::sink());
+                    return;
+                }
+                line.clear();
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(5)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Lab(format!(
+                "tcpdump on {interface} in {netns} did not start"
+            )));
+        }
+        Ok(Capture { child })
+    }
+
+    fn stop(mut self) -> Result<Vec<String>> {
+        std::thread::sleep(Duration::from_millis(150));
+        // SAFETY: SIGINT to our own child makes tcpdump flush and exit.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let _ = self.child.wait();
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tears a lab down from its state: agents, then namespaces, then the directory.
+pub fn down(state_dir: &Path) -> Result<()> {
+    let state = load_state(state_dir)?;
+    for a in &state.agents {
+        stop_agent(a);
+    }
+    for ns in state.namespaces.iter().rev() {
+        let _ = testlab::cmd::run("ip", &["netns", "del", ns]);
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+    Ok(())
+}
+
+/// Switches the running lab to `mode` and waits for it to re-converge.
+pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
+    require_root()?;
+    check_mode(mode)?;
+    let mut state = load_state(state_dir)?;
+    let store = datastore::open(&state.datastore, None)?;
+    let view = read_view(store.as_ref())?;
+    let block_size = view
+        .ipam
+        .pools
+        .first()
+        .map(calinet_ipam::IpPool::block_size)
+        .unwrap_or(24);
+    progress(&format!("switching the lab from {} to {mode}", state.mode));
+    state.mode = mode;
+    let since = unix_now();
+    apply_text(store.as_ref(), &cluster_yaml(&state, block_size))?;
+    converge(&mut state, store.as_ref(), since, Duration::from_secs(60))?;
+    save_state(state_dir, &state)?;
+    Ok(state)
+}
+
+/// Runs a lab command.
+pub fn execute(c: &LabCommand, _cli: &Cli) -> Result<i32> {
+    match c {
+        LabCommand::Up(args) => {
+            let (lab, state) = build(args)?;
+            save_state(&args.state_dir, &state)?;
+            let state = match start(args, state) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = down(&args.state_dir);
+                    drop(lab);
+                    return Err(e);
+                }
+            };
+            // The namespaces must outlive this process: `lab down` removes them.
+            std::mem::forget(lab);
+            let r = report(&state)?;
+            print!("{}", r.text);
+            println!(
+                "\nlab is up (mode {}); state in {}. `calinet-agent lab mode MODE`, `lab status`, `lab down`.",
+                state.mode,
+                state_file(&args.state_dir).display()
+            );
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Run(args) => {
+            let (lab, state) = build(args)?;
+            save_state(&args.state_dir, &state)?;
+            let result = start(args, state.clone()).and_then(|s| report(&s).map(|r| (s, r)));
+            if let Ok((_, r)) = &result {
+                print!("{}", r.text);
+            }
+            let agents = load_state(&args.state_dir)
+                .map(|s| s.agents)
+                .unwrap_or_default();
+            progress("tearing the lab down");
+            for a in &agents {
+                stop_agent(a);
+            }
+            drop(lab);
+            let _ = std::fs::remove_dir_all(&args.state_dir);
+            let (_, r) = result?;
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Mode { mode, state_dir } => {
+            let state = switch_mode(state_dir, *mode)?;
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Status { state_dir } => {
+            require_root()?;
+            let state = load_state(state_dir)?;
+            println!("lab mode {}; agents:", state.mode);
+            for a in &state.agents {
+                let alive = Path::new(&format!("/proc/{}", a.pid)).exists();
+                println!(
+                    "  {} pid {} {} (log {})",
+                    a.node,
+                    a.pid,
+                    if alive { "running" } else { "NOT running" },
+                    a.log.display()
+                );
+            }
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Down { state_dir } => {
+            require_root()?;
+            down(state_dir)?;
+            println!("lab removed");
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn classifies_captured_paths() {
+        let src: IpAddr = "172.16.116.1".parse().unwrap();
+        let dst: IpAddr = "172.16.158.1".parse().unwrap();
+        let a: Ipv4Addr = "198.51.100.10".parse().unwrap();
+        let b: Ipv4Addr = "198.51.100.101".parse().unwrap();
+        // Captured with `tcpdump -i eth0 -nn -l` on k8s-m during a lab run.
+        let vx = lines(
+            "12:00:00.1 IP 198.51.100.10.40000 > 198.51.100.101.4789: VXLAN, flags [I] (0x08), vni 4096\n\
+             IP 172.16.116.1 > 172.16.158.1: ICMP echo request, id 1, seq 1, length 64",
+        );
+        assert_eq!(classify(&vx, src, dst, a, Some(b)), ObservedPath::Vxlan);
+        let direct = lines(
+            "12:00:00.1 IP 172.16.116.1 > 172.16.158.1: ICMP echo request, id 1, seq 1, length 64",
+        );
+        assert_eq!(
+            classify(&direct, src, dst, a, Some(b)),
+            ObservedPath::Direct
+        );
+        let wg = lines("12:00:00.1 IP 198.51.100.10.51820 > 198.51.100.101.51820: UDP, length 128");
+        assert_eq!(classify(&wg, src, dst, a, Some(b)), ObservedPath::Wireguard);
+        let out: IpAddr = "192.0.2.100".parse().unwrap();
+        let nat = lines(
+            "12:00:00.1 IP 198.51.100.10 > 192.0.2.100: ICMP echo request, id 1, seq 1, length 64",
+        );
+        assert_eq!(classify(&nat, src, out, a, None), ObservedPath::Masqueraded);
+        assert_eq!(classify(&[], src, dst, a, Some(b)), ObservedPath::NotSeen);
+    }
+}

@@ -1,0 +1,410 @@
+//! What a Calico user looks at, with calicoctl's columns: `ipam show`,
+//! `ipam check`, `get ippool`, `get workloadendpoint`, `node status`; plus JSON
+//! and YAML output for scripts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use calinet_ipam::report::{self, Grouping, ShowReport, render_table};
+use calinet_ipam::{EncapMode, HandleId, IpPool, NodeName, TunnelKind};
+use serde::Serialize;
+
+use crate::datastore::{AgentStatus, ClusterView};
+use crate::error::{Error, Result};
+
+/// Output format of the `get` and `show` commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// calicoctl's table.
+    Table,
+    /// calicoctl's table with more columns.
+    Wide,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+fn encode<T: Serialize>(value: &T, output: Output) -> Result<String> {
+    match output {
+        Output::Json => Ok(serde_json::to_string_pretty(value).expect("serialisable") + "\n"),
+        Output::Yaml => serde_yaml::to_string(value).map_err(|e| Error::Usage(e.to_string())),
+        _ => unreachable!("tables are rendered by the caller"),
+    }
+}
+
+/// One usage row, serialisable.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageJson {
+    grouping: &'static str,
+    cidr: String,
+    ips_total: u128,
+    ips_in_use: u128,
+    ips_reserved: u128,
+    ips_free: u128,
+}
+
+/// Which `ipam show` view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpamShowFlags {
+    /// `--show-blocks`.
+    pub blocks: bool,
+    /// `--show-borrowed`.
+    pub borrowed: bool,
+    /// `--show-configuration`.
+    pub configuration: bool,
+}
+
+/// `calicoctl ipam show [...]`.
+pub fn ipam_show(view: &ClusterView, flags: IpamShowFlags, output: Output) -> Result<String> {
+    let r: ShowReport = report::show_from(&view.ipam);
+    let table = matches!(output, Output::Table | Output::Wide);
+    if flags.configuration {
+        if table {
+            return Ok(r.render_configuration());
+        }
+        let map: BTreeMap<_, _> = r.configuration.iter().cloned().collect();
+        return encode(&map, output);
+    }
+    if flags.borrowed {
+        if table {
+            return Ok(r.render_borrowed());
+        }
+        let rows: Vec<BTreeMap<&str, String>> = r
+            .borrowed
+            .iter()
+            .map(|b| {
+                BTreeMap::from([
+                    ("ip", b.ip.to_string()),
+                    ("borrowingNode", b.borrowing_node.clone()),
+                    ("block", b.block.to_string()),
+                    ("blockOwner", b.block_owner.clone()),
+                    ("type", b.kind.clone()),
+                    ("allocatedTo", b.allocated_to.clone()),
+                ])
+            })
+            .collect();
+        return encode(&rows, output);
+    }
+    if table {
+        return Ok(r.render(flags.blocks));
+    }
+    let rows: Vec<UsageJson> = r
+        .pools
+        .iter()
+        .chain(if flags.blocks { &r.blocks[..] } else { &[] })
+        .map(|u| UsageJson {
+            grouping: match u.grouping {
+                Grouping::IpPool => "IP Pool",
+                _ => "Block",
+            },
+            cidr: u.cidr.to_string(),
+            ips_total: u.total,
+            ips_in_use: u.in_use,
+            ips_reserved: u.reserved,
+            ips_free: u.free,
+        })
+        .collect();
+    encode(&rows, output)
+}
+
+/// The handles that are legitimately in use: pods that exist and tunnel
+/// addresses of nodes that exist.
+pub fn live_handles(view: &ClusterView) -> HashSet<HandleId> {
+    let mut live: HashSet<HandleId> = view.pods.values().map(|p| p.handle()).collect();
+    for name in view.nodes.keys() {
+        if let Ok(node) = name.parse::<NodeName>() {
+            for kind in [TunnelKind::Vxlan, TunnelKind::Ipip, TunnelKind::VxlanV6] {
+                live.insert(HandleId::tunnel(kind, &node));
+            }
+            if let Ok(h) = format!("wireguard-tunnel-addr-{name}").parse() {
+                live.insert(h);
+            }
+        }
+    }
+    live
+}
+
+/// `calicoctl ipam check`: returns the report text and the number of problems.
+pub fn ipam_check(view: &ClusterView) -> (String, usize) {
+    let live = live_handles(view);
+    let r = report::check_dump(&view.ipam, Some(&live));
+    let mut s = String::from("Checking IPAM for inconsistencies...\n\n");
+    let allocations: usize = view
+        .ipam
+        .blocks
+        .iter()
+        .map(|(b, _)| b.allocated_count() as usize)
+        .sum();
+    let _ = writeln!(s, "Loading all IPAM blocks...");
+    let _ = writeln!(s, "Found {} IPAM blocks.", view.ipam.blocks.len());
+    for (b, _) in &view.ipam.blocks {
+        let _ = writeln!(
+            s,
+            " IPAM block {} affinity={}:",
+            b.cidr(),
+            b.affinity().unwrap_or("<none>")
+        );
+    }
+    let _ = writeln!(s, "IPAM blocks record {allocations} allocations.\n");
+    let _ = writeln!(s, "Loading all IPAM pools...");
+    for p in &view.ipam.pools {
+        let _ = writeln!(s, "  {}", p.spec.cidr);
+    }
+    let _ = writeln!(
+        s,
+        "Found {} active IP pools.\n",
+        view.ipam.pools.iter().filter(|p| p.enabled()).count()
+    );
+    let _ = writeln!(
+        s,
+        "Loading all nodes and pods: {} nodes, {} pods.",
+        view.nodes.len(),
+        view.pods.len()
+    );
+    let _ = writeln!(
+        s,
+        "Workloads and nodes are using {} IPs.\n",
+        r.addresses_in_use
+    );
+    let _ = writeln!(
+        s,
+        "Scanning for IPs that are allocated but not actually in use..."
+    );
+    for l in &r.leaked {
+        let _ = writeln!(s, "  {} leaked (handle {})", l.addr, l.handle);
+    }
+    let _ = writeln!(
+        s,
+        "Found {} IPs that are allocated in IPAM but not actually in use.",
+        r.leaked.len()
+    );
+    for a in &r.allocations_without_handle {
+        let _ = writeln!(s, "  {} in block {} has no handle record", a.addr, a.block);
+    }
+    for h in &r.orphan_handles {
+        let _ = writeln!(s, "  handle {h} has no allocation");
+    }
+    for m in &r.handle_mismatches {
+        let _ = writeln!(
+            s,
+            "  handle {} records {} in {}, the block has {}",
+            m.handle, m.recorded, m.block, m.actual
+        );
+    }
+    for d in &r.duplicates {
+        let _ = writeln!(s, "  {d} is allocated in more than one block");
+    }
+    for a in &r.affinity_problems {
+        let _ = writeln!(s, "  affinity {} {}: {}", a.node, a.block, a.reason);
+    }
+    for i in &r.invalid {
+        let _ = writeln!(s, "  invalid document {}: {}", i.key, i.reason);
+    }
+    let problems = r.leaked.len()
+        + r.allocations_without_handle.len()
+        + r.orphan_handles.len()
+        + r.handle_mismatches.len()
+        + r.duplicates.len()
+        + r.affinity_problems.len()
+        + r.invalid.len();
+    let _ = writeln!(s, "\nCheck complete; found {problems} problems.");
+    (s, problems)
+}
+
+fn mode(m: Option<EncapMode>) -> &'static str {
+    match m.unwrap_or_default() {
+        EncapMode::Always => "Always",
+        EncapMode::CrossSubnet => "CrossSubnet",
+        _ => "Never",
+    }
+}
+
+/// `calicoctl get ippool [-o wide|json|yaml]`.
+pub fn get_ippool(view: &ClusterView, output: Output) -> Result<String> {
+    let mut pools: Vec<&IpPool> = view.ipam.pools.iter().collect();
+    pools.sort_by(|a, b| a.name().cmp(b.name()));
+    match output {
+        Output::Table => Ok(plain_table(
+            &["NAME", "CIDR", "SELECTOR"],
+            pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name().to_owned(),
+                        p.spec.cidr.to_string(),
+                        p.node_selector().to_owned(),
+                    ]
+                })
+                .collect(),
+        )),
+        Output::Wide => Ok(plain_table(
+            &[
+                "NAME",
+                "CIDR",
+                "NAT",
+                "IPIPMODE",
+                "VXLANMODE",
+                "DISABLED",
+                "DISABLEBGPEXPORT",
+                "SELECTOR",
+            ],
+            pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name().to_owned(),
+                        p.spec.cidr.to_string(),
+                        p.spec.nat_outgoing.unwrap_or(false).to_string(),
+                        mode(p.spec.ipip_mode).to_owned(),
+                        mode(p.spec.vxlan_mode).to_owned(),
+                        p.spec.disabled.unwrap_or(false).to_string(),
+                        p.spec.disable_bgp_export.unwrap_or(false).to_string(),
+                        p.node_selector().to_owned(),
+                    ]
+                })
+                .collect(),
+        )),
+        _ => encode(&pools, output),
+    }
+}
+
+/// calicoctl's plain `get` table: left-aligned columns separated by spaces.
+pub fn plain_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<width$}   ", width = w[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `calicoctl get workloadendpoint [-n NS | -A]`.
+pub fn get_weps(view: &ClusterView, namespace: Option<&str>, output: Output) -> Result<String> {
+    let weps: Vec<_> = view
+        .weps
+        .values()
+        .map(|(w, _)| w)
+        .filter(|w| namespace.is_none_or(|ns| w.metadata.namespace.as_deref() == Some(ns)))
+        .collect();
+    let all = namespace.is_none();
+    match output {
+        Output::Table | Output::Wide => {
+            let mut headers = vec!["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"];
+            if all {
+                headers.insert(0, "NAMESPACE");
+            }
+            if output == Output::Wide {
+                headers.push("PROFILES");
+            }
+            let rows = weps
+                .iter()
+                .map(|w| {
+                    let mut row = vec![
+                        w.spec.pod.clone(),
+                        w.spec.node.clone(),
+                        w.spec
+                            .ip_networks
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        w.spec.interface_name.clone(),
+                    ];
+                    if all {
+                        row.insert(0, w.metadata.namespace.clone().unwrap_or_default());
+                    }
+                    if output == Output::Wide {
+                        row.push(w.spec.profiles.join(","));
+                    }
+                    row
+                })
+                .collect();
+            Ok(plain_table(&headers, rows))
+        }
+        _ => encode(&weps, output),
+    }
+}
+
+fn hms(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+}
+
+/// `calicoctl node status` for `node`, at `now` (unix seconds). calinet has no
+/// BGP: the peers are the other nodes' agents, the "peer type" the data path to
+/// them, and "state" whether their agent reported within `stale_after` seconds.
+pub fn node_status(view: &ClusterView, node: &str, now: u64, stale_after: u64) -> Result<String> {
+    let alive = |s: &AgentStatus| now.saturating_sub(s.last_reconcile) <= stale_after;
+    let Some((me, _)) = view.statuses.get(node) else {
+        return Ok(format!(
+            "calinet agent for node {node} is not running (it has never reported).\n"
+        ));
+    };
+    let mut s = String::new();
+    if alive(me) {
+        let _ = writeln!(
+            s,
+            "calinet agent for node {node} is running (last reconcile {}s ago, {}).",
+            now.saturating_sub(me.last_reconcile),
+            if me.converged {
+                "converged"
+            } else {
+                "converging"
+            }
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "calinet agent for node {node} is NOT running (last report {}s ago).",
+            now.saturating_sub(me.last_reconcile)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nIPv4 node-to-node status (no BGP: paths programmed by the agents)"
+    );
+    let rows: Vec<Vec<String>> = me
+        .peers
+        .iter()
+        .map(|p| {
+            let peer = view.statuses.get(&p.node).map(|(st, _)| st);
+            let up = peer.is_some_and(alive);
+            vec![
+                p.address.clone(),
+                format!("node-to-node {}", p.path),
+                if up { "up" } else { "down" }.to_owned(),
+                peer.map(|st| hms(st.started)).unwrap_or_else(|| "-".into()),
+                if up {
+                    "Established".to_owned()
+                } else {
+                    "agent not reporting".to_owned()
+                },
+            ]
+        })
+        .collect();
+    s.push_str(&render_table(
+        &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
+        &rows,
+    ));
+    Ok(s)
+}

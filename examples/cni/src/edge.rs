@@ -1,0 +1,373 @@
+//! The real edges: IPAM through calinet-ipam on a [`Store`] (the embedded
+//! SQLite file by default) under a host-wide lock, and the kernel through
+//! calinet-route's workload plumbing.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use calinet_ipam::{
+    AutoAssignRequest, Family, HandleId, IpPool, IpPoolSpec, Ipam, NodeName, Store, report,
+};
+use calinet_route::nl::Conn;
+use calinet_route::{IfName, MacAddr, Netns, RouteProtocol, WorkloadSpec, link, workload};
+use ipnet::IpNet;
+
+use crate::config::{IpamConfig, PoolRef};
+use crate::error::{Error, Result};
+use crate::plugin::{AddressManager, AssignParams, Plumbed, Plumber};
+
+/// An exclusive `flock` on a file, released when dropped. Serialises this
+/// host's IPAM writers so that parallel ADDs queue instead of retrying CAS
+/// conflicts against each other (the datastore's CAS keeps them correct
+/// either way, and across hosts).
+#[derive(Debug)]
+pub struct HostLock {
+    _file: File,
+}
+
+impl HostLock {
+    /// Blocks until the lock at `path` is held (creating file and directory).
+    pub fn acquire(path: &Path) -> Result<HostLock> {
+        let err = |source| Error::Lock {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
+        loop {
+            // SAFETY: flock on an fd we own; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(HostLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err(e));
+            }
+        }
+    }
+}
+
+/// calinet-ipam's allocator on a store, behind an optional host lock.
+#[derive(Debug)]
+pub struct StoreIpam<S> {
+    ipam: Ipam<S>,
+    lock: Option<PathBuf>,
+}
+
+fn ipam_err(operation: impl Into<String>) -> impl FnOnce(calinet_ipam::Error) -> Error {
+    let operation = operation.into();
+    move |source| Error::Ipam { operation, source }
+}
+
+/// The name given to a pool the plugin creates for a CIDR (`calinet-172-16-0-0-16`).
+pub fn pool_name(cidr: &IpNet) -> String {
+    let s: String = cidr
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("calinet-{s}")
+}
+
+impl<S: Store> StoreIpam<S> {
+    /// An allocator on `store`; with `lock`, every operation holds that host lock.
+    pub fn new(store: S, lock: Option<PathBuf>) -> Self {
+        StoreIpam {
+            ipam: Ipam::new(store),
+            lock,
+        }
+    }
+
+    /// The allocator.
+    pub fn ipam(&self) -> &Ipam<S> {
+        &self.ipam
+    }
+
+    fn guard(&self) -> Result<Option<HostLock>> {
+        self.lock.as_deref().map(HostLock::acquire).transpose()
+    }
+
+    /// Names of the pools `refs` denote; CIDRs without a pool get one.
+    fn pool_names(
+        &self,
+        refs: &[PoolRef],
+        block_size: Option<u8>,
+        now: SystemTime,
+    ) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for r in refs {
+            match r {
+                PoolRef::Name(n) => {
+                    let snap = self
+                        .ipam
+                        .load_snapshot(now)
+                        .map_err(ipam_err("reading pools"))?;
+                    if !snap.pools.iter().any(|p| p.name() == n) {
+                        return Err(Error::InvalidConfig {
+                            field: "ipam.ipv4_pools/ipv6_pools".into(),
+                            value: n.clone(),
+                            rule: "no IPPool of this name exists in the datastore".into(),
+                        });
+                    }
+                    names.push(n.clone());
+                }
+                PoolRef::Cidr(cidr) => names.push(self.pool_for(*cidr, block_size, now)?),
+            }
+        }
+        Ok(names)
+    }
+
+    fn pool_for(&self, cidr: IpNet, block_size: Option<u8>, now: SystemTime) -> Result<String> {
+        let find = || -> Result<Option<String>> {
+            let snap = self
+                .ipam
+                .load_snapshot(now)
+                .map_err(ipam_err("reading pools"))?;
+            Ok(snap
+                .pools
+                .iter()
+                .find(|p| p.spec.cidr == cidr)
+                .map(|p| p.name().to_owned()))
+        };
+        if let Some(n) = find()? {
+            return Ok(n);
+        }
+        let mut spec = IpPoolSpec::with_cidr(cidr);
+        spec.block_size = block_size;
+        let pool = IpPool::new(&pool_name(&cidr), spec);
+        match self.ipam.put_pool(&pool) {
+            Ok(()) => Ok(pool.name().to_owned()),
+            Err(e) => match find()? {
+                // Another host created it between our read and write.
+                Some(n) => Ok(n),
+                None => Err(ipam_err(format!("creating IPPool for {cidr}"))(e)),
+            },
+        }
+    }
+}
+
+impl<S: Store> AddressManager for StoreIpam<S> {
+    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpNet>> {
+        let got = self
+            .ipam
+            .addresses_of(handle)
+            .map_err(ipam_err(format!("reading handle {handle}")))?;
+        Ok(got.iter().map(|a| a.net()).collect())
+    }
+
+    fn assign(&mut self, p: &AssignParams) -> Result<Vec<IpNet>> {
+        let _g = self.guard()?;
+        let now = SystemTime::now();
+        let mut pools = self.pool_names(&p.ipv4_pools, p.ipv4_block_size, now)?;
+        pools.extend(self.pool_names(&p.ipv6_pools, p.ipv6_block_size, now)?);
+        let mut req = AutoAssignRequest::v4(p.handle.clone(), p.node.clone(), u32::from(p.ipv4));
+        req.num_v6 = u32::from(p.ipv6);
+        req.pools = pools;
+        req.attributes = p.attributes.clone();
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        req.attributes
+            .insert("timestamp".into(), now_secs.to_string());
+        let got = self
+            .ipam
+            .auto_assign(&req, now)
+            .map_err(ipam_err(format!("assign for handle {}", p.handle)))?;
+        Ok(got.v4.iter().chain(&got.v6).map(|a| a.net()).collect())
+    }
+
+    fn release(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>> {
+        let _g = self.guard()?;
+        self.ipam
+            .release_handle(handle, SystemTime::now())
+            .map_err(ipam_err(format!("release of handle {handle}")))
+    }
+
+    fn release_stale(
+        &mut self,
+        prefix: &str,
+        node: &NodeName,
+        keep: &HashSet<HandleId>,
+    ) -> Result<Vec<HandleId>> {
+        let _g = self.guard()?;
+        let d = report::dump(self.ipam.store()).map_err(ipam_err("reading IPAM state for GC"))?;
+        let mut stale: Vec<HandleId> = Vec::new();
+        for (block, _) in &d.blocks {
+            for (_, a) in block.allocations() {
+                let Some(h) = a.handle.as_deref() else {
+                    continue;
+                };
+                let on_node = a
+                    .secondary
+                    .as_ref()
+                    .and_then(|s| s.get("node"))
+                    .is_some_and(|n| n == node.as_str());
+                if !h.starts_with(prefix) || !on_node {
+                    continue;
+                }
+                if let Ok(h) = h.parse::<HandleId>()
+                    && !keep.contains(&h)
+                    && !stale.contains(&h)
+                {
+                    stale.push(h);
+                }
+            }
+        }
+        let now = SystemTime::now();
+        for h in &stale {
+            self.ipam
+                .release_handle(h, now)
+                .map_err(ipam_err(format!("GC release of handle {h}")))?;
+        }
+        Ok(stale)
+    }
+
+    fn status(&mut self, cfg: &IpamConfig) -> Result<()> {
+        let snap = self
+            .ipam
+            .load_snapshot(SystemTime::now())
+            .map_err(|e| Error::NotAvailable {
+                reason: format!("datastore unreadable: {e}"),
+            })?;
+        for (refs, fam, wanted) in [
+            (&cfg.ipv4_pools, Family::V4, cfg.assign_ipv4),
+            (&cfg.ipv6_pools, Family::V6, cfg.assign_ipv6),
+        ] {
+            for r in refs {
+                if let PoolRef::Name(n) = r
+                    && !snap.pools.iter().any(|p| p.name() == n)
+                {
+                    return Err(Error::NotAvailable {
+                        reason: format!("IPPool {n:?} does not exist"),
+                    });
+                }
+            }
+            // With no pool named, some enabled pool of the family must exist.
+            if wanted
+                && refs.is_empty()
+                && !snap.pools.iter().any(|p| p.enabled() && p.family() == fam)
+            {
+                return Err(Error::NotAvailable {
+                    reason: format!("no enabled {} IPPool in the datastore", fam.label()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel edge: calinet-route's workload setup, check and teardown, run on
+/// a single-threaded tokio runtime in the caller's (the host's) namespace.
+#[derive(Debug)]
+pub struct KernelPlumber {
+    rt: tokio::runtime::Runtime,
+    protocol: RouteProtocol,
+}
+
+impl KernelPlumber {
+    /// A plumber whose host routes carry Calico's protocol number (80).
+    pub fn new() -> Result<KernelPlumber> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Plumbing {
+                what: "tokio runtime".into(),
+                source: calinet_route::Error::Transport {
+                    context: "starting the runtime".into(),
+                    source,
+                },
+            })?;
+        Ok(KernelPlumber {
+            rt,
+            protocol: RouteProtocol::CALICO,
+        })
+    }
+}
+
+fn plumb_err(what: String) -> impl FnOnce(calinet_route::Error) -> Error {
+    move |source| Error::Plumbing { what, source }
+}
+
+impl Plumber for KernelPlumber {
+    fn netns_exists(&mut self, path: &Path) -> Result<()> {
+        match std::fs::metadata(path) {
+            Ok(_) => Ok(()),
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NetnsMissing {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Err(e) => Err(Error::InvalidEnv {
+                var: "CNI_NETNS",
+                value: path.display().to_string(),
+                rule: format!("cannot be accessed: {e}"),
+            }),
+        }
+    }
+
+    fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed> {
+        let what = format!(
+            "{} <-> {}:{}",
+            spec.host_ifname,
+            spec.pod_netns.display(),
+            spec.pod_ifname
+        );
+        let protocol = self.protocol;
+        self.rt
+            .block_on(async {
+                let host_ns = Netns::current()?;
+                let mut host = Conn::open(&host_ns).await?;
+                let report = workload::setup_workload(&mut host, spec, protocol).await?;
+                let pod_ns = Netns::open(&spec.pod_netns)?;
+                let mut pod = Conn::open(&pod_ns).await?;
+                let pod_mac = link::get_link(&mut pod, &spec.pod_ifname)
+                    .await?
+                    .and_then(|l| l.mac);
+                Ok(Plumbed {
+                    host_mac: Some(MacAddr::WORKLOAD_HOST.to_string()),
+                    pod_mac: pod_mac.map(|m| m.to_string()),
+                    host_link_local: report.host_link_local,
+                })
+            })
+            .map_err(plumb_err(what))
+    }
+
+    fn check(&mut self, spec: &WorkloadSpec) -> Result<Vec<String>> {
+        let what = format!("check of {}", spec.host_ifname);
+        let protocol = self.protocol;
+        self.rt
+            .block_on(async {
+                let host_ns = Netns::current()?;
+                let mut host = Conn::open(&host_ns).await?;
+                workload::check_workload(&mut host, spec, protocol).await
+            })
+            .map(|d| d.iter().map(ToString::to_string).collect())
+            .map_err(plumb_err(what))
+    }
+
+    fn teardown(&mut self, host: &IfName, netns: Option<&Path>, pod: &IfName) -> Result<()> {
+        let what = format!("teardown of {host}");
+        self.rt
+            .block_on(async {
+                let host_ns = Netns::current()?;
+                let mut conn = Conn::open(&host_ns).await?;
+                workload::teardown_workload(&mut conn, host, netns, pod).await
+            })
+            .map(|_| ())
+            .map_err(plumb_err(what))
+    }
+}

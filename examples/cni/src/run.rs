@@ -1,0 +1,136 @@
+//! The process edge: read stdin and the `CNI_*` variables, open the
+//! datastore, run the command, print the reply, choose the exit status.
+
+use std::io::{Read, Write};
+
+use calinet_ipam::{NodeName, SqliteStore};
+
+use crate::config::{Config, Datastore, resolve_nodename};
+use crate::edge::{KernelPlumber, StoreIpam};
+use crate::env::{Command, Env};
+use crate::error::{Error, Result};
+use crate::plugin::{self, Attach};
+use crate::result::{ErrorResult, VersionResult};
+
+/// Which binary is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// `calinet`: IPAM plus workload plumbing.
+    Plugin,
+    /// `calinet-ipam`: IPAM only.
+    IpamOnly,
+}
+
+/// Runs one invocation and returns the exit status: 0 on success (with the
+/// result, if any, on `stdout`), 1 with the spec's error object otherwise.
+pub fn run(
+    mode: Mode,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    var: impl Fn(&str) -> Option<String>,
+) -> i32 {
+    let mut input = Vec::new();
+    let read = stdin.read_to_end(&mut input).map_err(Error::ReadStdin);
+    let reply = read.and_then(|_| dispatch(mode, &input, var));
+    let (text, status) = match reply {
+        Ok(Some(json)) => (Some(json), 0),
+        Ok(None) => (None, 0),
+        Err(e) => {
+            let v = Config::version_hint(&input);
+            let er = ErrorResult::from_error(&e, v);
+            (
+                Some(serde_json::to_string(&er).expect("error reply serialises")),
+                1,
+            )
+        }
+    };
+    if let Some(t) = text {
+        // Nothing sensible is left to do when stdout itself fails.
+        let _ = writeln!(stdout, "{t}");
+        let _ = stdout.flush();
+    }
+    status
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Option<String>> {
+    Ok(Some(serde_json::to_string(v).expect("reply serialises")))
+}
+
+fn node_name(cfg: &Config) -> Result<NodeName> {
+    let file = std::fs::read_to_string(&cfg.nodename_file).ok();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    resolve_nodename(cfg.nodename.as_deref(), file.as_deref(), &host)
+}
+
+fn open_sqlite(cfg: &Config) -> Result<StoreIpam<SqliteStore>> {
+    match &cfg.ipam.datastore {
+        Datastore::Sqlite { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| Error::DatastoreDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            let store = SqliteStore::open(path).map_err(|e| Error::Ipam {
+                operation: format!("opening datastore {}", path.display()),
+                source: e.into(),
+            })?;
+            Ok(StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())))
+        }
+        Datastore::Etcd { endpoints, .. } => Err(Error::UnsupportedField {
+            field: "datastore_type".into(),
+            value: "etcdv3".into(),
+            why: format!(
+                "this build of calinet-ipam has no etcd datastore yet (endpoints {})",
+                endpoints.join(",")
+            ),
+        }),
+    }
+}
+
+fn dispatch(
+    mode: Mode,
+    input: &[u8],
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>> {
+    let env = Env::from_lookup(var)?;
+    if env.command == Command::Version {
+        return json(&VersionResult::ours());
+    }
+    let cfg = Config::parse(input)?;
+    let mut ipam = open_sqlite(&cfg)?;
+    let mut plumber;
+    let attach = match mode {
+        Mode::Plugin => {
+            plumber = KernelPlumber::new()?;
+            Attach::Plugin(&mut plumber)
+        }
+        Mode::IpamOnly => Attach::IpamOnly,
+    };
+    match env.command {
+        Command::Add => {
+            let node = node_name(&cfg)?;
+            json(&plugin::add(&cfg, &env, &node, &mut ipam, attach)?)
+        }
+        Command::Del => plugin::del(&cfg, &env, &mut ipam, attach).map(|()| None),
+        Command::Check => plugin::check(&cfg, &env, &mut ipam, attach).map(|()| None),
+        Command::Gc => {
+            let node = node_name(&cfg)?;
+            plugin::gc(&cfg, &node, &mut ipam).map(|_| None)
+        }
+        Command::Status => plugin::status(&cfg, &mut ipam).map(|()| None),
+        Command::Version => json(&VersionResult::ours()),
+    }
+}
+
+/// `main` of both binaries.
+pub fn main_for(mode: Mode) -> ! {
+    let status = run(
+        mode,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        |k| std::env::var(k).ok(),
+    );
+    std::process::exit(status)
+}

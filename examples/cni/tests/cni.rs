@@ -1,0 +1,563 @@
+//! The plugins executed exactly as a container runtime executes them: the
+//! `CNI_*` environment, the configuration on stdin, the runtime's network
+//! namespace (a lab node) and the pod's namespace path. Replies are checked
+//! against the specification's schema (`common::schema`), the kernel through
+//! the lab's typed `ip -j` output, and the datastore through `ipam check`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use calinet_route::IfName;
+use common::{CALINET, CALINET_IPAM, Call, calinet_config, ipam_check, schema, stored_handles};
+use serde_json::{Value, json};
+use testlab::{Lab, Netns, Node};
+
+fn lab_node(lab: &Lab) -> Node {
+    let seg = lab.segment("198.51.100.0/24").expect("segment");
+    lab.node("node1", &seg, "198.51.100.10".parse().unwrap())
+        .expect("node")
+}
+
+fn result_ip(r: &Value) -> IpAddr {
+    r["ips"][0]["address"]
+        .as_str()
+        .and_then(|s| s.parse::<ipnet::IpNet>().ok())
+        .map(|n| n.addr())
+        .unwrap_or_else(|| panic!("no ips[0].address in {r}"))
+}
+
+fn cali_links(ns: &Netns) -> Vec<String> {
+    ns.links()
+        .expect("links")
+        .into_iter()
+        .filter(|l| l.ifname.starts_with("cali"))
+        .map(|l| l.ifname)
+        .collect()
+}
+
+// ----- no root needed --------------------------------------------------------
+
+#[test]
+fn schema_checkers_reject_what_the_spec_forbids() {
+    let good = json!({"cniVersion":"1.0.0",
+        "interfaces":[{"name":"cali1","mac":"ee:ee:ee:ee:ee:ee"},{"name":"eth0","sandbox":"/run/netns/x"}],
+        "ips":[{"address":"10.0.0.1/32","gateway":"169.254.1.1","interface":1}],
+        "routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"}]});
+    assert!(schema::result(&good, false).is_empty());
+    let bad = [
+        json!({"interfaces":[],"ips":[]}),
+        json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1"}]}),
+        json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1/32","interface":0}]}),
+        json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1/32","version":"4"}]}),
+        json!({"cniVersion":"0.4.0","ips":[{"address":"10.0.0.1/32"}]}),
+        json!({"cniVersion":"1.0.0","ips":[],"interfaces":[{"name":"e","mac":"zz"}]}),
+        json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1/32","gateway":"fe80::1"}]}),
+        json!({"cniVersion":"1.0.0","ips":[],"routes":[{"gw":"10.0.0.1"}]}),
+        json!({"cniVersion":"1.0.0","ips":[],"extra":1}),
+    ];
+    for b in bad {
+        assert!(!schema::result(&b, false).is_empty(), "accepted {b}");
+    }
+    assert!(
+        !schema::result(&good, true).is_empty(),
+        "IPAM result with interfaces"
+    );
+    assert!(schema::error(&json!({"cniVersion":"1.0.0","code":7,"msg":"m"})).is_empty());
+    assert!(!schema::error(&json!({"cniVersion":"1.0.0","code":"7","msg":"m"})).is_empty());
+    assert!(!schema::error(&json!({"cniVersion":"1.0.0","code":7})).is_empty());
+    assert!(!schema::version(&json!({"cniVersion":"1.0.0","supportedVersions":[]})).is_empty());
+}
+
+#[test]
+fn version_reports_every_supported_version() {
+    for bin in [CALINET, CALINET_IPAM] {
+        for stdin in ["", r#"{"cniVersion":"1.0.0"}"#] {
+            let call = Call {
+                command: "VERSION".into(),
+                container: None,
+                netns: None,
+                ifname: None,
+                args: None,
+                path: None,
+                config: stdin.into(),
+            };
+            let out = call.exec(bin, None);
+            out.ok();
+            let v = out.json();
+            schema::assert_valid(schema::version(&v), &v);
+            let supported: Vec<&str> = v["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for want in ["0.4.0", "1.0.0", "1.1.0"] {
+                assert!(supported.contains(&want), "{bin}: {supported:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn missing_environment_variables_are_code_4_and_touch_nothing() {
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.0.0/24", "");
+    let base = Call::new("ADD", "c1", Path::new("/run/netns/none"), &cfg);
+    type Unset = fn(&mut Call);
+    let cases: [(&str, Unset); 4] = [
+        ("CNI_CONTAINERID", |c| c.container = None),
+        ("CNI_NETNS", |c| c.netns = None),
+        ("CNI_IFNAME", |c| c.ifname = None),
+        ("CNI_PATH", |c| c.path = None),
+    ];
+    for (var, unset) in cases {
+        let mut c = base.clone();
+        unset(&mut c);
+        let msg = c.exec(CALINET, None).err(4);
+        assert!(msg.contains(var), "{var}: {msg}");
+    }
+    let mut c = base.clone();
+    c.command = String::new();
+    assert!(c.exec(CALINET, None).err(4).contains("CNI_COMMAND"));
+    c.command = "ATTACH".into();
+    assert!(c.exec(CALINET, None).err(4).contains("ATTACH"));
+    let mut c = base.clone();
+    c.args = Some("K8S_POD_NAME".into());
+    assert!(c.exec(CALINET, None).err(4).contains("CNI_ARGS"));
+    assert!(!db.exists(), "a rejected call created the datastore");
+}
+
+#[test]
+fn bad_configuration_gets_its_spec_code() {
+    let (_dir, db) = common::temp_db();
+    let netns = Path::new("/run/netns/none");
+    let cases: [(String, u64, &str); 6] = [
+        ("{\"cniVersion\":".into(), 6, "decode"),
+        ("[1,2]".into(), 6, "decode"),
+        (
+            calinet_config(&db, "172.16.0.0/24", "").replace("1.0.0", "0.2.0"),
+            1,
+            "0.2.0",
+        ),
+        (
+            calinet_config(&db, "172.16.0.0/24", "").replace("\"mtu\":1400", "\"mtu\":20"),
+            7,
+            "mtu",
+        ),
+        (calinet_config(&db, "172.16.0.1/24", ""), 7, "host bits"),
+        (
+            calinet_config(&db, "172.16.0.0/24", "")
+                .replace("\"type\":\"calinet-ipam\"", "\"type\":\"host-local\""),
+            2,
+            "ipam.type",
+        ),
+    ];
+    for (cfg, code, needle) in cases {
+        let msg = Call::new("ADD", "c1", netns, &cfg)
+            .exec(CALINET, None)
+            .err(code);
+        assert!(msg.to_lowercase().contains(needle), "{cfg}: {msg}");
+    }
+    assert!(
+        !db.exists(),
+        "a rejected configuration created the datastore"
+    );
+}
+
+/// The IPAM plugin alone: ADD (twice: same address), CHECK, GC and STATUS
+/// (CNI 1.1), DEL (twice). No kernel state is involved.
+#[test]
+fn ipam_plugin_add_check_gc_status_del() {
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.4.0/24", r#","gateway":"169.254.1.1""#)
+        .replace("\"1.0.0\"", "\"1.1.0\"");
+    let netns = Path::new("/run/netns/not-needed-by-ipam");
+    let mut addrs = HashSet::new();
+    for id in ["a", "b", "c"] {
+        let call = Call::new("ADD", id, netns, &cfg);
+        let out = call.exec(CALINET_IPAM, None);
+        out.ok();
+        let r = out.json();
+        schema::assert_valid(schema::result(&r, true), &r);
+        assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
+        let ip = result_ip(&r);
+        assert!(addrs.insert(ip), "duplicate {ip}");
+        // A runtime's retry gets the same address.
+        assert_eq!(result_ip(&call.exec(CALINET_IPAM, None).json()), ip);
+        let check = call
+            .with_command("CHECK")
+            .with_prev_result(&r)
+            .exec(CALINET_IPAM, None);
+        assert_eq!(check.ok(), "", "CHECK prints nothing on success");
+    }
+    assert!(ipam_check(&db, &["a", "b", "c"]).is_clean());
+
+    let status = Call::new("STATUS", "x", netns, &cfg);
+    assert_eq!(status.exec(CALINET_IPAM, None).ok(), "");
+    let missing_pool = cfg.replace("\"172.16.4.0/24\"", "\"no-such-pool\"");
+    let msg = Call::new("STATUS", "x", netns, &missing_pool)
+        .exec(CALINET_IPAM, None)
+        .err(50);
+    assert!(msg.contains("no-such-pool"), "{msg}");
+
+    let mut gc_cfg: Value = serde_json::from_str(&cfg).unwrap();
+    gc_cfg["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+    Call::new("GC", "x", netns, &gc_cfg.to_string())
+        .exec(CALINET_IPAM, None)
+        .ok();
+    let handles = stored_handles(&db);
+    assert_eq!(
+        handles,
+        ["k8s-pod-network.a"],
+        "GC kept only the valid attachment"
+    );
+    assert!(ipam_check(&db, &["a"]).is_clean());
+
+    for _ in 0..2 {
+        Call::new("DEL", "a", netns, &cfg)
+            .exec(CALINET_IPAM, None)
+            .ok();
+    }
+    assert!(stored_handles(&db).is_empty());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}
+
+// ----- root: lab namespaces ---------------------------------------------------
+
+#[test]
+fn add_check_del_in_lab_namespaces() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_add_check_del").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("web-0").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.0.0/16", r#","ipv4_block_size":26"#);
+    let add = Call::new("ADD", "web-0", &pod.path(), &cfg);
+    let host = node.path();
+
+    let out = add.exec(CALINET, Some(&host));
+    out.ok();
+    let r = out.json();
+    schema::assert_valid(schema::result(&r, false), &r);
+    assert_eq!(r["cniVersion"], "1.0.0");
+    let ip = result_ip(&r);
+    let host_if = IfName::calico_workload("default", "web-0").to_string();
+    assert_eq!(r["interfaces"][0]["name"], host_if.as_str());
+    assert_eq!(r["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
+    assert_eq!(r["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        r["interfaces"][1]["sandbox"],
+        pod.path().display().to_string()
+    );
+    assert_eq!(r["ips"][0]["address"], format!("{ip}/32"));
+    assert_eq!(r["ips"][0]["interface"], 1);
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
+
+    // The kernel agrees with the result.
+    let link = node.link(&host_if).unwrap().expect("host veth exists");
+    assert_eq!(link.kind(), Some("veth"));
+    assert_eq!(link.mtu, Some(1400));
+    assert_eq!(link.address.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+    assert!(link.is_up());
+    let pod_link = pod.link("eth0").unwrap().expect("pod eth0 exists");
+    assert_eq!(pod_link.mtu, Some(1400));
+    assert_eq!(
+        pod_link.address.as_deref(),
+        r["interfaces"][1]["mac"].as_str()
+    );
+    let addrs = pod.addrs().unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.ifname == "eth0" && a.local == ip.to_string() && a.prefixlen == 32),
+        "{addrs:?}"
+    );
+    let pod_routes = pod.routes().unwrap();
+    assert!(pod_routes.iter().any(|r| r.dst == "default"
+        && r.gateway.as_deref() == Some("169.254.1.1")
+        && r.dev.as_deref() == Some("eth0")));
+    assert!(
+        pod_routes
+            .iter()
+            .any(|r| r.dst == "169.254.1.1" && r.scope.as_deref() == Some("link"))
+    );
+    let host_routes = node.routes().unwrap();
+    let to_pod = testlab::ipjson::routes_to(&host_routes, &ip.to_string());
+    assert_eq!(to_pod.len(), 1, "{host_routes:?}");
+    assert_eq!(to_pod[0].dev.as_deref(), Some(host_if.as_str()));
+    assert_eq!(to_pod[0].scope.as_deref(), Some("link"));
+    assert!(
+        node.ping(ip, Duration::from_secs(3)),
+        "node cannot ping pod {ip}"
+    );
+
+    // CHECK with prevResult, as a runtime sends it.
+    let check = add.with_command("CHECK").with_prev_result(&r);
+    assert_eq!(check.exec(CALINET, Some(&host)).ok(), "");
+
+    // A retried ADD returns the same address and leaves one interface.
+    let again = add.exec(CALINET, Some(&host)).json();
+    assert_eq!(result_ip(&again), ip);
+    assert_eq!(cali_links(&node), std::slice::from_ref(&host_if));
+
+    // Changed by hand: CHECK says what differs.
+    pod.ip(&["addr", "del", &format!("{ip}/32"), "dev", "eth0"])
+        .unwrap();
+    let msg = check.exec(CALINET, Some(&host)).err(103);
+    assert!(msg.contains(&ip.to_string()), "{msg}");
+
+    // DEL removes everything; a second DEL succeeds too.
+    for _ in 0..2 {
+        let out = add.with_command("DEL").exec(CALINET, Some(&host));
+        assert_eq!(out.ok(), "", "DEL prints nothing");
+    }
+    assert!(cali_links(&node).is_empty());
+    assert!(pod.link("eth0").unwrap().is_none());
+    assert!(testlab::ipjson::routes_to(&node.routes().unwrap(), &ip.to_string()).is_empty());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}
+
+#[test]
+fn del_succeeds_when_the_netns_is_already_gone() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_del_gone").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("gone").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.1.0/24", "");
+    let add = Call::new("ADD", "gone", &pod.path(), &cfg);
+    add.exec(CALINET, Some(&node.path())).ok();
+    assert_eq!(cali_links(&node).len(), 1);
+    // The runtime removed the sandbox first: DEL with a dangling path.
+    let mut del = add.with_command("DEL");
+    del.netns = Some("/run/netns/calinet-test-never-existed".into());
+    del.exec(CALINET, Some(&node.path())).ok();
+    assert!(cali_links(&node).is_empty());
+    assert!(stored_handles(&db).is_empty());
+    // And without CNI_NETNS at all.
+    del.netns = None;
+    del.exec(CALINET, Some(&node.path())).ok();
+}
+
+#[test]
+fn twenty_parallel_adds_then_twenty_parallel_dels() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_parallel").unwrap();
+    let node = lab_node(&lab);
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.0.0/16", r#","ipv4_block_size":26"#);
+    let pods: Vec<Netns> = (0..20)
+        .map(|i| lab.pod(&format!("p{i}")).unwrap())
+        .collect();
+    let host = node.path();
+    let run_all = |command: &str| -> Vec<common::Outcome> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let call = Call::new(command, &format!("pod{i}"), &p.path(), &cfg);
+                    let host = host.clone();
+                    s.spawn(move || call.exec(CALINET, Some(&host)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+
+    let adds = run_all("ADD");
+    let mut ips = HashSet::new();
+    for out in &adds {
+        out.ok();
+        let r = out.json();
+        schema::assert_valid(schema::result(&r, false), &r);
+        assert!(
+            ips.insert(result_ip(&r)),
+            "duplicate address {}",
+            result_ip(&r)
+        );
+    }
+    assert_eq!(ips.len(), 20);
+    assert_eq!(cali_links(&node).len(), 20);
+    for (p, out) in pods.iter().zip(&adds) {
+        let ip = result_ip(&out.json()).to_string();
+        assert!(
+            p.addrs().unwrap().iter().any(|a| a.local == ip),
+            "{ip} not in {}",
+            p.name()
+        );
+    }
+    let live: Vec<String> = (0..20).map(|i| format!("pod{i}")).collect();
+    let live: Vec<&str> = live.iter().map(String::as_str).collect();
+    let report = ipam_check(&db, &live);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 20,
+        "{report:?}"
+    );
+
+    for out in run_all("DEL") {
+        out.ok();
+    }
+    assert!(cali_links(&node).is_empty());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+    assert!(stored_handles(&db).is_empty());
+}
+
+#[test]
+fn unknown_netns_is_code_3_and_leaves_nothing() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_unknown_netns").unwrap();
+    let node = lab_node(&lab);
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.2.0/24", "");
+    let call = Call::new(
+        "ADD",
+        "ghost",
+        Path::new("/run/netns/calinet-test-no-such-ns"),
+        &cfg,
+    );
+    let msg = call.exec(CALINET, Some(&node.path())).err(3);
+    assert!(msg.contains("calinet-test-no-such-ns"), "{msg}");
+    assert!(cali_links(&node).is_empty());
+    assert!(stored_handles(&db).is_empty());
+    assert_eq!(ipam_check(&db, &[]).addresses_in_use, 0);
+    let msg = call
+        .with_command("CHECK")
+        .exec(CALINET, Some(&node.path()))
+        .err(3);
+    assert!(msg.contains("does not exist"), "{msg}");
+}
+
+#[test]
+fn exhausted_pool_is_code_100_and_leaves_nothing() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_exhausted").unwrap();
+    let node = lab_node(&lab);
+    let (_dir, db) = common::temp_db();
+    // A /30 pool in one /30 block: four addresses.
+    let cfg = calinet_config(&db, "172.16.3.0/30", r#","ipv4_block_size":30"#);
+    let pods: Vec<Netns> = (0..5).map(|i| lab.pod(&format!("x{i}")).unwrap()).collect();
+    for (i, p) in pods.iter().enumerate().take(4) {
+        Call::new("ADD", &format!("x{i}"), &p.path(), &cfg)
+            .exec(CALINET, Some(&node.path()))
+            .ok();
+    }
+    let msg = Call::new("ADD", "x4", &pods[4].path(), &cfg)
+        .exec(CALINET, Some(&node.path()))
+        .err(100);
+    assert!(msg.contains("IPv4"), "{msg}");
+    assert_eq!(cali_links(&node).len(), 4);
+    assert!(pods[4].link("eth0").unwrap().is_none());
+    assert!(!stored_handles(&db).contains(&"k8s-pod-network.x4".to_string()));
+    let report = ipam_check(&db, &["x0", "x1", "x2", "x3"]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 4,
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_plumbing_failure_after_allocation_releases_the_address() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_rollback").unwrap();
+    let node = lab_node(&lab);
+    let (dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.5.0/24", "");
+    // A path that exists but is no network namespace: the veth's peer cannot
+    // be moved into it, after the address was allocated.
+    let not_a_netns = dir.path().join("not-a-netns");
+    std::fs::write(&not_a_netns, b"").unwrap();
+    let msg = Call::new("ADD", "broken", &not_a_netns, &cfg)
+        .exec(CALINET, Some(&node.path()))
+        .err(102);
+    assert!(msg.contains("not-a-netns"), "{msg}");
+    assert!(
+        cali_links(&node).is_empty(),
+        "half-created veth left behind"
+    );
+    assert!(stored_handles(&db).is_empty());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}
+
+/// `calinet-ipam` under the reference `ptp` plugin, which execs it through
+/// CNI_PATH for ADD, CHECK and DEL.
+#[test]
+fn ipam_plugin_under_the_reference_ptp_plugin() {
+    testlab::require_root!();
+    let ptp = Path::new(common::REFERENCE_DIR).join("ptp");
+    if !ptp.exists() {
+        testlab::skip!(
+            "{} missing (Debian containernetworking-plugins)",
+            ptp.display()
+        );
+    }
+    let lab = Lab::new("cni_under_ptp").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("chained").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ptp","mtu":1400,
+            "nodename":"node-1",
+            "ipam":{{"type":"calinet-ipam","datastore_path":"{}",
+                     "ipv4_pools":["172.16.6.0/24"],"gateway":"169.254.1.1"}}}}"#,
+        db.display()
+    );
+    let call = Call::new("ADD", "chained", &pod.path(), &cfg);
+    let ptp = ptp.to_str().unwrap();
+    let out = call.exec(ptp, Some(&node.path()));
+    out.ok();
+    let r = out.json();
+    schema::assert_valid(schema::result(&r, false), &r);
+    let ip = result_ip(&r);
+    assert!(
+        "172.16.6.0/24"
+            .parse::<ipnet::IpNet>()
+            .unwrap()
+            .contains(&ip),
+        "{ip}"
+    );
+    assert_eq!(stored_handles(&db), ["k8s-pod-network.chained"]);
+    assert!(
+        pod.addrs()
+            .unwrap()
+            .iter()
+            .any(|a| a.local == ip.to_string())
+    );
+    assert!(
+        node.ping(ip, Duration::from_secs(3)),
+        "node cannot ping {ip}"
+    );
+    call.with_command("CHECK")
+        .with_prev_result(&r)
+        .exec(ptp, Some(&node.path()))
+        .ok();
+    call.with_command("DEL").exec(ptp, Some(&node.path())).ok();
+    assert!(stored_handles(&db).is_empty());
+    assert!(pod.link("eth0").unwrap().is_none());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}

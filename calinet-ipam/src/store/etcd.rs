@@ -314,7 +314,8 @@ impl std::fmt::Debug for Endpoint {
 /// blocking and failure behaviour).
 #[derive(Debug)]
 pub struct EtcdStore {
-    rt: tokio::runtime::Runtime,
+    /// Shared with running watches, which may outlive the store handle.
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -443,7 +444,7 @@ impl EtcdStore {
             })
             .collect();
         Ok(EtcdStore {
-            rt,
+            rt: std::sync::Arc::new(rt),
             shared: std::sync::Arc::new(Shared {
                 config,
                 options,
@@ -742,6 +743,8 @@ impl Store for EtcdStore {
         let source = EtcdWatch {
             rx,
             task: task.abort_handle(),
+            prefix: prefix.to_owned(),
+            _rt: self.rt.clone(),
         };
         Ok(Watcher::new(prefix, from, Box::new(source)))
     }
@@ -754,6 +757,9 @@ type WatchMsg = Result<Vec<WatchEvent>, WatchError>;
 struct EtcdWatch {
     rx: mpsc::Receiver<WatchMsg>,
     task: tokio::task::AbortHandle,
+    prefix: String,
+    /// Keeps the runtime (and so the watch task) alive after the store is dropped.
+    _rt: std::sync::Arc<tokio::runtime::Runtime>,
 }
 
 impl Drop for EtcdWatch {
@@ -767,8 +773,17 @@ impl WatchSource for EtcdWatch {
         match self.rx.recv_timeout(timeout) {
             Ok(msg) => msg,
             Err(mpsc::RecvTimeoutError::Timeout) => Ok(Vec::new()),
-            // The task ends only after sending its final error.
-            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Vec::new()),
+            // The task sends a final error before it ends on its own, so this
+            // means it died (a panic); say so rather than go quiet.
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WatchError::Store {
+                prefix: self.prefix.clone(),
+                next_revision: 0,
+                source: store_err(
+                    "watch",
+                    &self.prefix,
+                    EtcdError::Runtime("the watch task stopped unexpectedly".into()),
+                ),
+            }),
         }
     }
 }

@@ -25,6 +25,30 @@
 //! Backends keep a bounded history: etcd until it is compacted, `SqliteStore`
 //! a configurable number of revisions in the file (so watchers in other
 //! processes see them), `MemStore` in memory once a watch was asked for.
+//!
+//! ```
+//! use std::time::Duration;
+//! use calinet_ipam::{MemStore, Store, WatchError, WatchEvent};
+//!
+//! let store = MemStore::new();
+//! store.create("/calico/ipam/v2/handle/a", b"{}").unwrap();
+//! // 1. list, 2. watch from just after the listing.
+//! let listing = store.list_with_revision("/calico/ipam/v2/handle/").unwrap();
+//! let mut watch = store.watch("/calico/ipam/v2/handle/", listing.revision + 1).unwrap();
+//! store.create("/calico/ipam/v2/handle/b", b"{}").unwrap();
+//! match watch.next_timeout(Duration::from_secs(1)) {
+//!     Ok(Some(WatchEvent::Put(kv))) => assert_eq!(kv.key, "/calico/ipam/v2/handle/b"),
+//!     Ok(other) => panic!("unexpected {other:?}"),
+//!     // 4. history gone: list again and watch from the new listing.
+//!     Err(e) if e.needs_relist() => unreachable!("nothing was compacted"),
+//!     Err(e) => panic!("{e}"),
+//! }
+//! // 3. resume later without a gap.
+//! let resume_at = watch.next_revision();
+//! drop(watch);
+//! let _again = store.watch("/calico/ipam/v2/handle/", resume_at).unwrap();
+//! # let _: Option<WatchError> = None;
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -177,8 +201,12 @@ impl Watcher {
                         self.buffered
                             .extend(batch.into_iter().filter(|e| e.revision() >= floor));
                     }
-                    Err(e) => {
+                    Err(mut e) => {
                         self.failed = true;
+                        // The watcher's own position is the one to resume from.
+                        if let WatchError::Store { next_revision, .. } = &mut e {
+                            *next_revision = self.next_revision;
+                        }
                         return Err(e);
                     }
                 }

@@ -116,3 +116,77 @@ fn etcd_second_endpoint_takes_over() -> testlab::Result<()> {
     );
     Ok(())
 }
+
+/// `etcdctl` (the independent reader) sees Calico's key layout and JSON for
+/// what the allocator wrote through `EtcdStore`.
+#[test]
+fn etcdctl_reads_calico_layout_written_by_the_allocator() -> testlab::Result<()> {
+    use calinet_ipam::{AutoAssignRequest, IpPool, IpPoolSpec, Ipam};
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = testlab::Lab::new("etcd_layout")?;
+    let etcd = lab.etcd()?;
+    let ipam = Ipam::new(store(&etcd.endpoint()));
+    let mut spec = IpPoolSpec::with_cidr("172.16.0.0/16".parse().expect("cidr"));
+    spec.block_size = Some(26);
+    ipam.put_pool(&IpPool::new("default-ipv4-ippool", spec))
+        .expect("pool");
+    let got = ipam
+        .auto_assign(
+            &AutoAssignRequest::v4(
+                "k8s-pod-network.abc".parse().expect("handle"),
+                "node-a".parse().expect("node"),
+                2,
+            ),
+            std::time::SystemTime::now(),
+        )
+        .expect("auto_assign");
+    let block = got.v4[0].block.net().to_string(); // e.g. 172.16.12.64/26
+    let block_key_part = block.replace('/', "-");
+    let etcdctl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint()])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let keys: Vec<String> = etcdctl(&["get", "--prefix", "/calico/", "--keys-only"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for want in [
+        format!("/calico/ipam/v2/assignment/ipv4/block/{block_key_part}"),
+        format!("/calico/ipam/v2/host/node-a/ipv4/block/{block_key_part}"),
+        "/calico/ipam/v2/handle/k8s-pod-network.abc".to_owned(),
+        "/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool".to_owned(),
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+    let json = |key: &str| -> serde_json::Value {
+        serde_json::from_str(etcdctl(&["get", "--print-value-only", key]).trim()).expect("JSON")
+    };
+    let b = json(&format!(
+        "/calico/ipam/v2/assignment/ipv4/block/{block_key_part}"
+    ));
+    assert_eq!(b["cidr"], block.as_str());
+    assert_eq!(b["affinity"], "host:node-a");
+    let allocations = b["allocations"].as_array().expect("allocations");
+    assert_eq!(allocations.len(), 64);
+    assert_eq!(allocations.iter().filter(|a| !a.is_null()).count(), 2);
+    assert_eq!(b["unallocated"].as_array().expect("unallocated").len(), 62);
+    assert_eq!(b["attributes"][0]["handle_id"], "k8s-pod-network.abc");
+    let h = json("/calico/ipam/v2/handle/k8s-pod-network.abc");
+    assert_eq!(h["handleID"], "k8s-pod-network.abc");
+    assert_eq!(h["block"][block.as_str()], 2);
+    let a = json(&format!(
+        "/calico/ipam/v2/host/node-a/ipv4/block/{block_key_part}"
+    ));
+    assert_eq!(a["state"], "confirmed");
+    let p = json("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool");
+    assert_eq!(p["kind"], "IPPool");
+    assert_eq!(p["spec"]["cidr"], "172.16.0.0/16");
+    Ok(())
+}

@@ -270,7 +270,14 @@ fn classify(e: &etcd_client::Error) -> Failure {
             const UNAVAILABLE: i32 = 14;
             let msg = s.message().to_ascii_lowercase();
             match i32::from(s.code()) {
-                UNAVAILABLE if msg.contains("connect") || msg.contains("connection refused") => {
+                // tonic's wording when no connection could be made; note
+                // that "connection reset" (in flight) must not match.
+                UNAVAILABLE
+                    if msg.contains("error trying to connect")
+                        || msg.contains("tcp connect error")
+                        || msg.contains("connection refused")
+                        || msg.contains("dns error") =>
+                {
                     Failure::NotSent
                 }
                 UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | UNKNOWN | ABORTED => {
@@ -918,6 +925,118 @@ mod tests {
             .expect("valid");
     }
 
+    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn failures_are_classified_by_whether_the_request_was_sent() {
+        use tonic::Code;
+        let cases = [
+            (
+                status(
+                    Code::Unavailable,
+                    "error trying to connect: tcp connect error: Connection refused (os error 111)",
+                ),
+                Failure::NotSent,
+            ),
+            (
+                etcd_client::Error::IoError(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )),
+                Failure::NotSent,
+            ),
+            (
+                status(Code::Unavailable, "connection reset"),
+                Failure::InFlight,
+            ),
+            (
+                status(Code::DeadlineExceeded, "timeout expired"),
+                Failure::InFlight,
+            ),
+            (
+                status(Code::Unknown, "h2 protocol error"),
+                Failure::InFlight,
+            ),
+            (
+                status(Code::Unavailable, "etcdserver: leader changed"),
+                Failure::InFlight,
+            ),
+            (
+                status(
+                    Code::InvalidArgument,
+                    "etcdserver: too many operations in txn request",
+                ),
+                Failure::Permanent,
+            ),
+            (
+                status(
+                    Code::OutOfRange,
+                    "etcdserver: mvcc: required revision has been compacted",
+                ),
+                Failure::Permanent,
+            ),
+            (
+                etcd_client::Error::InvalidArgs("bad".into()),
+                Failure::Permanent,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify(&e), want, "{e}");
+        }
+        assert!(is_compacted(&status(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted"
+        )));
+    }
+
+    #[test]
+    fn lost_answer_to_a_write_says_so() {
+        let e = EtcdError::Endpoint {
+            endpoint: "http://10.0.0.1:2379".into(),
+            attempts: 1,
+            outcome_unknown: true,
+            source: status(tonic::Code::Unavailable, "connection reset"),
+        };
+        assert!(e.outcome_unknown());
+        let text = e.to_string();
+        assert!(
+            text.contains("http://10.0.0.1:2379")
+                && text.contains("may or may not have been applied"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn txns_compare_creation_for_create_and_mod_revision_otherwise() {
+        // The request etcd receives, field by field.
+        let ops = [
+            TxnOp::Create {
+                key: "/k/new".into(),
+                value: b"n".to_vec(),
+            },
+            TxnOp::Update {
+                key: "/k/upd".into(),
+                value: b"u".to_vec(),
+                expected: 7,
+            },
+            TxnOp::Delete {
+                key: "/k/del".into(),
+                expected: 9,
+            },
+        ];
+        let dbg = format!("{:?}", build_txn(&ops, true));
+        for want in [
+            "target: Create,",
+            "target: Mod,",
+            "CreateRevision(0)",
+            "ModRevision(7)",
+            "ModRevision(9)",
+        ] {
+            assert!(dbg.contains(want), "{want} missing in {dbg}");
+        }
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let p = RetryPolicy {
@@ -959,5 +1078,19 @@ mod tests {
         let src = std::error::Error::source(&e).expect("source").to_string();
         assert!(src.contains("http://127.0.0.1:1"), "{src}");
         assert!(src.contains("2 attempt"), "{src}");
+        // Nothing was sent, so the connection failure was retried, not
+        // reported as a write with an unknown outcome.
+        let e = s.create("/calico/ipam/v2/handle/h1", b"{}").unwrap_err();
+        let src = std::error::Error::source(&e).expect("source");
+        let etcd = src.downcast_ref::<EtcdError>().expect("an EtcdError");
+        assert!(
+            !etcd.outcome_unknown(),
+            "{etcd}: {:?}",
+            std::error::Error::source(etcd)
+        );
+        assert!(
+            matches!(etcd, EtcdError::Endpoint { attempts: 2, .. }),
+            "{etcd:?}"
+        );
     }
 }

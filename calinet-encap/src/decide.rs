@@ -379,7 +379,7 @@ pub fn decide(input: &Input) -> Result<Decisions, Error> {
     paths.sort_by_key(|p| p.dst);
     blackholes.sort();
 
-    let (neighbours, fdb) = vtep_entries(input, &devices);
+    let (neighbours, fdb) = vtep_entries(input, &devices)?;
     Ok(Decisions {
         node: input.local.name.clone(),
         paths,
@@ -499,11 +499,15 @@ fn wanted_devices(input: &Input, in_use: EncapsInUse, mtu: &Mtus) -> Result<Vec<
     Ok(devices)
 }
 
-fn vtep_entries(input: &Input, devices: &[Device]) -> (Vec<Neighbour>, Vec<FdbEntry>) {
+fn vtep_entries(
+    input: &Input,
+    devices: &[Device],
+) -> Result<(Vec<Neighbour>, Vec<FdbEntry>), Error> {
     let mut neighbours = Vec::new();
     let mut fdb = Vec::new();
     for dev in devices {
         let Device::Vxlan(vx) = dev else { continue };
+        let mut macs: HashMap<MacAddr, &NodeName> = HashMap::from([(vx.mac, &input.local.name)]);
         let mut remotes: Vec<&Node> = input.remotes.iter().collect();
         remotes.sort_by_key(|n| n.vxlan_tunnel_addr(vx.family));
         for remote in remotes {
@@ -516,6 +520,14 @@ fn vtep_entries(input: &Input, devices: &[Device]) -> (Vec<Neighbour>, Vec<FdbEn
                 continue;
             };
             let mac = remote.vtep_mac(vx.family);
+            if let Some(other) = macs.insert(mac, &remote.name) {
+                return Err(Error::DuplicateVtepMac {
+                    mac: mac.to_string(),
+                    family: vx.family,
+                    first: other.clone(),
+                    second: remote.name.clone(),
+                });
+            }
             neighbours.push(Neighbour {
                 dev: vx.name.clone(),
                 ip,
@@ -530,7 +542,7 @@ fn vtep_entries(input: &Input, devices: &[Device]) -> (Vec<Neighbour>, Vec<FdbEn
             });
         }
     }
-    (neighbours, fdb)
+    Ok((neighbours, fdb))
 }
 
 /// Sorted by start address, two CIDRs overlap iff one contains the other, and
@@ -575,11 +587,54 @@ fn validate_pools(pools: &[Pool]) -> Result<(), Error> {
 
 fn validate_nodes(input: &Input) -> Result<HashMap<&NodeName, &Node>, Error> {
     let mut nodes = HashMap::new();
+    let mut owners: HashMap<IpAddr, (&NodeName, &'static str)> = HashMap::new();
     for node in std::iter::once(&input.local).chain(&input.remotes) {
         if nodes.insert(&node.name, node).is_some() {
             return Err(Error::DuplicateNode {
                 node: node.name.clone(),
             });
+        }
+        let addrs = [
+            (
+                node.ipv4_address.map(|a| IpAddr::V4(a.addr())),
+                "IPv4 node address",
+            ),
+            (
+                node.ipv6_address.map(|a| IpAddr::V6(a.addr())),
+                "IPv6 node address",
+            ),
+            (
+                node.ipv4_ipip_tunnel_addr.map(IpAddr::V4),
+                "IPIP tunnel address",
+            ),
+            (
+                node.ipv4_vxlan_tunnel_addr.map(IpAddr::V4),
+                "VXLAN tunnel address",
+            ),
+            (
+                node.ipv6_vxlan_tunnel_addr.map(IpAddr::V6),
+                "IPv6 VXLAN tunnel address",
+            ),
+        ];
+        for (addr, what) in addrs {
+            let Some(addr) = addr else { continue };
+            match owners.get(&addr) {
+                // One node may use one address for several purposes (e.g. the
+                // IPIP and VXLAN tunnel address across a mode switch).
+                Some((owner, _)) if *owner == &node.name => {}
+                Some((owner, owner_what)) => {
+                    return Err(Error::DuplicateAddress {
+                        addr,
+                        first: (*owner).clone(),
+                        first_what: owner_what,
+                        second: node.name.clone(),
+                        second_what: what,
+                    });
+                }
+                None => {
+                    owners.insert(addr, (&node.name, what));
+                }
+            }
         }
         for mac in [node.vxlan_tunnel_mac_addr, node.vxlan_tunnel_mac_addr_v6]
             .into_iter()

@@ -103,6 +103,35 @@ pub enum Error {
         /// The repeated name.
         node: NodeName,
     },
+    /// Two nodes claim the same address (node or tunnel address).
+    #[error(
+        "address {addr} is both {first_what} of node {first} and {second_what} of node {second}"
+    )]
+    DuplicateAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The first node claiming it.
+        first: NodeName,
+        /// What it is on the first node ("IPv4 node address", ...).
+        first_what: &'static str,
+        /// The second node claiming it.
+        second: NodeName,
+        /// What it is on the second node.
+        second_what: &'static str,
+    },
+    /// Two nodes have the same VTEP MAC for one family (stated or derived):
+    /// their FDB entries would collide.
+    #[error("nodes {first} and {second} share the {family} VTEP MAC {mac}")]
+    DuplicateVtepMac {
+        /// The MAC, as text.
+        mac: String,
+        /// The family of the VXLAN device.
+        family: Family,
+        /// One node.
+        first: NodeName,
+        /// The other.
+        second: NodeName,
+    },
     /// A block or borrowed address refers to a node that is not in the input.
     #[error("{what} refers to node {node}, which is neither the local node nor a remote node")]
     UnknownNode {

@@ -21,6 +21,31 @@
 //!
 #![doc = concat!("```\n", include_str!("../examples/seed_modes.rs"), "```\n")]
 //!
+//! `Decisions` prints as an `ip`-style listing, e.g. for `k8s-w1` under VXLAN
+//! CrossSubnet:
+//!
+//! ```text
+//! node k8s-w1
+//!   route 172.16.34.0/24 via 172.16.34.0 dev vxlan.calico onlink
+//!   route 172.16.116.0/24 via 192.168.10.10 dev ens5 onlink
+//!   route blackhole 172.16.158.0/24
+//!   route 172.16.184.0/24 via 192.168.10.102 dev ens5 onlink
+//!   link  vxlan.calico vxlan id 4096 dstport 4789 dev ens5 local 192.168.10.101 mac 66:74:91:32:7c:04 nolearning mtu 8951 address 172.16.158.0/32
+//!   neigh 172.16.34.0 lladdr 66:8d:da:b4:58:1a dev vxlan.calico nud permanent
+//!   ...
+//!   fdb   66:8d:da:b4:58:1a dev vxlan.calico dst 192.168.20.100 self permanent
+//!   ...
+//!   mtu   host 9001 vxlan.calico 8951 pod 8951
+//! ```
+//!
+//! # Cargo features
+//!
+//! - `route`: the `route` module converts [`Decisions`] into `calinet-route`'s
+//!   `RouteSpec`, `LinkSpec`, `NeighbourSpec` and `FdbSpec`
+//!   (`decisions.route_specs(RouteProtocol::CALICO)`), plus the links to delete
+//!   and `tunl0` to quiesce after a mode switch.
+//! - `proptest`: the `proptest_support` module exports a whole-cluster strategy
+//!   and the invariant checkers this crate's property tests use.
 //!
 //! # Rules
 //!
@@ -40,6 +65,13 @@
 //!   `66:` + SHA-1(name)[..5], of `"<name>-v6"` for IPv6).
 //! - MTU: each device is the host MTU minus its overhead (IPIP 20, VXLAN 50/70,
 //!   WireGuard 60/80); pods get the host MTU minus the largest overhead in use.
+//! - IPv4 and IPv6 are decided alike (IPIP is IPv4 only); VXLAN over IPv6 uses
+//!   the node's IPv6 address as underlay.
+//! - Impossible inputs are refused with an [`Error`] naming the pool, block,
+//!   node or device and the rule: IPIP and VXLAN both on in one pool, IPIP on
+//!   an IPv6 pool, overlapping pools or blocks, a remote node without the
+//!   address its path needs, a local node without the tunnel address its
+//!   device needs, unknown nodes, an MTU too small for the overhead.
 //!
 //! # Where calinet differs from Calico (deliberately)
 //!

@@ -493,7 +493,7 @@ fn block_outside_pools_is_direct_and_gateway_free_direct_uses_onlink() {
 fn errors_table() {
     type Mutate = fn(&mut Input);
     type Expect = fn(&Error) -> bool;
-    let cases: [(&str, Mutate, Expect, &str); 13] = [
+    let cases: [(&str, Mutate, Expect, &str); 16] = [
         (
             "both encaps in one pool",
             |i| i.pools[0].vxlan_mode = Always,
@@ -609,6 +609,29 @@ fn errors_table() {
             },
             |e| matches!(e, Error::BorrowedFromSelf { .. }),
             "owns its block 172.16.158.0/24",
+        ),
+        (
+            "two nodes with one node address",
+            |i| i.remotes[1].ipv4_address = Some("198.51.100.10/24".parse().unwrap()),
+            |e| matches!(e, Error::DuplicateAddress { .. }),
+            "address 198.51.100.10 is both IPv4 node address of node k8s-m and IPv4 node address of node k8s-w2",
+        ),
+        (
+            "two nodes with one VXLAN tunnel address",
+            |i| i.remotes[2].ipv4_vxlan_tunnel_addr = Some("172.16.158.0".parse().unwrap()),
+            |e| matches!(e, Error::DuplicateAddress { .. }),
+            "address 172.16.158.0 is both IPIP tunnel address of node k8s-w1 and VXLAN tunnel address of node k8s-w0",
+        ),
+        (
+            "two VTEPs with one MAC",
+            |i| {
+                i.pools[0].ipip_mode = Never;
+                i.pools[0].vxlan_mode = CrossSubnet;
+                let mac = i.remotes[0].vtep_mac(Family::V4);
+                i.remotes[2].vxlan_tunnel_mac_addr = Some(mac);
+            },
+            |e| matches!(e, Error::DuplicateVtepMac { .. }),
+            "share the IPv4 VTEP MAC",
         ),
         (
             "MTU too small",

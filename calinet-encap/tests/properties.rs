@@ -169,32 +169,40 @@ mod random_inputs {
     ];
     /// Overlaps three of `BLOCKS`.
     const OVERLAPPING_BLOCK: &str = "172.16.0.0/20";
-    const ADDRS4: [&str; 4] = [
-        "198.51.100.10/24",
-        "198.51.100.11/24",
-        "203.0.113.10/24",
-        "203.0.113.11/16",
-    ];
-    const ADDRS6: [&str; 3] = [
-        "2001:db8:1::10/64",
-        "2001:db8:1::11/64",
-        "2001:db8:2::10/64",
-    ];
-    const TUNNELS: [&str; 4] = ["172.16.1.0", "172.16.2.0", "fd00:10:0:1::", "10.1.0.1"];
+    /// Underlay subnets (prefix, length); each node takes host 10+index in one.
+    const SUBNETS4: [(&str, u8); 3] = [("198.51.100", 24), ("203.0.113", 24), ("203.0.113", 16)];
+    /// A tunnel address several nodes may claim (an error when two do).
+    const SHARED_TUNNEL: &str = "10.1.0.1";
     const BORROWED: [&str; 4] = ["172.16.1.9", "172.16.2.9", "fd00:10:0:1::9", "10.9.9.9"];
     const NAMES: [&str; 4] = ["n0", "n1", "n2", "ghost"];
 
-    fn arb_node(name: &'static str) -> impl Strategy<Value = Node> {
+    /// A node with addresses of its own (mostly), some missing.
+    fn arb_node(name: &'static str, idx: u8) -> impl Strategy<Value = Node> {
+        let own4 = format!("172.16.{}.0", idx + 1);
+        let own6 = format!("fd00:10:0:{}::", idx + 1);
+        let ipip = prop_oneof![9 => Just(own4.clone()), 1 => Just(SHARED_TUNNEL.to_owned())];
+        let vxlan = prop_oneof![
+            5 => Just(own4),
+            4 => Just(own6),
+            1 => Just(SHARED_TUNNEL.to_owned()),
+        ];
         (
-            proptest::option::weighted(0.9, select(&ADDRS4[..])),
-            proptest::option::weighted(0.8, select(&ADDRS6[..])),
-            proptest::option::weighted(0.9, select(&TUNNELS[..])),
-            proptest::option::weighted(0.9, select(&TUNNELS[..])),
+            proptest::option::weighted(0.9, select(&SUBNETS4[..])),
+            proptest::option::weighted(0.8, 1u8..=2),
+            proptest::option::weighted(0.9, ipip),
+            proptest::option::weighted(0.9, vxlan),
         )
             .prop_map(move |(a4, a6, t1, t2)| {
                 let mut n = Node::new(name.parse().unwrap());
-                for a in [a4, a6].into_iter().flatten() {
-                    n = n.with_address(a.parse().unwrap());
+                if let Some((prefix, len)) = a4 {
+                    n = n.with_address(format!("{prefix}.{}/{len}", 10 + idx).parse().unwrap());
+                }
+                if let Some(subnet) = a6 {
+                    n = n.with_address(
+                        format!("2001:db8:{subnet}::{}/64", 10 + idx)
+                            .parse()
+                            .unwrap(),
+                    );
                 }
                 if let Some(IpAddr::V4(t)) = t1.map(|t| t.parse().unwrap()) {
                     n = n.with_ipip_tunnel(t);
@@ -226,7 +234,7 @@ mod random_inputs {
 
     fn arb_input() -> impl Strategy<Value = Input> {
         (
-            (arb_node("n0"), arb_node("n1"), arb_node("n2")),
+            (arb_node("n0", 0), arb_node("n1", 1), arb_node("n2", 2)),
             proptest::collection::vec((select(&POOLS[..]), arb_modes()), 0..3),
             (
                 proptest::sample::subsequence(&BLOCKS[..], 0..=5),

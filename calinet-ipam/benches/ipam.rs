@@ -212,6 +212,23 @@ fn main() {
             println!("{:?} pairs/s (wall, cpu)", mem_pairs_per_sec(now));
             return;
         }
+        Ok("json") => {
+            let mut b = Block::new(
+                "10.0.0.0/26".parse().expect("cidr"),
+                Some("host:n1".into()),
+                false,
+            );
+            b.allocate(1, &"k8s-pod-network.x".into(), None, &Pick::default());
+            let t = thread_cpu();
+            for _ in 0..200_000 {
+                black_box(b.to_json());
+            }
+            println!(
+                "block to_json: {:.0} ns",
+                (thread_cpu() - t).as_nanos() as f64 / 200_000.0
+            );
+            return;
+        }
         Ok("bitmap") => {
             println!("{:.1} ns", bitmap_ns_per_pair());
             return;

@@ -250,11 +250,115 @@ impl Block {
         }
     }
 
-    /// Encode as stored JSON (Calico's IPAMBlock; same document as
-    /// serialising [`Block::to_model`], written without building it).
+    /// Encode as stored JSON (Calico's IPAMBlock; the same document as
+    /// serialising [`Block::to_model`]). Written by hand because it is on
+    /// every allocation's path; strings go through serde_json for escaping.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.allocs.len() * 8);
-        serde_json::to_writer(&mut out, self).expect("IPAMBlock serialises");
+        let mut out = Vec::with_capacity(192 + self.allocs.len() * 7);
+        let mut attrs: Vec<&Allocation> = Vec::new();
+        out.extend_from_slice(b"{\"cidr\":");
+        json_str(&mut out, &self.cidr_text);
+        out.extend_from_slice(b",\"affinity\":");
+        match &self.affinity {
+            Some(a) => json_str(&mut out, a),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(if self.strict_affinity {
+            b",\"strictAffinity\":true,\"allocations\":["
+        } else {
+            b",\"strictAffinity\":false,\"allocations\":["
+        });
+        // Free ordinals are runs of nulls: copy each run from a static
+        // "null,null,..." slice instead of writing them one by one.
+        let mut i = 0;
+        while i < self.allocs.len() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match &self.allocs[i] {
+                None => {
+                    let run = self.allocs[i..].iter().take_while(|a| a.is_none()).count();
+                    let run = run.min(NULLS.len() / 5);
+                    out.extend_from_slice(&NULLS.as_bytes()[..run * 5 - 1]);
+                    i += run;
+                }
+                Some(a) => {
+                    let idx = attrs
+                        .iter()
+                        .position(|x| same_owner(x, a))
+                        .unwrap_or_else(|| {
+                            attrs.push(a);
+                            attrs.len() - 1
+                        });
+                    json_u64(&mut out, idx as u64);
+                    i += 1;
+                }
+            }
+        }
+        out.extend_from_slice(b"],\"unallocated\":[");
+        let mut buf = [0u8; 64 * 6];
+        let mut n = 0;
+        for (i, o) in self.free.iter().enumerate() {
+            // Batch the small numbers in a stack buffer: far fewer Vec pushes.
+            if n + 6 > buf.len() {
+                out.extend_from_slice(&buf[..n]);
+                n = 0;
+            }
+            if i > 0 {
+                buf[n] = b',';
+                n += 1;
+            }
+            n += small_u32(&mut buf[n..], *o);
+        }
+        out.extend_from_slice(&buf[..n]);
+        out.extend_from_slice(b"],\"attributes\":[");
+        for (i, a) in attrs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &AttrRef(a)).expect("attributes serialise");
+        }
+        out.extend_from_slice(if self.deleted {
+            b"],\"deleted\":true,\"sequenceNumber\":"
+        } else {
+            b"],\"deleted\":false,\"sequenceNumber\":"
+        });
+        json_u64(&mut out, self.sequence_number);
+        out.extend_from_slice(b",\"sequenceNumberForAllocation\":{");
+        let mut first = true;
+        for (i, a) in self.allocs.iter().enumerate() {
+            if let Some(q) = a.as_ref().and_then(|a| a.sequence) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'"');
+                json_u64(&mut out, i as u64);
+                out.extend_from_slice(b"\":");
+                json_u64(&mut out, q);
+            }
+        }
+        out.push(b'}');
+        if !self.released_at.is_empty() {
+            out.extend_from_slice(b",\"calinetReleasedAt\":{");
+            for (i, (o, t)) in self.released_at.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'"');
+                json_u64(&mut out, u64::from(*o));
+                out.extend_from_slice(b"\":");
+                json_u64(&mut out, *t);
+            }
+            out.push(b'}');
+        }
+        for (k, v) in &self.extra {
+            out.push(b',');
+            json_str(&mut out, k);
+            out.push(b':');
+            serde_json::to_writer(&mut out, v).expect("JSON value serialises");
+        }
+        out.push(b'}');
         out
     }
 
@@ -491,6 +595,47 @@ impl Block {
     }
 }
 
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("a string serialises");
+}
+
+/// 64 "null," entries (a block of /26 or smaller in one copy).
+const NULLS: &str = "null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,\
+null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,\
+null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,\
+null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,";
+
+/// Write `n` (< 100000) in decimal into `buf`; returns the length.
+fn small_u32(buf: &mut [u8], n: u32) -> usize {
+    let digits = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    let mut v = n;
+    for i in (0..digits).rev() {
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    digits
+}
+
+fn json_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 fn same_owner(a: &Allocation, b: &Allocation) -> bool {
     a.handle == b.handle && a.secondary == b.secondary && a.extra == b.extra
 }
@@ -681,6 +826,22 @@ mod tests {
         let direct: serde_json::Value = serde_json::from_slice(&b.to_json()).expect("json");
         let via_model = serde_json::to_value(b.to_model()).expect("json");
         assert_eq!(direct, via_model, "direct writer and model disagree");
+        assert_eq!(
+            serde_json::to_value(&b).expect("json"),
+            via_model,
+            "Serialize and model disagree"
+        );
+        let mut m = b.to_model();
+        m.extra
+            .insert("futureField".into(), serde_json::json!({"a": [1, "x\"y"]}));
+        m.affinity = Some("host:n\"1".into());
+        let odd = Block::from_model(m.clone()).expect("decode");
+        let direct: serde_json::Value = serde_json::from_slice(&odd.to_json()).expect("json");
+        assert_eq!(
+            direct,
+            serde_json::to_value(&m).expect("json"),
+            "extra fields or escaping lost"
+        );
         assert_eq!(
             b.allocate_one(&Arc::from("h3"), None, &Pick::default()),
             Some(3)

@@ -147,11 +147,13 @@ type Mask = Option<Arc<BitVec<u64, Lsb0>>>;
 #[derive(Debug, Default)]
 struct Cache {
     snapshot: Option<Arc<Snapshot>>,
-    blocks: HashMap<BlockCidr, (Block, Revision)>,
-    node_blocks: HashMap<(NodeName, Family), Vec<BlockCidr>>,
+    blocks: FastMap<BlockCidr, (Block, Revision)>,
+    node_blocks: FastMap<NodeName, NodeBlocks>,
+    /// `{node: <name>}` attributes per node, shared by its allocations.
+    node_attrs: FastMap<NodeName, Arc<Attributes>>,
     /// `Some(None)` = known absent; missing = unknown.
-    handles: HashMap<HandleId, Option<(IpamHandle, Revision)>>,
-    masks: HashMap<BlockCidr, Mask>,
+    handles: FastMap<HandleId, Option<(IpamHandle, Revision)>>,
+    masks: FastMap<BlockCidr, Mask>,
     /// Other nodes' empty blocks seen: block revision and first time seen.
     empty_seen: HashMap<BlockCidr, (Revision, SystemTime)>,
     /// GC candidates: affinity key -> (affinity revision, block revision).
@@ -159,6 +161,46 @@ struct Cache {
 }
 
 const HANDLE_CACHE_CAP: usize = 16_384;
+
+/// FNV-1a for the in-process caches: keys are short and not attacker-chosen
+/// across a trust boundary, and SipHash showed up in profiles.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// A node's confirmed affine blocks per family; `None` = not loaded.
+#[derive(Debug, Default)]
+struct NodeBlocks {
+    v4: Option<Vec<BlockCidr>>,
+    v6: Option<Vec<BlockCidr>>,
+}
+
+impl NodeBlocks {
+    fn slot(&mut self, fam: Family) -> &mut Option<Vec<BlockCidr>> {
+        match fam {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
 
 /// The allocator over a [`Store`].
 pub struct Ipam<S> {
@@ -471,16 +513,25 @@ impl<S: Store> Ipam<S> {
     }
 
     fn cache_handle(c: &mut Cache, id: &HandleId, h: Option<(IpamHandle, Revision)>) {
+        // Absence is not cached: no caller may trust it without a read
+        // anyway, and released pod handles never come back.
+        let Some(h) = h else {
+            c.handles.remove(id);
+            return;
+        };
         if c.handles.len() >= HANDLE_CACHE_CAP {
             c.handles.clear();
         }
-        c.handles.insert(id.clone(), h);
+        c.handles.insert(id.clone(), Some(h));
     }
 
     /// The node's confirmed affine blocks of a family (cached).
     fn node_blocks(&self, c: &mut Cache, node: &NodeName, fam: Family) -> Result<Vec<BlockCidr>> {
-        let k = (node.clone(), fam);
-        if let Some(v) = c.node_blocks.get(&k) {
+        if let Some(v) = c
+            .node_blocks
+            .get_mut(node)
+            .and_then(|n| n.slot(fam).as_ref())
+        {
             return Ok(v.clone());
         }
         let mut v = Vec::new();
@@ -493,15 +544,34 @@ impl<S: Store> Ipam<S> {
                 v.push(cidr);
             }
         }
-        c.node_blocks.insert(k, v.clone());
+        *c.node_blocks.entry(node.clone()).or_default().slot(fam) = Some(v.clone());
         Ok(v)
     }
 
     fn forget_node(c: &mut Cache, node: &NodeName, fam: Family) {
-        if let Some(v) = c.node_blocks.remove(&(node.clone(), fam)) {
+        if let Some(v) = c.node_blocks.get_mut(node).and_then(|n| n.slot(fam).take()) {
             for b in v {
                 c.blocks.remove(&b);
             }
+        }
+    }
+
+    /// Record a new affine block, if the node's list is loaded (else the
+    /// next load reads it from the store).
+    fn add_node_block(c: &mut Cache, node: &NodeName, cidr: BlockCidr) {
+        if let Some(v) = c
+            .node_blocks
+            .get_mut(node)
+            .and_then(|n| n.slot(cidr.family()).as_mut())
+            && !v.contains(&cidr)
+        {
+            v.push(cidr);
+        }
+    }
+
+    fn drop_node_list(c: &mut Cache, node: &NodeName, fam: Family) {
+        if let Some(n) = c.node_blocks.get_mut(node) {
+            *n.slot(fam) = None;
         }
     }
 
@@ -697,11 +767,25 @@ impl<S: Store> Ipam<S> {
         let cooldown = self.opts.reuse_cooldown.as_secs();
         // Record the node with each allocation (as Calico's CNI plugin does),
         // so borrowed addresses can be reported.
-        let mut attrs = req.attributes.clone();
-        attrs
-            .entry("node".to_owned())
-            .or_insert_with(|| req.node.to_string());
-        let attrs = Arc::new(attrs);
+        let attrs = if req.attributes.is_empty() {
+            match c.node_attrs.get(&req.node) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(Attributes::from([(
+                        "node".to_owned(),
+                        req.node.to_string(),
+                    )]));
+                    c.node_attrs.insert(req.node.clone(), a.clone());
+                    a
+                }
+            }
+        } else {
+            let mut attrs = req.attributes.clone();
+            attrs
+                .entry("node".to_owned())
+                .or_insert_with(|| req.node.to_string());
+            Arc::new(attrs)
+        };
         let owner: Arc<str> = Arc::from(req.handle.as_str());
         let mut need = n - out.len() as u32;
         let mut attempts = 0u32;
@@ -938,7 +1022,7 @@ impl<S: Store> Ipam<S> {
                     if a.state != AffinityState::Pending {
                         // Another allocator (same node) completed this claim:
                         // the node owns the block; re-read its block list.
-                        c.node_blocks.remove(&(node.clone(), cidr.family()));
+                        Self::drop_node_list(c, node, cidr.family());
                         return Ok(true);
                     }
                     // A pending leftover of ours (e.g. a crashed claim): take it
@@ -966,10 +1050,7 @@ impl<S: Store> Ipam<S> {
         match self.store.txn(&ops) {
             Ok(rev) => {
                 c.blocks.insert(cidr, (block, rev));
-                c.node_blocks
-                    .entry((node.clone(), cidr.family()))
-                    .or_default()
-                    .push(cidr);
+                Self::add_node_block(c, node, cidr);
                 Ok(true)
             }
             Err(StoreError::TxnConflict { .. }) => {
@@ -1004,7 +1085,7 @@ impl<S: Store> Ipam<S> {
                     expected: kv.mod_revision,
                 });
             }
-            c.node_blocks.remove(&(other, cidr.family()));
+            Self::drop_node_list(c, &other, cidr.family());
         }
         let mut nb = block;
         nb.set_affinity(Some(host_affinity(node)));
@@ -1024,10 +1105,7 @@ impl<S: Store> Ipam<S> {
         }
         match self.commit_block(c, nb, rev, None, 0, ops)? {
             Step::Done => {
-                c.node_blocks
-                    .entry((node.clone(), cidr.family()))
-                    .or_default()
-                    .push(cidr);
+                Self::add_node_block(c, node, cidr);
                 Ok(true)
             }
             Step::Retry(_) => Ok(false),
@@ -1381,6 +1459,11 @@ impl<S: Store> Ipam<S> {
                         self.commit_block(&mut c, nb, rev, Some(handle), delta, Vec::new())?;
                     if matches!(step, Step::Done) {
                         released.extend(ords.into_iter().map(|o| cidr.addr(o)));
+                        if h.block.len() == 1 {
+                            // That was the handle's last block: the same
+                            // transaction deleted the handle.
+                            return Ok(released);
+                        }
                     }
                     step
                 }
@@ -1461,7 +1544,7 @@ impl<S: Store> Ipam<S> {
             match self.store.txn(&ops) {
                 Ok(_) => {
                     c.blocks.remove(&cidr);
-                    c.node_blocks.remove(&(node.clone(), cidr.family()));
+                    Self::drop_node_list(&mut c, &node, cidr.family());
                     if empty_release {
                         *per_node
                             .get_mut(&(node.clone(), cidr.family()))

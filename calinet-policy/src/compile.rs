@@ -80,6 +80,9 @@ struct Compiler<'a> {
     eps: &'a Endpoints,
     opts: &'a Options,
     rs: Ruleset,
+    // endpoint name -> (tier index, policy index) of every policy selecting it,
+    // in evaluation order.
+    applies: BTreeMap<&'a str, Vec<(usize, usize)>>,
 }
 
 /// Compiles the model for the endpoints of this node.
@@ -110,7 +113,20 @@ pub fn compile(
             table: opts.table.clone(),
             ..Ruleset::default()
         },
+        applies: BTreeMap::new(),
     };
+    // Evaluate each policy's selector once (through the label index) instead of
+    // every policy against every endpoint.
+    for (ti, tier) in model.tiers.iter().enumerate() {
+        for (pi, p) in tier.policies.iter().enumerate() {
+            for ep in eps.selected(&p.applies_to) {
+                c.applies
+                    .entry(ep.name.as_str())
+                    .or_default()
+                    .push((ti, pi));
+            }
+        }
+    }
     c.base_chains();
     let mut fw = BTreeMap::new();
     let mut tw = BTreeMap::new();
@@ -279,18 +295,20 @@ impl Compiler<'_> {
     /// The chain for an endpoint's direction, shared with every endpoint whose
     /// applicable tiers, policies and profiles are the same.
     fn signature_chain(&mut self, ep: &Endpoint, dir: Direction) -> String {
-        let labels = self.eps.labels(&ep.name).cloned().unwrap_or_default();
         let mut tiers: Vec<(usize, Vec<usize>)> = Vec::new();
-        for (ti, tier) in self.model.tiers.iter().enumerate() {
-            let ps: Vec<usize> = tier
-                .policies
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.rules(dir).is_some() && p.applies_to.matches(&labels))
-                .map(|(i, _)| i)
-                .collect();
-            if !ps.is_empty() {
-                tiers.push((ti, ps));
+        let model = self.model;
+        for &(ti, pi) in self
+            .applies
+            .get(ep.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if model.tiers[ti].policies[pi].rules(dir).is_none() {
+                continue;
+            }
+            match tiers.last_mut() {
+                Some((t, ps)) if *t == ti => ps.push(pi),
+                _ => tiers.push((ti, vec![pi])),
             }
         }
         let mut key = String::from(dir_tag(dir));

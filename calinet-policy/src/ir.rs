@@ -459,6 +459,26 @@ impl Ruleset {
         d
     }
 
+    /// Set names in the order backends create them: most referenced first, then
+    /// by name. The kernel finds a rule's set by walking the table's set list by
+    /// name, so hot sets (shared port sets, dispatch maps) early make a big
+    /// transaction markedly cheaper to load.
+    pub fn set_order(&self) -> Vec<&String> {
+        let mut refs: BTreeMap<&String, usize> = self.sets.keys().map(|k| (k, 0)).collect();
+        for c in self.chains.values() {
+            for r in &c.rules {
+                for s in rule_sets(r) {
+                    if let Some(n) = refs.get_mut(s) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        let mut v: Vec<(&String, usize)> = refs.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v.into_iter().map(|(k, _)| k).collect()
+    }
+
     /// Number of rules in all chains.
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum()

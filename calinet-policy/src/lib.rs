@@ -1,8 +1,72 @@
 //! Calico's selector language and network-policy model, natOutgoing masquerade,
 //! and a compiler to an nftables ruleset programmed atomically.
 //!
-//! Owns: selectors, policy resources, the compiled IR and its nftables backends.
-//! Does not own: address allocation or routing.
+//! Owns: the selector language ([`selector`]) and an incremental label index
+//! ([`index`]); Calico v3 and Kubernetes NetworkPolicy resources with validation
+//! and conversion ([`model`]); the policy semantics ([`semantics`]); the compiler
+//! ([`compile`]) to an nftables IR ([`ir`]) with a reference packet evaluator; and
+//! two backends for the IR, an `nft` script ([`nft`]) and a netlink transaction
+//! through `nftnl` ([`netlink`]). Behind the `ipam` feature, calinet-ipam's
+//! node-selector evaluator; behind `proptest`, strategies for downstream tests.
+//!
+//! Does not own: address allocation, routing, or the workload interfaces
+//! themselves (it only refers to them by name).
+//!
+//! ```
+//! use calinet_policy::compile::{compile, Options, Pool};
+//! use calinet_policy::ir::Hook;
+//! use calinet_policy::model::{parse_yaml, AnyResource, Profile};
+//! use calinet_policy::semantics::{Direction, Endpoint, Endpoints, Packet, PolicyModel, Verdict};
+//!
+//! // A Kubernetes NetworkPolicy: only app=web may reach the database, on 5432.
+//! let mut resources = parse_yaml(r#"
+//! apiVersion: networking.k8s.io/v1
+//! kind: NetworkPolicy
+//! metadata: {name: db, namespace: shop}
+//! spec:
+//!   podSelector: {matchLabels: {app: db}}
+//!   ingress:
+//!   - from: [{podSelector: {matchLabels: {app: web}}}]
+//!     ports: [{port: 5432}]
+//! "#)?;
+//! resources.push(AnyResource::Profile(Profile::for_namespace("shop", &Default::default())));
+//! let model = PolicyModel::build(&resources)?;
+//!
+//! let pod = |name: &str, ifname: &str, addr: &str, app: &str| Endpoint {
+//!     name: format!("shop/{name}"),
+//!     namespace: Some("shop".into()),
+//!     local: true,
+//!     interface: ifname.into(),
+//!     addrs: vec![addr.parse().unwrap()],
+//!     labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+//!     profiles: vec!["kns.shop".into()],
+//!     named_ports: vec![],
+//! };
+//! let eps = Endpoints::new(&model, [
+//!     pod("web", "caliweb", "10.0.0.1", "web"),
+//!     pod("db", "calidb", "10.0.0.2", "db"),
+//! ]);
+//! let pools = [Pool { cidr: "10.0.0.0/16".parse()?, nat_outgoing: true }];
+//! let ruleset = compile(&model, &eps, &pools, &Options::default())?;
+//!
+//! // The reference evaluator runs packets through the compiled tables.
+//! let to_db = |port| Packet::tcp("10.0.0.1".parse().unwrap(), 40000, "10.0.0.2".parse().unwrap(), port);
+//! assert_eq!(ruleset.evaluate(&to_db(5432), "calidb", Direction::Ingress)?, Verdict::Allow);
+//! assert_eq!(ruleset.evaluate(&to_db(22), "calidb", Direction::Ingress)?, Verdict::Deny);
+//! // ... and agrees with the model's own semantics.
+//! assert_eq!(model.evaluate(&eps, "shop/db", Direction::Ingress, &to_db(22)), Verdict::Deny);
+//!
+//! // Traffic from the pool to the outside is masqueraded.
+//! let out = Packet::tcp("10.0.0.1".parse()?, 40000, "203.0.113.7".parse()?, 443);
+//! assert_eq!(ruleset.run_hook(Hook::Postrouting, &out, "caliweb", "eth0")?,
+//!            calinet_policy::ir::HookResult::Masquerade);
+//!
+//! // The same IR as an nft script (or as a netlink batch, which needs root:
+//! // `netlink::NetlinkBackend::new(netlink::NetlinkSocket::open()?).apply(&ruleset)`).
+//! let script = calinet_policy::nft::render_full(&ruleset);
+//! assert!(script.contains("masquerade fully-random"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod compile;
 pub mod index;
@@ -89,3 +153,6 @@ pub enum Error {
 
 #[cfg(feature = "proptest")]
 pub mod proptest_support;
+
+#[cfg(feature = "ipam")]
+pub mod ipam_selector;

@@ -833,7 +833,8 @@ impl<'t> Builder<'t> {
 
     fn finish(self) -> Transaction {
         let fin = self.batch.finalize();
-        let mut bytes = Vec::new();
+        let total = fin.iter().map(<[u8]>::len).sum();
+        let mut bytes = Vec::with_capacity(total);
         for chunk in &fin {
             bytes.extend_from_slice(chunk);
         }
@@ -880,8 +881,8 @@ pub fn full_transaction(rs: &Ruleset) -> Result<Transaction, Error> {
     for (name, c) in &rs.chains {
         b.add_chain(name, c);
     }
-    for (name, e) in &rs.sets {
-        b.add_set(name, e);
+    for name in rs.set_order() {
+        b.add_set(name, &rs.sets[name]);
     }
     for (name, c) in &rs.chains {
         b.add_rules(name, c)?;

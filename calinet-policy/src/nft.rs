@@ -233,8 +233,8 @@ pub fn render_full(rs: &Ruleset) -> String {
     for (name, c) in &rs.chains {
         let _ = writeln!(s, "  chain {name} {{{} }}", chain_header(c));
     }
-    for (name, e) in &rs.sets {
-        let _ = writeln!(s, "  {}", set_decl("set", name, e));
+    for name in rs.set_order() {
+        let _ = writeln!(s, "  {}", set_decl("set", name, &rs.sets[name]));
     }
     for (name, c) in &rs.chains {
         if c.rules.is_empty() {

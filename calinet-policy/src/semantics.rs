@@ -206,6 +206,9 @@ pub struct Endpoints {
     /// By name.
     pub by_name: BTreeMap<String, Endpoint>,
     effective: BTreeMap<String, BTreeMap<String, String>>,
+    // label (key, value) -> endpoints carrying it: selectors that require an
+    // equality only look at those candidates.
+    by_label: std::collections::HashMap<(String, String), Vec<String>>,
 }
 
 impl Endpoints {
@@ -214,8 +217,18 @@ impl Endpoints {
         let mut out = Endpoints::default();
         for ep in eps {
             let eff = model.effective_labels(&ep);
+            for (k, v) in &eff {
+                out.by_label
+                    .entry((k.clone(), v.clone()))
+                    .or_default()
+                    .push(ep.name.clone());
+            }
             out.effective.insert(ep.name.clone(), eff);
             out.by_name.insert(ep.name.clone(), ep);
+        }
+        for v in out.by_label.values_mut() {
+            v.sort();
+            v.dedup();
         }
         out
     }
@@ -226,10 +239,31 @@ impl Endpoints {
     }
 
     /// Endpoints whose effective labels `sel` matches.
-    pub fn selected<'a>(&'a self, sel: &'a Selector) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        self.by_name
-            .values()
-            .filter(move |e| sel.matches(&self.effective[&e.name]))
+    pub fn selected<'a>(
+        &'a self,
+        sel: &'a Selector,
+    ) -> Box<dyn Iterator<Item = &'a Endpoint> + 'a> {
+        let matches = move |e: &&Endpoint| sel.matches(&self.effective[&e.name]);
+        match required_eq(sel.expr()) {
+            Some((k, v)) => {
+                let names = self
+                    .by_label
+                    .get(&(k.to_owned(), v.to_owned()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                Box::new(names.iter().map(|n| &self.by_name[n]).filter(matches))
+            }
+            None => Box::new(self.by_name.values().filter(matches)),
+        }
+    }
+}
+
+/// A `key == value` every match of `e` must satisfy, if there is an obvious one.
+fn required_eq(e: &Expr) -> Option<(&str, &str)> {
+    match e {
+        Expr::Eq(k, v) => Some((k, v)),
+        Expr::And(es) => es.iter().find_map(required_eq),
+        _ => None,
     }
 }
 

@@ -8,21 +8,8 @@ use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket};
 use calinet_policy::nft::{NftCli, render_diff, render_full};
 use serde_json::Value;
 
-fn strip_handles(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("handle");
-            m.values_mut().for_each(strip_handles);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_handles),
-        _ => {}
-    }
-}
-
 fn listing(nft: &NftCli) -> Value {
-    let mut v: Value = serde_json::from_str(&nft.list_json().unwrap()).unwrap();
-    strip_handles(&mut v);
-    v
+    common::normalized_listing(nft)
 }
 
 fn assert_same(a: &NftCli, b: &NftCli, what: &str) {

@@ -62,9 +62,9 @@ fn diffs_apply_and_converge_to_the_full_state() {
     );
     nft.apply(&script)
         .unwrap_or_else(|e| panic!("{e}\n{script}"));
-    let incremental = nft.list_table("calinet").unwrap();
+    let incremental = common::normalized_listing(&nft);
     nft.apply(&render_full(&after)).unwrap();
-    assert_eq!(incremental, nft.list_table("calinet").unwrap());
+    assert_eq!(incremental, common::normalized_listing(&nft));
 
     // A policy change and a removed endpoint: chains change, still one script.
     let mut m2 = common::model();
@@ -76,9 +76,9 @@ fn diffs_apply_and_converge_to_the_full_state() {
     let script = render_diff("calinet", &d);
     nft.apply(&script)
         .unwrap_or_else(|e| panic!("{e}\n{script}"));
-    let incremental = nft.list_table("calinet").unwrap();
+    let incremental = common::normalized_listing(&nft);
     nft.apply(&render_full(&next)).unwrap();
-    assert_eq!(incremental, nft.list_table("calinet").unwrap());
+    assert_eq!(incremental, common::normalized_listing(&nft));
 }
 
 #[test]

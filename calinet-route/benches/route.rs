@@ -32,6 +32,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// CPU time (user + system) of `who` (`RUSAGE_THREAD` or `RUSAGE_CHILDREN`): on a
+/// shared, loaded machine this is the fairer comparison, wall time is also shown.
+fn cpu(who: i32) -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8)
 }
@@ -66,6 +76,7 @@ fn main() {
         }
     }
     let ip_batch = |path: &std::path::Path| {
+        let c = cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         let out = std::process::Command::new("ip")
             .args(["-n", ns.name(), "-batch"])
@@ -78,7 +89,7 @@ fn main() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        d
+        (d, cpu(libc::RUSAGE_CHILDREN) - c)
     };
     let count_routes = || {
         ns.ip(&["-4", "route", "show", "proto", "80"])
@@ -98,58 +109,65 @@ fn main() {
         );
 
         // 1. Install, alternating so both see the same machine state.
-        let mut ip_add = Vec::new();
-        let mut ip_del = Vec::new();
-        let mut cn_add = Vec::new();
-        let mut cn_del = Vec::new();
+        let (mut ip_add, mut ip_del, mut cn_add, mut cn_del) = (vec![], vec![], vec![], vec![]);
+        let (mut ip_add_c, mut ip_del_c, mut cn_add_c, mut cn_del_c) =
+            (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
-            ip_add.push(ip_batch(&add_path));
+            let (w, c) = ip_batch(&add_path);
+            ip_add.push(w);
+            ip_add_c.push(c);
             assert_eq!(count_routes(), ROUTES);
-            ip_del.push(ip_batch(&del_path));
+            let (w, c) = ip_batch(&del_path);
+            ip_del.push(w);
+            ip_del_c.push(c);
             assert_eq!(count_routes(), 0);
 
+            let c = cpu(libc::RUSAGE_THREAD);
             let t = Instant::now();
             let r = rec.reconcile_routes(&desired).await.unwrap();
             cn_add.push(t.elapsed());
+            cn_add_c.push(cpu(libc::RUSAGE_THREAD) - c);
             assert!(r.converged() && r.writes == ROUTES as u64);
             assert_eq!(count_routes(), ROUTES);
+            let c = cpu(libc::RUSAGE_THREAD);
             let t = Instant::now();
             let r = rec.reconcile_routes(&[]).await.unwrap();
             cn_del.push(t.elapsed());
+            cn_del_c.push(cpu(libc::RUSAGE_THREAD) - c);
             assert!(r.converged() && r.writes == ROUTES as u64);
             assert_eq!(count_routes(), 0);
         }
-        let (ia, id, ca, cd) = (
-            median(ip_add),
-            median(ip_del),
-            median(cn_add),
-            median(cn_del),
-        );
-        println!(
-            "install {ROUTES} /32 routes:  ip -batch {}   calinet {}   ratio {:.2}",
-            ms(ia),
-            ms(ca),
-            ca.as_secs_f64() / ia.as_secs_f64()
-        );
-        println!(
-            "delete  {ROUTES} /32 routes:  ip -batch {}   calinet {}   ratio {:.2}",
-            ms(id),
-            ms(cd),
-            cd.as_secs_f64() / id.as_secs_f64()
-        );
+        for (what, ip_w, cn_w, ip_c, cn_c) in [
+            ("install", ip_add, cn_add, ip_add_c, cn_add_c),
+            ("delete ", ip_del, cn_del, ip_del_c, cn_del_c),
+        ] {
+            let (iw, cw, ic, cc) = (median(ip_w), median(cn_w), median(ip_c), median(cn_c));
+            println!(
+                "{what} {ROUTES} /32 routes: wall ip -batch {} calinet {} ratio {:.2} | cpu ip -batch {} calinet {} ratio {:.2}",
+                ms(iw),
+                ms(cw),
+                cw.as_secs_f64() / iw.as_secs_f64(),
+                ms(ic),
+                ms(cc),
+                cc.as_secs_f64() / ic.as_secs_f64()
+            );
+        }
 
         // 2. Converged reconcile of 10,000 routes.
         rec.reconcile_routes(&desired).await.unwrap();
-        let mut conv = Vec::new();
+        let (mut conv, mut conv_c) = (Vec::new(), Vec::new());
         for _ in 0..(RUNS * 2 + 1) {
+            let c = cpu(libc::RUSAGE_THREAD);
             let t = Instant::now();
             let r = rec.reconcile_routes(&desired).await.unwrap();
             conv.push(t.elapsed());
+            conv_c.push(cpu(libc::RUSAGE_THREAD) - c);
             assert_eq!(r.writes, 0, "converged reconcile must not write");
         }
         println!(
-            "reconcile {ROUTES} unchanged routes (dump + diff): median {}   writes 0",
-            ms(median(conv))
+            "reconcile {ROUTES} unchanged routes (dump + diff): median wall {} cpu {}   writes 0",
+            ms(median(conv)),
+            ms(median(conv_c))
         );
 
         // 3. One route changed by hand.
@@ -242,8 +260,8 @@ fn main() {
     const PODS: usize = 15;
     let node = lab.netns("node").unwrap();
     let node_ns = Netns::open(node.path()).unwrap();
-    let mut ours = Vec::new();
-    let mut anchor = Vec::new();
+    let (mut ours, mut ours_c) = (Vec::new(), Vec::new());
+    let (mut anchor, mut anchor_c) = (Vec::new(), Vec::new());
     rt.block_on(async {
         let mut host = Conn::open(&node_ns).await.unwrap();
         for i in 0..PODS {
@@ -255,13 +273,16 @@ fn main() {
             )
             .ipv4(Ipv4Addr::new(172, 16, 101, 1 + i as u8))
             .ipv6(format!("fd00:10:244::{:x}", i + 1).parse().unwrap());
+            let c = cpu(libc::RUSAGE_SELF);
             let t = Instant::now();
             setup_workload(&mut host, &spec, RouteProtocol::CALICO)
                 .await
                 .unwrap();
             ours.push(t.elapsed());
+            ours_c.push(cpu(libc::RUSAGE_SELF) - c);
 
             let apod = lab.pod(&format!("a{i}")).unwrap();
+            let c = cpu(libc::RUSAGE_CHILDREN);
             let t = Instant::now();
             lab.plumb_pod(
                 &node,
@@ -271,13 +292,22 @@ fn main() {
             )
             .unwrap();
             anchor.push(t.elapsed());
+            anchor_c.push(cpu(libc::RUSAGE_CHILDREN) - c);
         }
     });
-    let (o, a) = (median(ours), median(anchor));
+    let (o, a, oc, ac) = (
+        median(ours),
+        median(anchor),
+        median(ours_c),
+        median(anchor_c),
+    );
     println!(
-        "workload setup per pod (veth, MAC, sysctls, addresses, routes; IPv4+IPv6): calinet median {}   ip/sysctl commands (IPv4 only) median {}   ratio {:.2}",
+        "workload setup per pod (veth, MAC, sysctls, addresses, routes; IPv4+IPv6) vs ip/sysctl commands (IPv4 only): wall calinet {} commands {} ratio {:.2} | cpu calinet {} commands {} ratio {:.2}",
         ms(o),
         ms(a),
-        o.as_secs_f64() / a.as_secs_f64()
+        o.as_secs_f64() / a.as_secs_f64(),
+        ms(oc),
+        ms(ac),
+        oc.as_secs_f64() / ac.as_secs_f64()
     );
 }

@@ -137,7 +137,14 @@ impl Inner {
         for op in ops {
             match op {
                 TxnOp::Create { key, value } | TxnOp::Update { key, value, .. } => {
-                    self.map.insert(key.clone(), (value.clone(), rev));
+                    // Reuse the existing key and buffer when updating.
+                    if let Some((v, r)) = self.map.get_mut(key) {
+                        v.clear();
+                        v.extend_from_slice(value);
+                        *r = rev;
+                    } else {
+                        self.map.insert(key.clone(), (value.clone(), rev));
+                    }
                 }
                 TxnOp::Delete { key, .. } => {
                     self.map.remove(key);

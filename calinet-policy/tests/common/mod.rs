@@ -190,3 +190,38 @@ pub fn ruleset(model: &PolicyModel, eps: Vec<Endpoint>) -> Ruleset {
     let eps = Endpoints::new(model, eps);
     compile(model, &eps, &pools(), &Options::default()).unwrap()
 }
+
+/// `nft -j list ruleset` with object handles removed and objects in a canonical
+/// order: sets, maps and chains by name (creation order differs between a full
+/// load and a sequence of diffs), rules kept in their order within each chain.
+pub fn normalized_listing(nft: &calinet_policy::nft::NftCli) -> serde_json::Value {
+    use serde_json::Value;
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_json::from_str(&nft.list_json().unwrap()).unwrap();
+    strip(&mut v);
+    if let Some(items) = v.get_mut("nftables").and_then(Value::as_array_mut) {
+        items.sort_by_key(|item| {
+            let (kind, obj) = item
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .unwrap_or_default();
+            let name = obj
+                .get(if kind == "rule" { "chain" } else { "name" })
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            (kind, name)
+        });
+    }
+    v
+}

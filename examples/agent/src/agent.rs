@@ -23,6 +23,7 @@ use crate::datastore::{
 use crate::error::{Error, Result, chain};
 use crate::metrics::Metrics;
 use crate::plan::{self, Desired, LocalFacts};
+use crate::policy::{self, PolicyPlane};
 use crate::resources::{
     CALICO_API, CalicoNode, Meta, NodeBgp, NodeSpec, NodeStatus, WepPort, WorkloadEndpoint,
     WorkloadEndpointSpec, keys, wep_name,
@@ -106,6 +107,7 @@ struct Agent {
     ipam: Ipam<DynStore>,
     source: Box<dyn ClusterSource>,
     dp: Dataplane,
+    policy: PolicyPlane,
     facts: LocalFacts,
     metrics: Metrics,
     started: u64,
@@ -150,6 +152,7 @@ async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
         source: Box::new(PollingSource::new(store.clone())),
         store,
         dp,
+        policy: PolicyPlane::default(),
         facts,
         metrics,
         started: unix(SystemTime::now()),
@@ -234,7 +237,10 @@ impl Agent {
             view = self.source.snapshot()?;
         }
         let desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
-        let report = self.dp.apply(&desired, full).await?;
+        let mut report = self.dp.apply(&desired, full).await?;
+        let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
+        report.writes += self.policy.apply(&rs, &hash)?;
+        self.metrics.policy_rules.set(rules as i64);
         self.writes_total += report.writes;
         self.metrics.dataplane_writes.inc_by(report.writes);
         if report.writes > 0 {
@@ -258,8 +264,9 @@ impl Agent {
             tracing::info!(nodes = ?desired.waiting_for, "waiting for remote nodes to publish their tunnel address");
         }
         self.last_converged = converged;
-        // Our own writes (WEPs, status) bump revisions; the next tick re-reads.
-        self.last_revision = Some(self.source.snapshot()?.revision);
+        // The revision planned from: anything written since (by us or others)
+        // makes the next tick plan again.
+        self.last_revision = Some(view.revision);
         self.publish_status(&view, Some((&desired, converged)), now)?;
         Ok(true)
     }

@@ -77,6 +77,23 @@ pub struct UpArgs {
     /// Seconds to wait for the cluster to converge.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// The agent binary to run on each node (default: this executable).
+    #[arg(long, hide = true)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// Defaults: vxlan, 172.16.0.0/16 with /24 blocks, state in `state_dir`.
+    pub fn new(mode: Mode, state_dir: PathBuf) -> Self {
+        UpArgs {
+            mode,
+            pool: "172.16.0.0/16".parse().expect("constant"),
+            block_size: 24,
+            state_dir,
+            timeout: 60,
+            agent_bin: None,
+        }
+    }
 }
 
 /// The lab's networking modes.
@@ -178,6 +195,10 @@ pub struct LabState {
     /// Routes taught to the router (BGP stand-in), to remove on mode changes.
     #[serde(default)]
     pub router_routes: Vec<String>,
+    /// The agent binary.
+    pub agent_bin: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
 }
 
 /// Unix seconds now.
@@ -306,12 +327,8 @@ fn apply_text(store: &dyn calinet_ipam::Store, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_agent(state_dir: &Path, datastore: &Path, node: &LabNode) -> Result<LabAgent> {
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        what: "find the agent binary",
-        path: "/proc/self/exe".into(),
-        source,
-    })?;
+fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
+    let (state_dir, datastore, exe) = (&state.state_dir, &state.datastore, &state.agent_bin);
     let log = state_dir.join(format!("agent-{}.log", node.name));
     let file = std::fs::File::create(&log).map_err(|source| Error::Io {
         what: "create the agent log",
@@ -325,7 +342,7 @@ fn spawn_agent(state_dir: &Path, datastore: &Path, node: &LabNode) -> Result<Lab
     })?;
     let child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
-        .arg(&exe)
+        .arg(exe)
         .arg("--datastore")
         .arg(datastore)
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
@@ -434,6 +451,15 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
         mode: args.mode,
         pool: args.pool,
         router_routes: Vec::new(),
+        agent_bin: match &args.agent_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().map_err(|source| Error::Io {
+                what: "find the agent binary",
+                path: "/proc/self/exe".into(),
+                source,
+            })?,
+        },
+        state_dir: args.state_dir.clone(),
     };
     Ok((lab, state))
 }
@@ -449,7 +475,7 @@ fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
     let store = datastore::open(&state.datastore, None)?;
     apply_text(store.as_ref(), &cluster_yaml(&state, args.block_size))?;
     for n in state.nodes.clone() {
-        let a = spawn_agent(&args.state_dir, &state.datastore, &n)?;
+        let a = spawn_agent(&state, &n)?;
         progress(&format!(
             "agent for {} started in netns {} (pid {}, log {})",
             n.name,
@@ -491,7 +517,11 @@ fn converge(
                     s.converged
                         && s.last_reconcile >= since
                         && s.endpoints == 1
-                        && s.peers.iter().all(|p| !p.path.starts_with("none"))
+                        && s.peers.len() == state.nodes.len() - 1
+                        && s.peers.iter().all(|p| {
+                            let peer = state.nodes.iter().find(|m| m.name == p.node);
+                            peer.is_some_and(|m| path_matches(state.mode, n, m, &p.path))
+                        })
                 })
             })
             .map(|n| n.name.as_str())
@@ -513,14 +543,24 @@ fn converge(
             return Ok(());
         }
         if t0.elapsed() > timeout {
+            let mut detail = String::new();
+            for n in state
+                .nodes
+                .iter()
+                .filter(|n| !ready.contains(&n.name.as_str()))
+            {
+                let status = view.statuses.get(&n.name).map(|(s, _)| s);
+                let _ = writeln!(detail, "  {}: status {status:?}", n.name);
+                if let Some(a) = state.agents.iter().find(|a| a.node == n.name) {
+                    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(4).collect();
+                    for l in tail.into_iter().rev() {
+                        let _ = writeln!(detail, "    log: {l}");
+                    }
+                }
+            }
             return Err(Error::Lab(format!(
-                "not converged after {timeout:?}: only {ready:?}; see the agent logs {}",
-                state
-                    .agents
-                    .iter()
-                    .map(|a| a.log.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                "not converged after {timeout:?}: only {ready:?} are.\n{detail}"
             )));
         }
         for a in &state.agents {
@@ -535,6 +575,19 @@ fn converge(
             }
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether an agent's reported path from `a` to `b` is what `mode` asks for.
+fn path_matches(mode: Mode, a: &LabNode, b: &LabNode, path: &str) -> bool {
+    let lan1 = testlab::seed::LAN1;
+    let same_subnet = lan1.contains(&a.addr) == lan1.contains(&b.addr);
+    match mode {
+        Mode::Vxlan => path == "vxlan",
+        Mode::Crosssubnet => path == if same_subnet { "direct" } else { "vxlan" },
+        Mode::Direct => path == "direct",
+        Mode::Wireguard => path.starts_with("wireguard"),
+        Mode::Ipip => path == "ipip",
     }
 }
 
@@ -914,48 +967,161 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
     Ok(state)
 }
 
+/// A lab built by this process. Dropping it stops the agents and removes the
+/// namespaces and the state directory (unless [`RunningLab::keep`] was called).
+#[derive(Debug)]
+pub struct RunningLab {
+    lab: Option<testlab::Lab>,
+    /// The lab's state (also in its state file).
+    pub state: LabState,
+}
+
+impl RunningLab {
+    /// Builds the cluster, starts the agents, waits for convergence.
+    pub fn up(args: &UpArgs) -> Result<RunningLab> {
+        let (lab, state) = build(args)?;
+        save_state(&args.state_dir, &state)?;
+        let mut running = RunningLab {
+            lab: Some(lab),
+            state,
+        };
+        match start(args, running.state.clone()) {
+            Ok(s) => running.state = s,
+            Err(e) => {
+                // Agents started before the failure are in the state file.
+                if let Ok(s) = load_state(&args.state_dir) {
+                    running.state.agents = s.agents;
+                }
+                return Err(e);
+            }
+        }
+        Ok(running)
+    }
+
+    /// What the lab prints, with probes.
+    pub fn report(&self) -> Result<LabReport> {
+        report(&self.state)
+    }
+
+    /// Switches the mode and waits for the agents to re-converge.
+    pub fn switch_mode(&mut self, mode: Mode) -> Result<()> {
+        self.state = switch_mode(&self.state.state_dir, mode)?;
+        Ok(())
+    }
+
+    /// Stops the agent of `node` (SIGTERM) and starts a new one.
+    pub fn restart_agent(&mut self, node: &str) -> Result<()> {
+        let i = self
+            .state
+            .agents
+            .iter()
+            .position(|a| a.node == node)
+            .ok_or_else(|| Error::Lab(format!("no agent for node {node}")))?;
+        stop_agent(&self.state.agents[i]);
+        let n = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
+        self.state.agents[i] = spawn_agent(&self.state, &n)?;
+        save_state(&self.state.state_dir, &self.state)
+    }
+
+    /// The Prometheus text of `node`'s agent.
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let n = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
+        agent_metrics(&n.netns)
+    }
+
+    /// Leaves everything running for `lab down`.
+    pub fn keep(mut self) -> LabState {
+        if let Some(lab) = self.lab.take() {
+            std::mem::forget(lab);
+        }
+        let state = self.state.clone();
+        std::mem::forget(self);
+        state
+    }
+}
+
+impl Drop for RunningLab {
+    fn drop(&mut self) {
+        for a in &self.state.agents {
+            stop_agent(a);
+        }
+        drop(self.lab.take());
+        let _ = std::fs::remove_dir_all(&self.state.state_dir);
+    }
+}
+
+/// Reads the metrics of the agent in namespace `netns` (port 9091 there).
+pub fn agent_metrics(netns: &str) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let path = Path::new("/run/netns").join(netns);
+    let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+        what: "open namespace",
+        path: path.clone(),
+        source,
+    })?;
+    let handle = std::thread::spawn(move || -> std::io::Result<String> {
+        // SAFETY: setns on an open namespace fd, for this short-lived thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::metrics::DEFAULT_PORT));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(out))
+    });
+    handle
+        .join()
+        .map_err(|_| Error::Lab("metrics reader panicked".into()))?
+        .map_err(|source| Error::Io {
+            what: "read metrics of the agent in",
+            path,
+            source,
+        })
+}
+
 /// Runs a lab command.
 pub fn execute(c: &LabCommand, _cli: &Cli) -> Result<i32> {
     match c {
         LabCommand::Up(args) => {
-            let (lab, state) = build(args)?;
-            save_state(&args.state_dir, &state)?;
-            let state = match start(args, state) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = down(&args.state_dir);
-                    drop(lab);
-                    return Err(e);
-                }
-            };
-            // The namespaces must outlive this process: `lab down` removes them.
-            std::mem::forget(lab);
-            let r = report(&state)?;
+            let lab = RunningLab::up(args)?;
+            let r = lab.report()?;
+            // The namespaces and agents outlive this process: `lab down` removes them.
+            let state = lab.keep();
             print!("{}", r.text);
             println!(
-                "\nlab is up (mode {}); state in {}. `calinet-agent lab mode MODE`, `lab status`, `lab down`.",
+                "\nlab is up (mode {}); state in {}. Next: `calinet-agent lab mode MODE`, `lab status`, `lab down`.",
                 state.mode,
                 state_file(&args.state_dir).display()
             );
             Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
         }
         LabCommand::Run(args) => {
-            let (lab, state) = build(args)?;
-            save_state(&args.state_dir, &state)?;
-            let result = start(args, state.clone()).and_then(|s| report(&s).map(|r| (s, r)));
-            if let Ok((_, r)) = &result {
+            let lab = RunningLab::up(args)?;
+            let r = lab.report();
+            if let Ok(r) = &r {
                 print!("{}", r.text);
             }
-            let agents = load_state(&args.state_dir)
-                .map(|s| s.agents)
-                .unwrap_or_default();
             progress("tearing the lab down");
-            for a in &agents {
-                stop_agent(a);
-            }
             drop(lab);
-            let _ = std::fs::remove_dir_all(&args.state_dir);
-            let (_, r) = result?;
+            let r = r?;
             Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
         }
         LabCommand::Mode { mode, state_dir } => {
@@ -970,11 +1136,16 @@ pub fn execute(c: &LabCommand, _cli: &Cli) -> Result<i32> {
             println!("lab mode {}; agents:", state.mode);
             for a in &state.agents {
                 let alive = Path::new(&format!("/proc/{}", a.pid)).exists();
+                let node = state.nodes.iter().find(|n| n.name == a.node);
+                let writes = node
+                    .and_then(|n| agent_metrics(&n.netns).ok())
+                    .and_then(|m| crate::metrics::sample(&m, "calinet_dataplane_writes_total"));
                 println!(
-                    "  {} pid {} {} (log {})",
+                    "  {} pid {} {} (dataplane writes {}, log {})",
                     a.node,
                     a.pid,
                     if alive { "running" } else { "NOT running" },
+                    writes.map_or("?".to_owned(), |w| w.to_string()),
                     a.log.display()
                 );
             }

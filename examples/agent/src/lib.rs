@@ -12,6 +12,8 @@
 //! - [`plan`]: pure planning: cluster view + local facts -> desired dataplane.
 //! - [`dataplane`]: applies a plan through calinet-route (and calinet-wg,
 //!   calinet-policy), counting every write.
+//! - [`policy`]: policies, endpoints and natOutgoing compiled by calinet-policy
+//!   into one nftables table.
 //! - [`agent`]: the `run` loop: IPAM, plan, apply, resync, backoff, metrics.
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
 //! - [`lab`]: the seed cluster in namespaces with one agent per node.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod lab;
 pub mod metrics;
 pub mod plan;
+pub mod policy;
 pub mod resources;
 pub mod show;
 

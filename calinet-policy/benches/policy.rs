@@ -1,0 +1,255 @@
+//! calinet-policy benchmarks (run as root; the apply benchmarks use a lab netns):
+//!
+//! 1. compile 1,000 policies over 5,000 local endpoints;
+//! 2. apply the full result through the netlink batch vs `nft -f` of the
+//!    equivalent script (same namespace, same ruleset, same run);
+//! 3. add one endpoint to the loaded ruleset: compile + diff time, netlink apply
+//!    time and message count, vs `nft -f` of the equivalent diff script.
+//!
+//! `cargo bench -p calinet-policy --bench policy`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use calinet_policy::compile::{Options, Pool, compile};
+use calinet_policy::ir::Ruleset;
+use calinet_policy::model::{AnyResource, Profile, parse_yaml};
+use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket, diff_transaction, full_transaction};
+use calinet_policy::nft::{NftCli, render_diff, render_full};
+use calinet_policy::semantics::{Endpoint, Endpoints, NamedPort, PolicyModel};
+
+const POLICIES: usize = 1000;
+const ENDPOINTS: usize = 5000;
+const APPS: usize = 500;
+const NAMESPACES: usize = 50;
+
+fn policies_yaml() -> String {
+    let mut y = String::new();
+    for i in 0..POLICIES {
+        let app = i % APPS;
+        let ns = app % NAMESPACES;
+        y.push_str(&format!(
+            r#"---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: p{i}, namespace: ns{ns}}}
+spec:
+  selector: app == 'app{app}'
+  order: {order}
+  types: [Ingress, Egress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {{selector: app == 'app{src}'}}
+    destination: {{ports: [80, 443, "8000:8100"]}}
+  - action: Allow
+    protocol: TCP
+    source: {{nets: [198.51.{n}.0/24]}}
+    destination: {{ports: [http]}}
+  - action: Deny
+    protocol: UDP
+    destination: {{ports: [53]}}
+  egress:
+  - action: Allow
+    destination: {{namespaceSelector: team == 't{team}'}}
+"#,
+            order = i % 10,
+            src = (app + 1) % APPS,
+            n = i % 250,
+            team = i % 7,
+        ));
+    }
+    y
+}
+
+fn endpoint(i: usize) -> Endpoint {
+    let app = i % APPS;
+    let ns = app % NAMESPACES;
+    Endpoint {
+        name: format!("ns{ns}/pod{i}"),
+        namespace: Some(format!("ns{ns}")),
+        local: true,
+        interface: format!("cali{i:011x}"),
+        addrs: vec![
+            format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap(),
+        ],
+        labels: [("app".to_string(), format!("app{app}"))]
+            .into_iter()
+            .collect(),
+        profiles: vec![format!("kns.ns{ns}")],
+        named_ports: vec![NamedPort {
+            name: "http".into(),
+            protocol: calinet_policy::model::Protocol::TCP,
+            port: 8080,
+        }],
+    }
+}
+
+fn model() -> PolicyModel {
+    let mut res = parse_yaml(&policies_yaml()).unwrap();
+    for ns in 0..NAMESPACES {
+        let labels: BTreeMap<String, String> = [("team".to_string(), format!("t{}", ns % 7))]
+            .into_iter()
+            .collect();
+        res.push(AnyResource::Profile(Profile::for_namespace(
+            &format!("ns{ns}"),
+            &labels,
+        )));
+    }
+    PolicyModel::build(&res).unwrap()
+}
+
+fn pools() -> Vec<Pool> {
+    vec![Pool {
+        cidr: "10.0.0.0/8".parse().unwrap(),
+        nat_outgoing: true,
+    }]
+}
+
+fn build(m: &PolicyModel, n: usize) -> Ruleset {
+    let eps = Endpoints::new(m, (0..n).map(endpoint));
+    compile(m, &eps, &pools(), &Options::default()).unwrap()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    // 1. Compile.
+    let mut t = Vec::new();
+    let mut rs = Ruleset::default();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let m = model();
+        rs = build(&m, ENDPOINTS);
+        t.push(start.elapsed());
+    }
+    let sets: usize = rs.sets.values().map(|s| s.len()).sum();
+    {
+        let start = Instant::now();
+        let y = policies_yaml();
+        let res = parse_yaml(&y).unwrap();
+        let t_parse = start.elapsed();
+        let start = Instant::now();
+        let m = PolicyModel::build(&res).unwrap();
+        let t_model = start.elapsed();
+        let start = Instant::now();
+        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint));
+        let t_eps = start.elapsed();
+        let start = Instant::now();
+        let _ = compile(&m, &eps, &pools(), &Options::default()).unwrap();
+        println!(
+            "  phases: YAML parse {}, model build {}, endpoint labels {}, compile {}",
+            ms(t_parse),
+            ms(t_model),
+            ms(t_eps),
+            ms(start.elapsed())
+        );
+    }
+    println!(
+        "compile {POLICIES} policies x {ENDPOINTS} endpoints (parse YAML + build model + compile): median {} ({} chains, {} rules, {} sets, {} set elements)",
+        ms(median(t)),
+        rs.chains.len(),
+        rs.rule_count(),
+        rs.sets.len(),
+        sets
+    );
+
+    if !testlab::skip::is_root() {
+        println!("SKIPPED: apply benchmarks need root (network namespaces)");
+        return;
+    }
+    let lab = testlab::Lab::new("policy_bench").unwrap();
+    let ns = lab.netns("bench").unwrap();
+    let nft = NftCli {
+        netns: Some(ns.name().to_owned()),
+    };
+    let sock = NetlinkSocket::open_in(&ns.path()).unwrap();
+
+    // 2. Full apply: netlink vs nft -f, alternating, same namespace.
+    let script = render_full(&rs);
+    let mut t_nl = Vec::new();
+    let mut t_nft = Vec::new();
+    let mut messages = 0;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let tx = full_transaction(&rs).unwrap();
+        let built = start.elapsed();
+        sock.send(&tx).unwrap();
+        t_nl.push(start.elapsed());
+        println!(
+            "  netlink: build {} + send/ack {}",
+            ms(built),
+            ms(start.elapsed() - built)
+        );
+        messages = tx.messages;
+        let start = Instant::now();
+        nft.apply(&script).unwrap();
+        t_nft.push(start.elapsed());
+    }
+    let (nl, nf) = (median(t_nl), median(t_nft));
+    println!(
+        "full apply: netlink median {} ({messages} messages), nft -f median {} ({} script lines); nft/netlink = {:.1}x",
+        ms(nl),
+        ms(nf),
+        script.lines().count(),
+        nf.as_secs_f64() / nl.as_secs_f64()
+    );
+
+    // 3. One more endpoint, like existing ones (same labels as pod 0).
+    let m = model();
+    let mut t_compile = Vec::new();
+    let mut t_send = Vec::new();
+    let mut t_nft_diff = Vec::new();
+    let mut msgs = 0;
+    let mut touched = false;
+    for round in 0..5 {
+        sock.send(&full_transaction(&rs).unwrap()).unwrap();
+        let mut extra = endpoint(0);
+        extra.name = format!("ns0/extra{round}");
+        extra.interface = format!("caliextra{round}");
+        extra.addrs = vec!["10.200.0.1".parse().unwrap()];
+        let start = Instant::now();
+        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra]));
+        let next = compile(&m, &eps, &pools(), &Options::default()).unwrap();
+        let d = rs.diff(&next);
+        t_compile.push(start.elapsed());
+        let start = Instant::now();
+        let tx = diff_transaction(&rs.table, &d).unwrap();
+        sock.send(&tx).unwrap();
+        t_send.push(start.elapsed());
+        msgs = tx.messages;
+        touched = d.touches_rules();
+        // Anchor: the same change as an nft script, from the same starting state.
+        sock.send(&full_transaction(&rs).unwrap()).unwrap();
+        let diff_script = render_diff(&rs.table, &d);
+        let start = Instant::now();
+        nft.apply(&diff_script).unwrap();
+        t_nft_diff.push(start.elapsed());
+    }
+    println!(
+        "add one endpoint: recompile + diff median {}; netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
+        ms(median(t_compile)),
+        ms(median(t_send)),
+        ms(median(t_nft_diff)),
+    );
+    // The stateful backend (diff against what it installed, then send) end to end.
+    let mut backend = NetlinkBackend::new(NetlinkSocket::open_in(&ns.path()).unwrap());
+    backend.apply(&rs).unwrap();
+    let next = build(&m, ENDPOINTS + 1);
+    let start = Instant::now();
+    let st = backend.apply(&next).unwrap();
+    println!(
+        "  NetlinkBackend::apply of that update (diff + send + bookkeeping): {} ({} messages)",
+        ms(start.elapsed()),
+        st.messages
+    );
+}

@@ -190,3 +190,107 @@ fn etcdctl_reads_calico_layout_written_by_the_allocator() -> testlab::Result<()>
     assert_eq!(p["spec"]["cidr"], "172.16.0.0/16");
     Ok(())
 }
+
+/// A loopback TCP proxy in front of etcd that can swallow etcd's answers
+/// (requests still get through), to lose the answer of a write in flight.
+struct AnswerEater {
+    port: u16,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AnswerEater {
+    fn start(target: std::net::SocketAddr) -> AnswerEater {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let swallow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sw = swallow.clone();
+        // Threads end when the test process ends or the sockets close.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream, eat: Option<_>| {
+                    std::thread::spawn(move || {
+                        let eat: Option<std::sync::Arc<std::sync::atomic::AtomicBool>> = eat;
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if eat.as_ref().is_some_and(|e| e.load(Ordering::SeqCst)) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(client, server, None);
+                pipe(s2, c2, Some(sw.clone()));
+            }
+        });
+        AnswerEater { port, swallow }
+    }
+}
+
+/// A write whose answer is lost is reported as retryable with an unknown
+/// outcome, not repeated blindly: here it was in fact applied, and a blind
+/// retry of the compare-and-swap would have failed with a confusing conflict.
+#[test]
+fn etcd_lost_answer_to_a_write_is_not_retried_blindly() -> testlab::Result<()> {
+    use std::sync::atomic::Ordering;
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = testlab::Lab::new("etcd_lost_answer")?;
+    let etcd = lab.etcd()?;
+    let proxy = AnswerEater::start(etcd.client_addr());
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let s = EtcdStore::connect(
+        EtcdConfig::new([endpoint.as_str()])
+            .with_timeouts(Duration::from_secs(1), Duration::from_secs(1))
+            .with_retry(RetryPolicy {
+                attempts: 3,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+            }),
+    )
+    .expect("connect");
+    let key = "/calico/ipam/v2/handle/lost";
+    let r1 = s.create(key, b"1").expect("create through the proxy");
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let e = s
+        .update(key, b"2", r1)
+        .expect_err("the answer is swallowed");
+    proxy.swallow.store(false, Ordering::SeqCst);
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    let src = std::error::Error::source(&e).expect("source");
+    let etcd_err = src
+        .downcast_ref::<calinet_ipam::EtcdError>()
+        .expect("an EtcdError");
+    assert!(etcd_err.outcome_unknown(), "{etcd_err}");
+    assert!(
+        matches!(
+            etcd_err,
+            calinet_ipam::EtcdError::Endpoint { attempts: 1, .. }
+        ),
+        "a write with a lost answer must not be sent again: {etcd_err:?}"
+    );
+    assert!(etcd_err.to_string().contains(&endpoint), "{etcd_err}");
+    // The broken connection was dropped; the next call reconnects and shows
+    // that the update did happen, exactly once.
+    let kv = s.get(key).expect("get after reconnect").expect("present");
+    assert_eq!(kv.value, b"2");
+    assert!(kv.mod_revision > r1);
+    Ok(())
+}

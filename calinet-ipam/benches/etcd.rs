@@ -16,8 +16,8 @@ use calinet_ipam::{
     NodeName, SqliteStore, Store,
 };
 
-const PER_ROUND: usize = 200;
-const ROUNDS: usize = 5;
+const PER_ROUND: usize = 300;
+const ROUNDS: usize = 9;
 
 struct Round {
     per_sec: f64,
@@ -121,9 +121,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cs.push(cas_per_sec(sqlite_store.inner(), "/bench/cas"));
     }
     let show = |name: &str, r: &[Round]| {
-        let per_sec = median(r.iter().map(|x| x.per_sec).collect());
+        let rates: Vec<f64> = r.iter().map(|x| x.per_sec).collect();
+        let per_sec = median(rates.clone());
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
         println!(
-            "{name:<28} {per_sec:>10.0} AutoAssign/s   {:.2} round trips/AutoAssign ({:.2} reads, {:.2} writes)",
+            "{name:<28} {per_sec:>7.0} AutoAssign/s (rounds {lo:.0}..{hi:.0})   {:.2} round trips/AutoAssign ({:.2} reads, {:.2} writes)",
             median(r.iter().map(|x| x.trips_per_assign).collect()),
             median(r.iter().map(|x| x.reads).collect()),
             median(r.iter().map(|x| x.writes).collect()),

@@ -35,7 +35,8 @@
 //!
 //! Each endpoint has its own client, so every error names the endpoint and the
 //! key. A request that fails because no connection could be made (nothing was
-//! sent) is retried on the next endpoint after a backoff
+//! sent), and a read that fails in any transient way (connection lost,
+//! timeout, leader change), is retried on the next endpoint after a backoff
 //! ([`RetryPolicy`]); when the attempts are used up the call returns
 //! [`StoreError::Unavailable`], the typed retryable error, with an
 //! [`EtcdError`] naming the endpoint. A write whose request was sent but whose

@@ -45,7 +45,7 @@ struct History {
 }
 
 /// Events kept for watchers when no capacity is given.
-const DEFAULT_HISTORY: usize = 10_000;
+const DEFAULT_HISTORY: usize = 2_000;
 
 impl MemStore {
     /// An empty store at revision 0.

@@ -123,8 +123,10 @@ impl SqliteStore {
         })
     }
 
-    /// Revisions of watch history kept by default.
-    pub const DEFAULT_WATCH_HISTORY: Revision = 10_000;
+    /// Revisions of watch history kept by default: a watcher more than this
+    /// far behind re-lists. (A /26 block's JSON is a few KiB, so this bounds
+    /// the history to a few MiB of the file.)
+    pub const DEFAULT_WATCH_HISTORY: Revision = 1_000;
 
     /// Keep the last `revisions` revisions of watch history (pruning happens
     /// on writes of this handle; other processes prune with their own setting).

@@ -254,13 +254,20 @@ impl Block {
     /// serialising [`Block::to_model`]). Written by hand because it is on
     /// every allocation's path; strings go through serde_json for escaping.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(192 + self.allocs.len() * 7);
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    /// [`Block::to_json`] appending to a caller's buffer (reused across writes).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.reserve(192 + self.allocs.len() * 7);
         let mut attrs: Vec<&Allocation> = Vec::new();
         out.extend_from_slice(b"{\"cidr\":");
-        json_str(&mut out, &self.cidr_text);
+        json_str(out, &self.cidr_text);
         out.extend_from_slice(b",\"affinity\":");
         match &self.affinity {
-            Some(a) => json_str(&mut out, a),
+            Some(a) => json_str(out, a),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(if self.strict_affinity {
@@ -290,7 +297,7 @@ impl Block {
                             attrs.push(a);
                             attrs.len() - 1
                         });
-                    json_u64(&mut out, idx as u64);
+                    json_u64(out, idx as u64);
                     i += 1;
                 }
             }
@@ -316,14 +323,14 @@ impl Block {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, &AttrRef(a)).expect("attributes serialise");
+            serde_json::to_writer(&mut *out, &AttrRef(a)).expect("attributes serialise");
         }
         out.extend_from_slice(if self.deleted {
             b"],\"deleted\":true,\"sequenceNumber\":"
         } else {
             b"],\"deleted\":false,\"sequenceNumber\":"
         });
-        json_u64(&mut out, self.sequence_number);
+        json_u64(out, self.sequence_number);
         out.extend_from_slice(b",\"sequenceNumberForAllocation\":{");
         let mut first = true;
         for (i, a) in self.allocs.iter().enumerate() {
@@ -333,9 +340,9 @@ impl Block {
                 }
                 first = false;
                 out.push(b'"');
-                json_u64(&mut out, i as u64);
+                json_u64(out, i as u64);
                 out.extend_from_slice(b"\":");
-                json_u64(&mut out, q);
+                json_u64(out, q);
             }
         }
         out.push(b'}');
@@ -346,20 +353,19 @@ impl Block {
                     out.push(b',');
                 }
                 out.push(b'"');
-                json_u64(&mut out, u64::from(*o));
+                json_u64(out, u64::from(*o));
                 out.extend_from_slice(b"\":");
-                json_u64(&mut out, *t);
+                json_u64(out, *t);
             }
             out.push(b'}');
         }
         for (k, v) in &self.extra {
             out.push(b',');
-            json_str(&mut out, k);
+            json_str(out, k);
             out.push(b':');
-            serde_json::to_writer(&mut out, v).expect("JSON value serialises");
+            serde_json::to_writer(&mut *out, v).expect("JSON value serialises");
         }
         out.push(b'}');
-        out
     }
 
     /// The block CIDR.
@@ -587,9 +593,12 @@ impl Block {
 
     /// Release every ordinal of a handle; returns them.
     pub fn release_handle(&mut self, handle: &str, now: u64, cooldown: u64) -> Vec<u32> {
-        let ords = self.ordinals_of(handle);
-        for &o in &ords {
-            self.release(o, now, cooldown);
+        let mut ords = Vec::new();
+        for o in 0..self.allocs.len() {
+            if self.allocs[o].as_ref().and_then(|a| a.handle.as_deref()) == Some(handle) {
+                self.release(o as u32, now, cooldown);
+                ords.push(o as u32);
+            }
         }
         ords
     }
@@ -607,6 +616,16 @@ null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,
 
 /// Write `n` (< 100000) in decimal into `buf`; returns the length.
 fn small_u32(buf: &mut [u8], n: u32) -> usize {
+    // Ordinals of /26 blocks are below 100: one or two bytes, no division loop.
+    if n < 10 {
+        buf[0] = b'0' + n as u8;
+        return 1;
+    }
+    if n < 100 {
+        buf[0] = b'0' + (n / 10) as u8;
+        buf[1] = b'0' + (n % 10) as u8;
+        return 2;
+    }
     let digits = match n {
         0..=9 => 1,
         10..=99 => 2,

@@ -57,14 +57,23 @@
 //!   and then returned as [`Error::Conflict`].
 //! - **Round trips.** The allocator keeps, per node, the list of its confirmed
 //!   affine blocks and each block with its revision, and the handles it
-//!   wrote. The cache is never trusted for correctness: the transaction's
-//!   revision check validates it, and a conflict drops and re-reads the
-//!   entries involved. In the steady state (a node whose affine block has
-//!   room) AutoAssign is **one** round trip (the transaction), and releasing a
-//!   handle this allocator assigned is one more. Calico needs at least four
-//!   (read affinities, read block, write block, write handle). New handles
-//!   are created optimistically (no read first); if the handle exists the
-//!   transaction fails and the retry reads it.
+//!   wrote. The cache is never trusted for correctness: a write's revision
+//!   check validates what it was based on, and a conflict drops and re-reads
+//!   the entries involved. Answers that no write confirms ("address in use",
+//!   "already free", "no such handle", "handle mismatch") are re-read from
+//!   the store before they are given, and a cached handle *absence* is never
+//!   kept. In the steady state (a node whose affine block has room) AutoAssign
+//!   is **one** round trip (the transaction), and releasing a handle this
+//!   allocator assigned is one more; [`CountingStore`] measures it (see
+//!   BENCHMARKS.md). Calico needs at least four (read affinities, read block,
+//!   write block, write handle). New handles are created optimistically (no
+//!   read first); if the handle exists the transaction fails and the retry
+//!   reads it. A handle's count for a block only changes in a transaction that
+//!   also writes that block, so the block's revision check also covers
+//!   handle reads.
+//! - **Several allocators** (threads with their own [`Ipam`], processes on one
+//!   [`SqliteStore`] file) may share a store; one [`Ipam`] serialises its own
+//!   callers with a mutex around its cache.
 //! - **Pools, IPAMConfiguration and IPReservations** are read together and
 //!   cached for [`IpamOptions::config_ttl`] (10 s) or until [`Ipam::refresh`];
 //!   Calico reads pools on every request. Writes through [`Ipam::put_pool`]
@@ -84,6 +93,15 @@
 //!   [`Error::Exhausted`] returned (Calico returns the partial result).
 //! - `maxBlocksPerHost: 0` means the default cap of 20 blocks per node and
 //!   family; `>0` requires `strictAffinity` (validated).
+//! - **The datastore trait** ([`Store`]) is synchronous and shaped after etcd
+//!   v3 (mod revisions, create = "create revision is 0", CAS on mod revision,
+//!   multi-key `Txn`); [`conformance::run_all`] is the suite every backend
+//!   must pass. Keys and values are Calico's etcd v3 layout ([`keys`]); the
+//!   affinity value is the v3 `BlockAffinitySpec` (`deleted` as a string,
+//!   both forms accepted), which older Calico readers decode as well.
+//! - **Testing helpers** (feature `proptest`): module `proptest_support` exports
+//!   the op strategies, the reference-model runner and
+//!   `proptest_support::check_invariants` for downstream stores.
 //! - Garbage collection is explicit: [`Ipam::release_empty_affinities`] (two
 //!   observations, never a node's last block) and [`Ipam::release_leaked`]
 //!   (allocations of handles the caller says are dead).

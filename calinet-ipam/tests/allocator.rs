@@ -699,3 +699,114 @@ fn stale_caches_in_two_allocators_never_duplicate() {
     assert_eq!(all.len(), 16);
     assert!(check(&*store, None).expect("check").is_clean());
 }
+
+#[test]
+fn specific_assignment_respects_strict_affinity_and_windows_reservations() {
+    let opts = IpamOptions {
+        windows_reserved: true,
+        ..Default::default()
+    };
+    let ipam = ipam_with(&[pool("p", "10.0.0.0/24", 28)], Some(strict(2)), opts);
+    let got = v4(&ipam, "a", "n1", 1, t(0)).expect("n1 claims a block");
+    let blk = ipnet::IpNet::new(got[0], 28).expect("net").trunc();
+    // Another node may not take an address from n1's block under strict affinity.
+    let inside = match blk.network() {
+        IpAddr::V4(n) => IpAddr::V4((u32::from(n) + 9).into()),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    match ipam.assign_ip(inside, &h("b"), &BTreeMap::new(), &node("n2"), t(0)) {
+        Err(Error::StrictAffinity { owner, .. }) => assert_eq!(owner, "host:n1"),
+        other => panic!("expected StrictAffinity, got {other:?}"),
+    }
+    // The block's first address is Windows-reserved.
+    match ipam.assign_ip(blk.network(), &h("c"), &BTreeMap::new(), &node("n1"), t(0)) {
+        Err(Error::AddressReserved { addr }) => assert_eq!(addr, blk.network()),
+        other => panic!("expected AddressReserved, got {other:?}"),
+    }
+    assert_clean(&ipam);
+}
+
+#[test]
+fn pool_cidr_and_block_size_are_immutable_and_overlaps_rejected() {
+    let ipam = ipam_with(
+        &[pool("p", "10.0.0.0/24", 26)],
+        None,
+        IpamOptions::default(),
+    );
+    let mut changed = pool("p", "10.0.0.0/24", 27);
+    assert!(
+        matches!(ipam.put_pool(&changed), Err(Error::InvalidPool { rule, .. }) if rule.contains("immutable"))
+    );
+    changed.spec.block_size = Some(26);
+    changed.spec.nat_outgoing = Some(true);
+    ipam.put_pool(&changed).expect("other fields may change");
+    assert!(matches!(
+        ipam.put_pool(&pool("q", "10.0.0.128/25", 26)),
+        Err(Error::OverlappingPools { .. })
+    ));
+    let bad_cfg = IpamConfigSpec {
+        max_blocks_per_host: 4,
+        ..Default::default()
+    };
+    assert!(matches!(
+        ipam.put_config(&bad_cfg),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(
+        ipam.store().get(keys::IPAM_CONFIG).expect("get").is_none(),
+        "invalid config was written"
+    );
+}
+
+#[test]
+fn store_keys_and_values_follow_calicos_layout() {
+    let ipam = ipam_with(
+        &[pool("default-ipv4-ippool", "10.0.0.0/24", 26)],
+        None,
+        IpamOptions::default(),
+    );
+    let ip = v4(&ipam, "k8s-pod-network.abc", "node-a", 1, t(0)).expect("assign")[0];
+    let keys: Vec<String> = ipam
+        .store()
+        .list("/calico/")
+        .expect("list")
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    let block = ipnet::IpNet::new(ip, 26).expect("net").trunc();
+    let bk = format!("{}-26", block.network());
+    assert_eq!(
+        keys,
+        vec![
+            format!("/calico/ipam/v2/assignment/ipv4/block/{bk}"),
+            "/calico/ipam/v2/handle/k8s-pod-network.abc".to_string(),
+            format!("/calico/ipam/v2/host/node-a/ipv4/block/{bk}"),
+            "/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool".to_string(),
+        ]
+    );
+    let blk: calinet_ipam::IpamBlock = serde_json::from_slice(
+        &ipam
+            .store()
+            .get(&keys[0])
+            .expect("get")
+            .expect("block")
+            .value,
+    )
+    .expect("IPAMBlock JSON");
+    assert_eq!(blk.affinity.as_deref(), Some("host:node-a"));
+    assert_eq!(blk.allocations.iter().flatten().count(), 1);
+    let aff: calinet_ipam::BlockAffinity =
+        serde_json::from_slice(&ipam.store().get(&keys[2]).expect("get").expect("aff").value)
+            .expect("affinity JSON");
+    assert_eq!(aff.state, calinet_ipam::AffinityState::Confirmed);
+    let hd: calinet_ipam::IpamHandle = serde_json::from_slice(
+        &ipam
+            .store()
+            .get(&keys[1])
+            .expect("get")
+            .expect("handle")
+            .value,
+    )
+    .expect("handle JSON");
+    assert_eq!(hd.block.get(&block.to_string()), Some(&1));
+}

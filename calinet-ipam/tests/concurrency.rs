@@ -1,6 +1,5 @@
 //! Concurrency and crash safety on one SQLite file: 4 threads, 4 processes,
 //! and processes SIGKILLed mid-allocation.
-#![cfg(feature = "sqlite")]
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;

@@ -1,6 +1,5 @@
 //! Model-based property test: random assign / release / claim / borrow / GC
 //! sequences across nodes, pools and two allocators, against a reference model.
-#![cfg(feature = "proptest")]
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use calinet_policy::compile::{Options, Pool, compile};
+use calinet_policy::compile::{Incremental, Options, Pool, compile};
 use calinet_policy::ir::Ruleset;
 use calinet_policy::model::{AnyResource, Profile, parse_yaml};
 use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket, diff_transaction, full_transaction};
@@ -113,6 +113,16 @@ fn build(m: &PolicyModel, n: usize) -> Ruleset {
     compile(m, &eps, &pools(), &Options::default()).unwrap()
 }
 
+/// CPU time (user + system) of this thread or of waited-for children; the
+/// machine is shared and loaded, so CPU time is the steadier comparison.
+fn cpu(who: i32) -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -178,35 +188,52 @@ fn main() {
     let script = render_full(&rs);
     let mut t_nl = Vec::new();
     let mut t_nft = Vec::new();
+    let mut c_nl = Vec::new();
+    let mut c_nft = Vec::new();
     let mut messages = 0;
     for _ in 0..5 {
-        let start = Instant::now();
+        let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_THREAD));
         let tx = full_transaction(&rs).unwrap();
         let built = start.elapsed();
         sock.send(&tx).unwrap();
         t_nl.push(start.elapsed());
+        c_nl.push(cpu(libc::RUSAGE_THREAD) - c0);
         println!(
             "  netlink: build {} + send/ack {}",
             ms(built),
             ms(start.elapsed() - built)
         );
         messages = tx.messages;
-        let start = Instant::now();
+        let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_CHILDREN));
         nft.apply(&script).unwrap();
         t_nft.push(start.elapsed());
+        c_nft.push(cpu(libc::RUSAGE_CHILDREN) - c0);
     }
     let (nl, nf) = (median(t_nl), median(t_nft));
+    let (cnl, cnf) = (median(c_nl), median(c_nft));
     println!(
-        "full apply: netlink median {} ({messages} messages), nft -f median {} ({} script lines); nft/netlink = {:.1}x",
+        "full apply: netlink median {} wall / {} CPU ({messages} messages), nft -f median {} wall / {} CPU ({} script lines); nft/netlink = {:.1}x wall, {:.1}x CPU",
         ms(nl),
+        ms(cnl),
         ms(nf),
+        ms(cnf),
         script.lines().count(),
-        nf.as_secs_f64() / nl.as_secs_f64()
+        nf.as_secs_f64() / nl.as_secs_f64(),
+        cnf.as_secs_f64() / cnl.as_secs_f64()
     );
 
     // 3. One more endpoint, like existing ones (same labels as pod 0).
     let m = model();
-    let mut t_compile = Vec::new();
+    let mut inc = Incremental::new(
+        m.clone(),
+        (0..ENDPOINTS).map(endpoint),
+        pools(),
+        Options::default(),
+    )
+    .unwrap();
+    let mut t_full = Vec::new();
+    let mut t_inc = Vec::new();
+    let mut t_diff = Vec::new();
     let mut t_send = Vec::new();
     let mut t_nft_diff = Vec::new();
     let mut msgs = 0;
@@ -217,11 +244,19 @@ fn main() {
         extra.name = format!("ns0/extra{round}");
         extra.interface = format!("caliextra{round}");
         extra.addrs = vec!["10.200.0.1".parse().unwrap()];
+        // Full recompile, for comparison.
         let start = Instant::now();
-        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra]));
-        let next = compile(&m, &eps, &pools(), &Options::default()).unwrap();
-        let d = rs.diff(&next);
-        t_compile.push(start.elapsed());
+        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra.clone()]));
+        let full = compile(&m, &eps, &pools(), &Options::default()).unwrap();
+        t_full.push(start.elapsed());
+        // Incremental: one endpoint against the existing sets and policies.
+        let start = Instant::now();
+        inc.upsert_endpoint(extra.clone()).unwrap();
+        t_inc.push(start.elapsed());
+        assert_eq!(inc.ruleset(), &full, "incremental equals full compile");
+        let start = Instant::now();
+        let d = rs.diff(inc.ruleset());
+        t_diff.push(start.elapsed());
         let start = Instant::now();
         let tx = diff_transaction(&rs.table, &d).unwrap();
         sock.send(&tx).unwrap();
@@ -234,10 +269,13 @@ fn main() {
         let start = Instant::now();
         nft.apply(&diff_script).unwrap();
         t_nft_diff.push(start.elapsed());
+        inc.remove_endpoint(&extra.name);
     }
     println!(
-        "add one endpoint: recompile + diff median {}; netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
-        ms(median(t_compile)),
+        "add one endpoint: incremental compile median {} (full recompile {}), diff {}, netlink transaction build + send median {} ({msgs} messages, rules touched: {touched}); nft -f of the same diff median {}",
+        ms(median(t_inc)),
+        ms(median(t_full)),
+        ms(median(t_diff)),
         ms(median(t_send)),
         ms(median(t_nft_diff)),
     );

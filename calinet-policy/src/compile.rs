@@ -83,6 +83,18 @@ struct Compiler<'a> {
     // endpoint name -> (tier index, policy index) of every policy selecting it,
     // in evaluation order.
     applies: BTreeMap<&'a str, Vec<(usize, usize)>>,
+    // What each endpoint-derived set is made of, so an incremental update can
+    // patch it for one endpoint.
+    sources: BTreeMap<String, SetSource>,
+}
+
+/// What an endpoint-derived set holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SetSource {
+    /// Addresses of the endpoints a selector matches.
+    Selector(Selector, Family),
+    /// `address . protocol . port` of named ports of the endpoints a selector matches.
+    NamedPorts(Selector, Vec<String>, Family),
 }
 
 /// Compiles the model for the endpoints of this node.
@@ -92,6 +104,18 @@ pub fn compile(
     pools: &[Pool],
     opts: &Options,
 ) -> Result<Ruleset, Error> {
+    compile_with_sources(model, eps, pools, opts).map(|(rs, _)| rs)
+}
+
+fn check_interfaces(eps: &Endpoints, opts: &Options) -> Result<(), Error> {
+    let p = &opts.workload_prefix;
+    if p.is_empty() || p.len() > 14 || !p.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        return Err(Error::Invalid {
+            resource: "compiler options".into(),
+            field: "workload_prefix".into(),
+            reason: format!("{p:?} is not 1 to 14 printable bytes of an interface name"),
+        });
+    }
     let mut seen_if = BTreeMap::new();
     for ep in eps.by_name.values().filter(|e| e.local) {
         check_interface(ep, opts)?;
@@ -105,6 +129,16 @@ pub fn compile(
             });
         }
     }
+    Ok(())
+}
+
+fn compile_with_sources(
+    model: &PolicyModel,
+    eps: &Endpoints,
+    pools: &[Pool],
+    opts: &Options,
+) -> Result<(Ruleset, BTreeMap<String, SetSource>), Error> {
+    check_interfaces(eps, opts)?;
     let mut c = Compiler {
         model,
         eps,
@@ -114,6 +148,7 @@ pub fn compile(
             ..Ruleset::default()
         },
         applies: BTreeMap::new(),
+        sources: BTreeMap::new(),
     };
     // Evaluate each policy's selector once (through the label index) instead of
     // every policy against every endpoint.
@@ -139,7 +174,233 @@ pub fn compile(
     c.rs.sets.insert("fw-dispatch".into(), SetElems::IfGoto(fw));
     c.rs.sets.insert("tw-dispatch".into(), SetElems::IfGoto(tw));
     c.nat(pools);
-    Ok(c.rs)
+    Ok((c.rs, c.sources))
+}
+
+/// A compiled ruleset kept current endpoint by endpoint: adding or removing an
+/// endpoint evaluates the existing selector sets and the policies against that
+/// one endpoint (work proportional to the change, not to the cluster), and the
+/// result is always equal to a full [`compile`] of the same state.
+///
+/// Endpoint addresses are assumed unique across endpoints.
+#[derive(Debug)]
+pub struct Incremental {
+    model: PolicyModel,
+    pools: Vec<Pool>,
+    opts: Options,
+    eps: Endpoints,
+    rs: Ruleset,
+    sources: BTreeMap<String, SetSource>,
+}
+
+impl Incremental {
+    /// Compiles the initial state.
+    pub fn new(
+        model: PolicyModel,
+        endpoints: impl IntoIterator<Item = Endpoint>,
+        pools: Vec<Pool>,
+        opts: Options,
+    ) -> Result<Self, Error> {
+        let eps = Endpoints::new(&model, endpoints);
+        let (rs, sources) = compile_with_sources(&model, &eps, &pools, &opts)?;
+        Ok(Incremental {
+            model,
+            pools,
+            opts,
+            eps,
+            rs,
+            sources,
+        })
+    }
+
+    /// The current ruleset.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.rs
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.eps
+    }
+
+    /// The pools the ruleset was compiled with.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// Adds an endpoint, or replaces the one with the same name.
+    pub fn upsert_endpoint(&mut self, ep: Endpoint) -> Result<(), Error> {
+        if ep.local {
+            check_interface(&ep, &self.opts)?;
+            if let Some(other) = self
+                .eps
+                .by_name
+                .values()
+                .find(|o| o.local && o.name != ep.name && o.interface == ep.interface)
+            {
+                return Err(Error::Endpoint {
+                    endpoint: ep.name.clone(),
+                    reason: format!(
+                        "interface {} is also used by endpoint {}",
+                        ep.interface, other.name
+                    ),
+                });
+            }
+        }
+        if self.eps.by_name.contains_key(&ep.name) {
+            self.remove_endpoint(&ep.name);
+        }
+        self.eps.upsert(&self.model, ep.clone());
+        let labels = self.eps.labels(&ep.name).cloned().unwrap_or_default();
+        for (name, src) in &self.sources {
+            let Some(set) = self.rs.sets.get_mut(name) else {
+                continue;
+            };
+            match src {
+                SetSource::Selector(sel, _) if sel.matches(&labels) => {
+                    for a in &ep.addrs {
+                        insert_addr(set, *a);
+                    }
+                }
+                SetSource::NamedPorts(sel, names, _) if sel.matches(&labels) => {
+                    for np in ep.named_ports.iter().filter(|np| names.contains(&np.name)) {
+                        for a in &ep.addrs {
+                            insert_named(set, *a, np.protocol.0, np.port);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !ep.local {
+            return Ok(());
+        }
+        let mut applies = Vec::new();
+        for (ti, tier) in self.model.tiers.iter().enumerate() {
+            for (pi, p) in tier.policies.iter().enumerate() {
+                if p.applies_to.matches(&labels) {
+                    applies.push((ti, pi));
+                }
+            }
+        }
+        let mut c = Compiler {
+            model: &self.model,
+            eps: &self.eps,
+            opts: &self.opts,
+            rs: std::mem::take(&mut self.rs),
+            applies: [(ep.name.as_str(), applies)].into_iter().collect(),
+            sources: std::mem::take(&mut self.sources),
+        };
+        let fw = c.signature_chain(&ep, Direction::Egress);
+        let tw = c.signature_chain(&ep, Direction::Ingress);
+        for (map, chain) in [("fw-dispatch", fw), ("tw-dispatch", tw)] {
+            if let Some(SetElems::IfGoto(m)) = c.rs.sets.get_mut(map) {
+                m.insert(ep.interface.clone(), chain);
+            }
+        }
+        self.rs = c.rs;
+        self.sources = c.sources;
+        Ok(())
+    }
+
+    /// Removes an endpoint (no-op when unknown); chains and sets nothing uses
+    /// any more are dropped.
+    pub fn remove_endpoint(&mut self, name: &str) {
+        let Some(ep) = self.eps.remove(name) else {
+            return;
+        };
+        for set_name in self.sources.keys() {
+            if let Some(set) = self.rs.sets.get_mut(set_name) {
+                for a in &ep.addrs {
+                    remove_addr(set, *a);
+                }
+            }
+        }
+        if ep.local {
+            for map in ["fw-dispatch", "tw-dispatch"] {
+                if let Some(SetElems::IfGoto(m)) = self.rs.sets.get_mut(map) {
+                    m.remove(&ep.interface);
+                }
+            }
+        }
+        self.gc();
+    }
+
+    /// Drops chains no base chain reaches and sets no remaining rule uses.
+    fn gc(&mut self) {
+        let mut reach: std::collections::BTreeSet<String> = self
+            .rs
+            .chains
+            .iter()
+            .filter(|(_, c)| c.base.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut todo: Vec<String> = reach.iter().cloned().collect();
+        let mut used_sets = std::collections::BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            let Some(chain) = self.rs.chains.get(&name) else {
+                continue;
+            };
+            for r in &chain.rules {
+                let mut next = Vec::new();
+                if let Stmt::Jump(t) = &r.stmt {
+                    next.push(t.clone());
+                }
+                for s in crate::ir::rule_sets(r) {
+                    used_sets.insert(s.clone());
+                    if let Some(SetElems::IfGoto(m)) = self.rs.sets.get(s) {
+                        next.extend(m.values().cloned());
+                    }
+                }
+                for n in next {
+                    if reach.insert(n.clone()) {
+                        todo.push(n);
+                    }
+                }
+            }
+        }
+        self.rs.chains.retain(|n, _| reach.contains(n));
+        self.rs.sets.retain(|n, _| used_sets.contains(n));
+        self.sources.retain(|n, _| used_sets.contains(n));
+    }
+}
+
+fn insert_addr(set: &mut SetElems, a: IpAddr) {
+    match (set, a) {
+        (SetElems::Addr4(s), IpAddr::V4(a)) => {
+            s.insert(a);
+        }
+        (SetElems::Addr6(s), IpAddr::V6(a)) => {
+            s.insert(a);
+        }
+        _ => {}
+    }
+}
+
+fn insert_named(set: &mut SetElems, a: IpAddr, proto: u8, port: u16) {
+    match (set, a) {
+        (SetElems::AddrProtoPort4(s), IpAddr::V4(a)) => {
+            s.insert((a, proto, port));
+        }
+        (SetElems::AddrProtoPort6(s), IpAddr::V6(a)) => {
+            s.insert((a, proto, port));
+        }
+        _ => {}
+    }
+}
+
+fn remove_addr(set: &mut SetElems, a: IpAddr) {
+    match (set, a) {
+        (SetElems::Addr4(s), IpAddr::V4(a)) => {
+            s.remove(&a);
+        }
+        (SetElems::Addr6(s), IpAddr::V6(a)) => {
+            s.remove(&a);
+        }
+        (SetElems::AddrProtoPort4(s), IpAddr::V4(a)) => s.retain(|(x, _, _)| *x != a),
+        (SetElems::AddrProtoPort6(s), IpAddr::V6(a)) => s.retain(|(x, _, _)| *x != a),
+        _ => {}
+    }
 }
 
 fn check_interface(ep: &Endpoint, opts: &Options) -> Result<(), Error> {
@@ -443,6 +704,8 @@ impl Compiler<'_> {
                 ),
             };
             self.rs.sets.insert(name.clone(), elems);
+            self.sources
+                .insert(name.clone(), SetSource::Selector(sel.clone(), fam));
         }
         name
     }
@@ -502,6 +765,10 @@ impl Compiler<'_> {
                 Family::V6 => SetElems::AddrProtoPort6(v6),
             };
             self.rs.sets.insert(name.clone(), elems);
+            self.sources.insert(
+                name.clone(),
+                SetSource::NamedPorts(sel.clone(), names.to_vec(), fam),
+            );
         }
         name
     }

@@ -75,72 +75,87 @@ fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
-/// An nftnl expression built attribute by attribute through `nftnl-sys`.
-struct RawExpr {
+/// An nftnl expression built attribute by attribute through `nftnl-sys`. Kept
+/// on the stack (fixed arrays, borrowed names): a full load builds ~100,000 of
+/// them, and heap churn was most of the build time.
+struct RawExpr<'a> {
     name: &'static CStr,
-    u32s: Vec<(u16, u32)>,
-    data: Vec<(u16, Vec<u8>)>,
-    strs: Vec<(u16, CString)>,
+    u32s: [(u16, u32); 6],
+    n_u32: usize,
+    data: [(u16, [u8; 16], usize); 2],
+    n_data: usize,
+    text: Option<(u16, &'a str)>,
 }
 
-impl RawExpr {
+impl<'a> RawExpr<'a> {
     fn new(name: &'static CStr) -> Self {
         RawExpr {
             name,
-            u32s: Vec::new(),
-            data: Vec::new(),
-            strs: Vec::new(),
+            u32s: [(0, 0); 6],
+            n_u32: 0,
+            data: [(0, [0; 16], 0); 2],
+            n_data: 0,
+            text: None,
         }
     }
     fn u32(mut self, attr: u32, v: u32) -> Self {
-        self.u32s.push((attr as u16, v));
+        self.u32s[self.n_u32] = (attr as u16, v);
+        self.n_u32 += 1;
         self
     }
-    fn data(mut self, attr: u32, v: Vec<u8>) -> Self {
-        self.data.push((attr as u16, v));
+    fn data(mut self, attr: u32, v: &[u8]) -> Self {
+        let n = v.len().min(16);
+        let mut buf = [0u8; 16];
+        buf[..n].copy_from_slice(&v[..n]);
+        self.data[self.n_data] = (attr as u16, buf, n);
+        self.n_data += 1;
         self
     }
-    fn str(mut self, attr: u32, v: &str) -> Self {
-        self.strs.push((attr as u16, cstring(v)));
+    fn str(mut self, attr: u32, v: &'a str) -> Self {
+        self.text = Some((attr as u16, v));
         self
     }
 }
 
-impl Expression for RawExpr {
+impl Expression for RawExpr<'_> {
     fn to_expr(&self, _rule: &nftnl::Rule<'_>) -> NonNull<sys::nftnl_expr> {
         // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked);
-        // the setters copy the data they are given.
+        // the setters copy the data they are given (strings are NUL-terminated
+        // in a local buffer first).
         unsafe {
             let Some(e) = NonNull::new(sys::nftnl_expr_alloc(self.name.as_ptr())) else {
                 std::process::abort();
             };
-            for (a, v) in &self.u32s {
+            for (a, v) in &self.u32s[..self.n_u32] {
                 sys::nftnl_expr_set_u32(e.as_ptr(), *a, *v);
             }
-            for (a, v) in &self.data {
-                sys::nftnl_expr_set(e.as_ptr(), *a, v.as_ptr().cast::<c_void>(), v.len() as u32);
+            for (a, v, n) in &self.data[..self.n_data] {
+                sys::nftnl_expr_set(e.as_ptr(), *a, v.as_ptr().cast::<c_void>(), *n as u32);
             }
-            for (a, v) in &self.strs {
-                sys::nftnl_expr_set_str(e.as_ptr(), *a, v.as_ptr());
+            if let Some((a, text)) = self.text {
+                let mut buf = [0u8; 256];
+                let n = text.len().min(255);
+                buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+                sys::nftnl_expr_set(e.as_ptr(), a, buf.as_ptr().cast::<c_void>(), n as u32 + 1);
             }
             e
         }
     }
 }
 
-fn meta(key: u32, dreg: u32) -> RawExpr {
+fn meta(key: u32, dreg: u32) -> RawExpr<'static> {
     RawExpr::new(c"meta")
         .u32(sys::NFTNL_EXPR_META_KEY, key)
         .u32(sys::NFTNL_EXPR_META_DREG, dreg)
 }
 
-fn meta_set(key: u32, sreg: u32) -> RawExpr {
+fn meta_set(key: u32, sreg: u32) -> RawExpr<'static> {
     RawExpr::new(c"meta")
         .u32(sys::NFTNL_EXPR_META_KEY, key)
         .u32(sys::NFTNL_EXPR_META_SREG, sreg)
 }
 
-fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> RawExpr {
+fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> RawExpr<'static> {
     RawExpr::new(c"payload")
         .u32(sys::NFTNL_EXPR_PAYLOAD_DREG, dreg)
         .u32(sys::NFTNL_EXPR_PAYLOAD_BASE, base)
@@ -148,23 +163,23 @@ fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> RawExpr {
         .u32(sys::NFTNL_EXPR_PAYLOAD_LEN, len)
 }
 
-fn cmp(op: u32, data: Vec<u8>) -> RawExpr {
+fn cmp(op: u32, data: &[u8]) -> RawExpr<'static> {
     RawExpr::new(c"cmp")
         .u32(sys::NFTNL_EXPR_CMP_SREG, REG_1)
         .u32(sys::NFTNL_EXPR_CMP_OP, op)
         .data(sys::NFTNL_EXPR_CMP_DATA, data)
 }
 
-fn bitwise(mask: u32, xor: u32) -> RawExpr {
+fn bitwise(mask: u32, xor: u32) -> RawExpr<'static> {
     RawExpr::new(c"bitwise")
         .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG_1)
         .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG_1)
         .u32(sys::NFTNL_EXPR_BITWISE_LEN, 4)
-        .data(sys::NFTNL_EXPR_BITWISE_MASK, mask.to_ne_bytes().to_vec())
-        .data(sys::NFTNL_EXPR_BITWISE_XOR, xor.to_ne_bytes().to_vec())
+        .data(sys::NFTNL_EXPR_BITWISE_MASK, &mask.to_ne_bytes())
+        .data(sys::NFTNL_EXPR_BITWISE_XOR, &xor.to_ne_bytes())
 }
 
-fn lookup(set: &str, invert: bool) -> RawExpr {
+fn lookup(set: &str, invert: bool) -> RawExpr<'_> {
     let mut e = RawExpr::new(c"lookup")
         .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG_1)
         .str(sys::NFTNL_EXPR_LOOKUP_SET, set);
@@ -174,7 +189,7 @@ fn lookup(set: &str, invert: bool) -> RawExpr {
     e
 }
 
-fn verdict(code: i32, chain: Option<&str>) -> RawExpr {
+fn verdict(code: i32, chain: Option<&str>) -> RawExpr<'_> {
     let mut e = RawExpr::new(c"immediate")
         .u32(sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT)
         .u32(sys::NFTNL_EXPR_IMM_VERDICT, code as u32);
@@ -205,7 +220,7 @@ fn port_offset(side: Side) -> u32 {
 }
 
 /// The expressions of one IR rule, in the order nft emits them.
-fn rule_exprs(r: &IrRule) -> Vec<RawExpr> {
+fn rule_exprs(r: &IrRule) -> Vec<RawExpr<'_>> {
     let mut v = Vec::new();
     for m in &r.matches {
         match m {
@@ -215,11 +230,11 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr> {
                     Family::V4 => libc::NFPROTO_IPV4 as u8,
                     Family::V6 => libc::NFPROTO_IPV6 as u8,
                 };
-                v.push(cmp(NFT_CMP_EQ, vec![proto]));
+                v.push(cmp(NFT_CMP_EQ, &[proto]));
             }
             Match::L4Proto { proto, negate } => {
                 v.push(meta(NFT_META_L4PROTO, REG_1));
-                v.push(cmp(op(*negate), vec![*proto]));
+                v.push(cmp(op(*negate), &[*proto]));
             }
             Match::IfPrefix { dir, prefix } => {
                 let key = if *dir == IfDir::In {
@@ -228,7 +243,7 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr> {
                     NFT_META_OIFNAME
                 };
                 v.push(meta(key, REG_1));
-                v.push(cmp(NFT_CMP_EQ, prefix.as_bytes().to_vec()));
+                v.push(cmp(NFT_CMP_EQ, prefix.as_bytes()));
             }
             Match::Addr {
                 side,
@@ -277,17 +292,17 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr> {
             } => match code {
                 None => {
                     v.push(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1, REG_1));
-                    v.push(cmp(op(*negate), vec![*icmp_type]));
+                    v.push(cmp(op(*negate), &[*icmp_type]));
                 }
                 Some(c) => {
                     v.push(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2, REG_1));
-                    v.push(cmp(op(*negate), vec![*icmp_type, *c]));
+                    v.push(cmp(op(*negate), &[*icmp_type, *c]));
                 }
             },
             Match::MarkAny(mask) => {
                 v.push(meta(NFT_META_MARK, REG_1));
                 v.push(bitwise(*mask, 0));
-                v.push(cmp(NFT_CMP_NEQ, 0u32.to_ne_bytes().to_vec()));
+                v.push(cmp(NFT_CMP_NEQ, &0u32.to_ne_bytes()));
             }
             Match::CtState(bits) => {
                 v.push(
@@ -296,7 +311,7 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr> {
                         .u32(sys::NFTNL_EXPR_CT_KEY, NFT_CT_STATE),
                 );
                 v.push(bitwise(*bits, 0));
-                v.push(cmp(NFT_CMP_NEQ, 0u32.to_ne_bytes().to_vec()));
+                v.push(cmp(NFT_CMP_NEQ, &0u32.to_ne_bytes()));
             }
         }
     }

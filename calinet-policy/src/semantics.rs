@@ -233,6 +233,37 @@ impl Endpoints {
         out
     }
 
+    /// Adds or replaces one endpoint (labels from `model`'s profiles).
+    pub fn upsert(&mut self, model: &PolicyModel, ep: Endpoint) {
+        self.remove(&ep.name);
+        let eff = model.effective_labels(&ep);
+        for (k, v) in &eff {
+            let names = self.by_label.entry((k.clone(), v.clone())).or_default();
+            if let Err(i) = names.binary_search(&ep.name) {
+                names.insert(i, ep.name.clone());
+            }
+        }
+        self.effective.insert(ep.name.clone(), eff);
+        self.by_name.insert(ep.name.clone(), ep);
+    }
+
+    /// Removes one endpoint.
+    pub fn remove(&mut self, name: &str) -> Option<Endpoint> {
+        let ep = self.by_name.remove(name)?;
+        if let Some(eff) = self.effective.remove(name) {
+            for (k, v) in eff {
+                let key = (k, v);
+                if let Some(names) = self.by_label.get_mut(&key) {
+                    names.retain(|n| n != name);
+                    if names.is_empty() {
+                        self.by_label.remove(&key);
+                    }
+                }
+            }
+        }
+        Some(ep)
+    }
+
     /// The effective labels of an endpoint.
     pub fn labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
         self.effective.get(name)

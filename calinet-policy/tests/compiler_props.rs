@@ -38,3 +38,63 @@ proptest! {
         }
     }
 }
+
+#[derive(Clone, Debug)]
+enum EpOp {
+    Upsert(usize),
+    Remove(usize),
+    Relabel(usize, std::collections::BTreeMap<String, String>),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Updating endpoint by endpoint gives exactly what a full compile of the same
+    /// state gives, after every step.
+    #[test]
+    fn incremental_updates_equal_full_compile(
+        res in s::resources(),
+        pool in s::endpoints(),
+        initial in prop::collection::vec(any::<bool>(), 5),
+        ops in prop::collection::vec(prop_oneof![
+            (0..5usize).prop_map(EpOp::Upsert),
+            (0..5usize).prop_map(EpOp::Remove),
+            (0..5usize, s::labels()).prop_map(|(i, l)| EpOp::Relabel(i, l)),
+        ], 1..8),
+    ) {
+        use calinet_policy::compile::Incremental;
+        let model = PolicyModel::build(&res).unwrap();
+        let pools = vec![Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
+        let opts = Options::default();
+        let mut current: std::collections::BTreeMap<String, calinet_policy::semantics::Endpoint> = pool
+            .iter()
+            .zip(&initial)
+            .filter(|(_, on)| **on)
+            .map(|(e, _)| (e.name.clone(), e.clone()))
+            .collect();
+        let mut inc = Incremental::new(model.clone(), current.values().cloned(), pools.clone(), opts.clone()).unwrap();
+        for op in ops {
+            match op {
+                EpOp::Upsert(i) | EpOp::Relabel(i, _) if i >= pool.len() => continue,
+                EpOp::Remove(i) if i >= pool.len() => continue,
+                EpOp::Upsert(i) => {
+                    current.insert(pool[i].name.clone(), pool[i].clone());
+                    inc.upsert_endpoint(pool[i].clone()).unwrap();
+                }
+                EpOp::Relabel(i, labels) => {
+                    let mut e = pool[i].clone();
+                    e.labels = labels;
+                    current.insert(e.name.clone(), e.clone());
+                    inc.upsert_endpoint(e).unwrap();
+                }
+                EpOp::Remove(i) => {
+                    current.remove(&pool[i].name);
+                    inc.remove_endpoint(&pool[i].name);
+                }
+            }
+            let eps = Endpoints::new(&model, current.values().cloned());
+            let full = compile(&model, &eps, &pools, &opts).unwrap();
+            prop_assert_eq!(inc.ruleset(), &full);
+        }
+    }
+}

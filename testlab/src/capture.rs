@@ -78,6 +78,13 @@ impl Capture {
             "-nn",
             "-l",
             "--immediate-mode",
+            // Headers are all a test asserts on; a small snapshot and a large
+            // buffer keep bursts of parallel probes from being dropped (with
+            // the default 256 KiB snapshots a burst of ~8 frames filled it).
+            "-s",
+            "512",
+            "-B",
+            "8192",
             filter,
         ];
         let command = crate::cmd::render("ip", &args);

@@ -28,6 +28,7 @@ use crate::resources::{
     CALICO_API, CalicoNode, Meta, NodeBgp, NodeSpec, NodeStatus, WepPort, WorkloadEndpoint,
     WorkloadEndpointSpec, keys, wep_name,
 };
+use crate::wireguard::{self, WgOptions, WgPlane};
 
 /// Options of `run`.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Stop after this many successful reconciles (tests; `None`: run forever).
     pub max_reconciles: Option<u64>,
+    /// WireGuard device name and key file.
+    pub wireguard: WgOptions,
 }
 
 /// Exponential backoff for datastore retries, time passed in.
@@ -108,6 +111,7 @@ struct Agent {
     source: Box<dyn ClusterSource>,
     dp: Dataplane,
     policy: PolicyPlane,
+    wg: WgPlane,
     facts: LocalFacts,
     metrics: Metrics,
     started: u64,
@@ -153,6 +157,7 @@ async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
         store,
         dp,
         policy: PolicyPlane::default(),
+        wg: WgPlane::new(opts.wireguard.clone()),
         facts,
         metrics,
         started: unix(SystemTime::now()),
@@ -236,8 +241,10 @@ impl Agent {
         if ipam_wrote {
             view = self.source.snapshot()?;
         }
-        let desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
+        let mut desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
+        let wg = self.wireguard_before(&view, &mut desired).await?;
         let mut report = self.dp.apply(&desired, full).await?;
+        report.writes += self.wireguard_after(wg, report.pending).await?;
         let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
         report.writes += self.policy.apply(&rs, &hash)?;
         self.metrics.policy_rules.set(rules as i64);
@@ -269,6 +276,79 @@ impl Agent {
         self.last_revision = Some(view.revision);
         self.publish_status(&view, Some((&desired, converged)), now)?;
         Ok(true)
+    }
+
+    /// WireGuard before the routes: device, MTU, and the table-1 routes added
+    /// to the plan. Returns the device to sync after the routes, with the
+    /// writes made so far.
+    async fn wireguard_before(
+        &mut self,
+        view: &ClusterView,
+        desired: &mut Desired,
+    ) -> Result<Option<(calinet_wg::Computed, calinet_wg::DeviceSettings, u64)>> {
+        let settings = wireguard::settings(self.wg.options())?;
+        let ifname = self.wg.options().ifname.clone();
+        if !view.wireguard_enabled(&self.node) {
+            let mut writes = 0;
+            if self.dp.link_exists(&ifname).await? {
+                if self.wg.rule(&settings, false)? {
+                    writes += 1;
+                }
+                self.dp.delete_link(&ifname).await?;
+                self.wg.stopped();
+                writes += 1;
+                tracing::info!(%ifname, "WireGuard disabled: device removed");
+            }
+            self.metrics.wireguard_peers.set(0);
+            self.metrics.dataplane_writes.inc_by(writes);
+            self.writes_total += writes;
+            return Ok(None);
+        }
+        let mut writes = 0;
+        let exists = self.dp.link_exists(&ifname).await?;
+        if self.wg.ensure_device(exists)? {
+            writes += 1;
+        }
+        let mtu = calinet_wg::routing::device_mtu(self.facts.mtu, calinet_wg::Family::V4);
+        if self.dp.ensure_link_up(&ifname, mtu).await? == Some(true) {
+            writes += 1;
+        }
+        let key = self.wg.key()?.clone();
+        let (computed, routes) = wireguard::compute(view, &self.node, &key, &settings)?;
+        for p in &mut desired.peers {
+            p.path = if computed
+                .peer_nodes
+                .iter()
+                .any(|(n, _)| n.as_str() == p.node)
+            {
+                format!("wireguard (underlying {})", p.path)
+            } else {
+                format!("{} (no WireGuard peer yet)", p.path)
+            };
+        }
+        desired.routes.extend(routes);
+        desired.routes.sort_by_key(|r| (r.table, r.destination));
+        Ok(Some((computed, settings, writes)))
+    }
+
+    /// WireGuard after the routes: peers as a delta, then the fwmark rule
+    /// once nothing is pending. Returns the writes.
+    async fn wireguard_after(
+        &mut self,
+        wg: Option<(calinet_wg::Computed, calinet_wg::DeviceSettings, u64)>,
+        pending: usize,
+    ) -> Result<u64> {
+        let Some((computed, settings, mut writes)) = wg else {
+            return Ok(0);
+        };
+        writes += self.wg.sync(&computed)?;
+        if pending == 0 && self.wg.rule(&settings, true)? {
+            writes += 1;
+        }
+        self.metrics
+            .wireguard_peers
+            .set(computed.device.peers.len() as i64);
+        Ok(writes)
     }
 
     fn update_ipam_metrics(&self, view: &ClusterView) {
@@ -395,6 +475,11 @@ impl Agent {
             wanted_node.spec.vxlan_tunnel_mac_addr = None;
             tracing::info!("released the VXLAN tunnel address: no pool uses VXLAN");
         }
+        wanted_node.status.wireguard_public_key = if view.wireguard_enabled(&self.node) {
+            Some(self.wg.key()?.public_key().to_base64())
+        } else {
+            None
+        };
         if wanted_node != node_res {
             let key = format!("{}{}", keys::NODES, self.node);
             put_if_changed(

@@ -143,6 +143,17 @@ pub struct RunArgs {
     /// Full resync interval in seconds (Calico: 90).
     #[arg(long, default_value_t = 90)]
     pub resync_secs: u64,
+    /// WireGuard device name (userspace devices share one control-socket
+    /// directory per machine, so nodes on one machine need distinct names).
+    #[arg(long, default_value = calinet_wg::model::DEFAULT_IFNAME_V4)]
+    pub wireguard_ifname: String,
+    /// WireGuard private key file (default: beside the datastore,
+    /// `wireguard-<node>.key`), created 0600.
+    #[arg(long)]
+    pub wireguard_key_file: Option<PathBuf>,
+    /// Fault injection: every datastore operation fails while this file exists.
+    #[arg(long, hide = true)]
+    pub datastore_fault_file: Option<PathBuf>,
 }
 
 fn read_input(file: &str) -> Result<String> {
@@ -296,7 +307,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(r) => {
-            let store = store(&cli)?;
+            let mut store = store(&cli)?;
+            if let Some(marker) = &r.datastore_fault_file {
+                store = std::sync::Arc::new(datastore::FaultStore::new(store, marker.clone()));
+            }
             let metrics =
                 (r.metrics_port != 0).then(|| SocketAddr::new(r.metrics_address, r.metrics_port));
             crate::agent::run(
@@ -308,6 +322,13 @@ pub fn execute(cli: Cli) -> Result<i32> {
                     poll: Duration::from_millis(r.poll_ms),
                     resync: Duration::from_secs(r.resync_secs),
                     max_reconciles: None,
+                    wireguard: crate::wireguard::WgOptions {
+                        ifname: r.wireguard_ifname.clone(),
+                        key_file: r.wireguard_key_file.clone().unwrap_or_else(|| {
+                            cli.datastore
+                                .with_file_name(format!("wireguard-{}.key", r.node))
+                        }),
+                    },
                 },
             )?;
             Ok(0)

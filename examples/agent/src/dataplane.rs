@@ -52,7 +52,10 @@ impl Dataplane {
         let ns = Netns::current()?;
         let backend = NetlinkBackend::open(&ns).await?;
         // Calico's ownership: protocol 80 routes in the main table.
-        let rec = Reconciler::new(backend, Ownership::by_protocol(RouteProtocol::CALICO));
+        // WireGuard's routing table (1) is ours too.
+        let ownership = Ownership::by_protocol(RouteProtocol::CALICO)
+            .tables([calinet_route::MAIN_TABLE, calinet_wg::model::DEFAULT_TABLE]);
+        let rec = Reconciler::new(backend, ownership);
         Ok(Dataplane {
             rec,
             applied: BTreeMap::new(),
@@ -62,6 +65,38 @@ impl Dataplane {
     /// Netlink writes so far.
     pub fn writes(&self) -> u64 {
         self.rec.backend().stats().writes
+    }
+
+    /// Brings a (WireGuard) link up with `mtu`; returns whether it wrote.
+    /// `Ok(None)` when the link does not exist.
+    pub async fn ensure_link_up(&mut self, name: &str, mtu: u32) -> Result<Option<bool>> {
+        let ifname = IfName::new(name)?;
+        let links = self.rec.backend_mut().links().await?;
+        let Some(l) = links.by_name(&ifname) else {
+            return Ok(None);
+        };
+        let change = link::LinkChange {
+            up: (!l.up).then_some(true),
+            mtu: (l.mtu != mtu).then_some(mtu),
+            mac: None,
+        };
+        if change == link::LinkChange::default() {
+            return Ok(Some(false));
+        }
+        let index = l.index;
+        link::set_link(self.rec.backend_mut().conn(), index, &ifname, &change).await?;
+        Ok(Some(true))
+    }
+
+    /// Whether a link exists.
+    pub async fn link_exists(&mut self, name: &str) -> Result<bool> {
+        let links = self.rec.backend_mut().links().await?;
+        Ok(links.by_name(&IfName::new(name)?).is_some())
+    }
+
+    /// Deletes a link if present; returns whether it did.
+    pub async fn delete_link(&mut self, name: &str) -> Result<bool> {
+        Ok(link::delete_link(self.rec.backend_mut().conn(), &IfName::new(name)?).await?)
     }
 
     /// The uplink (default route's device), its MTU and the gateway.

@@ -42,6 +42,60 @@ pub fn open(path: &std::path::Path, etcd_endpoints: Option<&str>) -> Result<DynS
     Ok(Arc::new(calinet_ipam::SqliteStore::open(path)?))
 }
 
+/// A store that fails with [`StoreError::Unavailable`] while a marker file
+/// exists: fault injection for outage tests (`run --datastore-fault-file`),
+/// the stand-in for an etcd outage until the etcd store lands.
+#[derive(Debug)]
+pub struct FaultStore<S> {
+    inner: S,
+    marker: std::path::PathBuf,
+}
+
+impl<S> FaultStore<S> {
+    /// Wraps `inner`; it fails while `marker` exists.
+    pub fn new(inner: S, marker: std::path::PathBuf) -> Self {
+        FaultStore { inner, marker }
+    }
+
+    fn check(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        if self.marker.exists() {
+            return Err(StoreError::Unavailable {
+                op,
+                key: key.to_owned(),
+                source: format!("fault injected ({} exists)", self.marker.display()).into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for FaultStore<S> {
+    fn get(&self, key: &str) -> Result<Option<calinet_ipam::KeyValue>, StoreError> {
+        self.check("get", key)?;
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<calinet_ipam::KeyValue>, StoreError> {
+        self.check("list", prefix)?;
+        self.inner.list(prefix)
+    }
+    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        self.check("create", key)?;
+        self.inner.create(key, value)
+    }
+    fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision, StoreError> {
+        self.check("update", key)?;
+        self.inner.update(key, value, expected)
+    }
+    fn delete(&self, key: &str, expected: Revision) -> Result<(), StoreError> {
+        self.check("delete", key)?;
+        self.inner.delete(key, expected)
+    }
+    fn txn(&self, ops: &[TxnOp]) -> Result<Revision, StoreError> {
+        self.check("txn", ops.first().map_or("", TxnOp::key))?;
+        self.inner.txn(ops)
+    }
+}
+
 /// What `apply` did to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

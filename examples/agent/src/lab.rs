@@ -122,7 +122,7 @@ impl Mode {
     }
 
     fn router_learns_blocks(self) -> bool {
-        matches!(self, Mode::Direct | Mode::Wireguard)
+        matches!(self, Mode::Direct)
     }
 }
 
@@ -313,9 +313,9 @@ pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
     for p in &state.pods {
         let _ = write!(
             y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: web\n\
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: web\n    run: {}\n\
              \x20 annotations:\n    calinet.io/netns: /run/netns/{}\nspec:\n  nodeName: {}\n  containers:\n  - name: web\n    ports:\n    - name: http\n      containerPort: 80\n",
-            p.name, p.netns, p.node
+            p.name, p.name, p.netns, p.node
         );
     }
     y
@@ -346,6 +346,10 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         .arg("--datastore")
         .arg(datastore)
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
+        // wireguard-go's control sockets share /var/run/wireguard machine-wide.
+        .args(["--wireguard-ifname", &wg_ifname(state, node)])
+        .arg("--datastore-fault-file")
+        .arg(fault_file(state, &node.name))
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
@@ -362,6 +366,54 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         pid: child.id(),
         log,
     })
+}
+
+/// While this file exists, the agent of `node` sees a datastore outage.
+pub fn fault_file(state: &LabState, node: &str) -> PathBuf {
+    state.state_dir.join(format!("datastore-outage-{node}"))
+}
+
+/// A WireGuard device name unique on the machine: `wg<pid of the lab>n<i>`.
+fn wg_ifname(state: &LabState, node: &LabNode) -> String {
+    let i = state
+        .nodes
+        .iter()
+        .position(|n| n.name == node.name)
+        .unwrap_or(0);
+    let id: String = state
+        .router
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(9)
+        .collect();
+    format!("wg{id}n{i}")
+}
+
+/// Stops the `wireguard-go -f <ifname>` an agent started (it outlives agent
+/// restarts like a kernel device would). Found by its exact command line.
+fn stop_wireguard_go(ifname: &str) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let want = format!("wireguard-go\0-f\0{ifname}\0");
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline == want.as_bytes() {
+            // SAFETY: signalling the wireguard-go this lab's agent started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && e.path().exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if e.path().exists() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
 /// Sends SIGTERM to an agent (if the pid is still one of ours) and waits.
@@ -586,7 +638,7 @@ fn path_matches(mode: Mode, a: &LabNode, b: &LabNode, path: &str) -> bool {
         Mode::Vxlan => path == "vxlan",
         Mode::Crosssubnet => path == if same_subnet { "direct" } else { "vxlan" },
         Mode::Direct => path == "direct",
-        Mode::Wireguard => path.starts_with("wireguard"),
+        Mode::Wireguard => path == "wireguard (underlying direct)",
         Mode::Ipip => path == "ipip",
     }
 }
@@ -938,6 +990,9 @@ pub fn down(state_dir: &Path) -> Result<()> {
     for a in &state.agents {
         stop_agent(a);
     }
+    for n in &state.nodes {
+        stop_wireguard_go(&wg_ifname(&state, n));
+    }
     for ns in state.namespaces.iter().rev() {
         let _ = testlab::cmd::run("ip", &["netns", "del", ns]);
     }
@@ -1040,6 +1095,88 @@ impl RunningLab {
         agent_metrics(&n.netns)
     }
 
+    /// Applies YAML to the lab's datastore (as `apply -f` does).
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        apply_text(store.as_ref(), yaml)
+    }
+
+    /// Deletes the resources named in YAML (as `delete -f` does).
+    pub fn delete(&self, yaml: &str) -> Result<()> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        for d in crate::resources::parse_documents("<lab>", yaml)? {
+            datastore::delete_if_present(store.as_ref(), &d.resource.key_value().0)?;
+        }
+        Ok(())
+    }
+
+    /// The datastore's current view.
+    pub fn view(&self) -> Result<ClusterView> {
+        let store = datastore::open(&self.state.datastore, None)?;
+        read_view(store.as_ref())
+    }
+
+    /// Adds pod `name` on `node` (a new sandbox namespace and its Pod resource);
+    /// returns the Pod YAML (to delete it later).
+    pub fn add_pod(&mut self, name: &str, node: &str) -> Result<String> {
+        let lab = self
+            .lab
+            .as_ref()
+            .ok_or_else(|| Error::Lab("the lab is no longer owned by this process".into()))?;
+        let ns = lab.pod(&format!("pod-{name}"))?;
+        self.state.namespaces.push(ns.name().to_owned());
+        let pod = LabPod {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            netns: ns.name().to_owned(),
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{run: {name}}}\n  annotations:\n    calinet.io/netns: /run/netns/{}\nspec:\n  nodeName: {node}\n",
+            pod.netns
+        );
+        self.state.pods.push(pod);
+        save_state(&self.state.state_dir, &self.state)?;
+        self.apply(&yaml)?;
+        Ok(yaml)
+    }
+
+    /// Removes a pod added with [`RunningLab::add_pod`] from the datastore and
+    /// from the lab's pod list (its namespace goes with the lab).
+    pub fn remove_pod(&mut self, name: &str, yaml: &str) -> Result<()> {
+        self.delete(yaml)?;
+        self.state.pods.retain(|p| p.name != name);
+        save_state(&self.state.state_dir, &self.state)
+    }
+
+    /// Starts or ends a datastore outage for the agent of `node`.
+    pub fn datastore_outage(&self, node: &str, on: bool) -> Result<()> {
+        let f = fault_file(&self.state, node);
+        let r = if on {
+            std::fs::write(&f, b"outage\n")
+        } else {
+            std::fs::remove_file(&f)
+        };
+        r.map_err(|source| Error::Io {
+            what: "toggle the outage marker",
+            path: f,
+            source,
+        })
+    }
+
+    /// Whether pod `from` gets an answer from pod `to` (one ping, 2 s).
+    pub fn ping_pod(&self, from: &str, to: &str) -> Result<bool> {
+        let view = self.view()?;
+        let src = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.name == from)
+            .ok_or_else(|| Error::Lab(format!("no pod {from}")))?;
+        let addr =
+            pod_addr(&view, to).ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
+        Ok(ping(&src.netns, addr))
+    }
+
     /// Leaves everything running for `lab down`.
     pub fn keep(mut self) -> LabState {
         if let Some(lab) = self.lab.take() {
@@ -1055,6 +1192,9 @@ impl Drop for RunningLab {
     fn drop(&mut self) {
         for a in &self.state.agents {
             stop_agent(a);
+        }
+        for n in &self.state.nodes {
+            stop_wireguard_go(&wg_ifname(&self.state, n));
         }
         drop(self.lab.take());
         let _ = std::fs::remove_dir_all(&self.state.state_dir);

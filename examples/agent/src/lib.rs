@@ -14,6 +14,7 @@
 //!   calinet-policy), counting every write.
 //! - [`policy`]: policies, endpoints and natOutgoing compiled by calinet-policy
 //!   into one nftables table.
+//! - [`wireguard`]: keys, the wireguard-go device, peers and routing.
 //! - [`agent`]: the `run` loop: IPAM, plan, apply, resync, backoff, metrics.
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
 //! - [`lab`]: the seed cluster in namespaces with one agent per node.
@@ -29,5 +30,6 @@ pub mod plan;
 pub mod policy;
 pub mod resources;
 pub mod show;
+pub mod wireguard;
 
 pub use error::{Error, Result};

@@ -212,7 +212,6 @@ pub fn plan(
         });
     }
     routes.sort_by_key(|r| r.destination);
-    let wireguard = view.wireguard_enabled(node);
     let mut peers = Vec::new();
     for (name, (n, _)) in &view.nodes {
         if name == node {
@@ -231,11 +230,8 @@ pub fn plan(
         peers.push(PeerStatus {
             node: name.clone(),
             address: n.ipv4().map(|a| a.addr().to_string()).unwrap_or_default(),
-            path: if wireguard && view.wireguard_enabled(name) {
-                format!("wireguard (underlying {kind})")
-            } else {
-                kind.to_owned()
-            },
+            // The agent marks WireGuard peers once calinet-wg made them.
+            path: kind.to_owned(),
         });
     }
     Ok(Desired {

@@ -620,10 +620,22 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
         }
         (CALICO_API, "Tier" | "NetworkPolicy" | "GlobalNetworkPolicy" | "Profile")
         | ("networking.k8s.io/v1", "NetworkPolicy") => {
-            // Decode through the policy crate (which validates selectors and rules).
-            let text = serde_yaml::to_string(&value)
-                .map_err(|e| origin.err(".", format!("cannot re-encode: {e}")))?;
-            let mut parsed = calinet_policy::model::parse_yaml(&text).map_err(|e| match e {
+            use calinet_policy::model as pm;
+            let r = match (api_version.as_str(), kind.as_str()) {
+                (CALICO_API, "Tier") => AnyResource::Tier(origin.decode::<pm::Tier>(value)?),
+                (CALICO_API, "NetworkPolicy") => {
+                    AnyResource::NetworkPolicy(origin.decode::<pm::NetworkPolicy>(value)?)
+                }
+                (CALICO_API, "GlobalNetworkPolicy") => AnyResource::GlobalNetworkPolicy(
+                    origin.decode::<pm::GlobalNetworkPolicy>(value)?,
+                ),
+                (CALICO_API, "Profile") => {
+                    AnyResource::Profile(origin.decode::<pm::Profile>(value)?)
+                }
+                _ => AnyResource::K8sNetworkPolicy(origin.decode::<pm::K8sNetworkPolicy>(value)?),
+            };
+            // The policy crate's rules (selectors, orders, types, rule fields).
+            pm::validate_resource(&r).map_err(|e| match e {
                 calinet_policy::Error::Invalid {
                     resource,
                     field,
@@ -634,21 +646,9 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
                     field,
                     source,
                 } => origin.err(field, format!("{resource}: selector: {source}")),
-                calinet_policy::Error::Yaml { source, .. } => origin.err(
-                    source
-                        .to_string()
-                        .split(':')
-                        .next()
-                        .unwrap_or(".")
-                        .to_owned(),
-                    source.to_string(),
-                ),
                 other => origin.err(".", crate::error::chain(&other)),
             })?;
-            match parsed.pop() {
-                Some(r) => Resource::Policy(r),
-                None => return Err(origin.err(".", "empty policy document")),
-            }
+            Resource::Policy(r)
         }
         _ => {
             return Err(Error::UnknownKind {

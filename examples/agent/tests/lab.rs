@@ -47,6 +47,108 @@ fn check(lab: &RunningLab, mode: Mode) {
     }
 }
 
+const POLICY: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: w1-only-from-m
+  namespace: default
+spec:
+  podSelector:
+    matchLabels: {run: web-k8s-w1}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {run: web-k8s-m}
+";
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{what}: not within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Kubernetes NetworkPolicy applied to the datastore is compiled and
+/// installed by the agent of the selected pod's node, and removed again.
+fn policy_is_enforced(lab: &RunningLab) {
+    assert!(lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap());
+    lab.apply(POLICY).unwrap();
+    eventually("w2 -> w1 denied by the policy", || {
+        !lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap()
+    });
+    assert!(
+        lab.ping_pod("web-k8s-m", "web-k8s-w1").unwrap(),
+        "m -> w1 allowed"
+    );
+    assert!(
+        lab.ping_pod("web-k8s-w1", "web-k8s-w2").unwrap(),
+        "egress of w1 not limited"
+    );
+    let rules = metric(lab, "k8s-w1", "calinet_policy_rules").unwrap();
+    assert!(rules > 0.0);
+    lab.delete(POLICY).unwrap();
+    eventually("w2 -> w1 allowed again", || {
+        lab.ping_pod("web-k8s-w2", "web-k8s-w1").unwrap()
+    });
+}
+
+/// While its datastore is unreachable an agent keeps the dataplane and
+/// retries with backoff; afterwards it catches up (a pod added meanwhile gets
+/// its address and connectivity), and a deleted pod's address is released.
+fn datastore_outage_keeps_the_dataplane(lab: &mut RunningLab) {
+    let errors = "calinet_errors_total{kind=\"datastore\"}";
+    let writes = metric(lab, "k8s-w1", "calinet_dataplane_writes_total").unwrap();
+    lab.datastore_outage("k8s-w1", true).unwrap();
+    eventually("the agent sees the outage", || {
+        metric(lab, "k8s-w1", errors).unwrap_or(0.0) >= 3.0
+    });
+    assert_eq!(metric(lab, "k8s-w1", "calinet_converged"), Some(0.0));
+    // A pod scheduled to the node during the outage.
+    let yaml = lab.add_pod("late-k8s-w1", "k8s-w1").unwrap();
+    for (from, to) in [("web-k8s-m", "web-k8s-w1"), ("web-k8s-w1", "web-k8s-w0")] {
+        assert!(
+            lab.ping_pod(from, to).unwrap(),
+            "{from} -> {to} during the outage"
+        );
+    }
+    assert_eq!(
+        metric(lab, "k8s-w1", "calinet_dataplane_writes_total"),
+        Some(writes),
+        "nothing written during the outage"
+    );
+    // Backoff: the error count grows slower than the 300 ms poll would.
+    let e1 = metric(lab, "k8s-w1", errors).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let e2 = metric(lab, "k8s-w1", errors).unwrap();
+    assert!(e2 - e1 < 6.0, "retries back off: {e1} -> {e2} in 3 s");
+    lab.datastore_outage("k8s-w1", false).unwrap();
+    eventually("the late pod is reachable", || {
+        lab.ping_pod("web-k8s-m", "late-k8s-w1").unwrap_or(false)
+    });
+    assert_eq!(
+        metric(lab, "k8s-w1", "calinet_workload_endpoints"),
+        Some(2.0)
+    );
+    lab.remove_pod("late-k8s-w1", &yaml).unwrap();
+    eventually("the late pod's endpoint and address are gone", || {
+        let view = lab.view().unwrap();
+        view.weps.len() == 4
+            && calinet_agent::show::ipam_check(&view).1 == 0
+            && calinet_agent::show::ipam_show(
+                &view,
+                Default::default(),
+                calinet_agent::show::Output::Json,
+            )
+            .unwrap()
+            .contains("\"ipsInUse\": 8")
+    });
+}
+
 fn metric(lab: &RunningLab, node: &str, name: &str) -> Option<f64> {
     lab.metrics(node).ok().and_then(|m| sample(&m, name))
 }
@@ -94,10 +196,14 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     assert_eq!(sample(&m, "calinet_vxlan_neighbours"), Some(3.0), "{m}");
     check(&lab, Mode::Vxlan);
 
+    datastore_outage_keeps_the_dataplane(&mut lab);
+    check(&lab, Mode::Vxlan);
+
     for mode in [Mode::Crosssubnet, Mode::Direct] {
         lab.switch_mode(mode).expect("mode switch");
         check(&lab, mode);
     }
+    policy_is_enforced(&lab);
     if testlab::Feature::check(testlab::Feature::WireguardGo).is_ok() {
         lab.switch_mode(Mode::Wireguard).expect("mode switch");
         check(&lab, Mode::Wireguard);

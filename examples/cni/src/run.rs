@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use calinet_ipam::{NodeName, SqliteStore};
 
 use crate::config::{Config, Datastore, resolve_nodename};
-use crate::edge::{KernelPlumber, StoreIpam};
+use crate::edge::{KernelPlumber, StoreIpam, WalKeeper};
 use crate::env::{Command, Env};
 use crate::error::{Error, Result};
 use crate::plugin::{self, Attach};
@@ -76,7 +76,8 @@ fn open_sqlite(cfg: &Config) -> Result<StoreIpam<SqliteStore>> {
                 operation: format!("opening datastore {}", path.display()),
                 source: e.into(),
             })?;
-            Ok(StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())))
+            let keeper = WalKeeper::open(path)?;
+            Ok(StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())).with_keeper(keeper))
         }
         Datastore::Etcd { endpoints, .. } => Err(Error::UnsupportedField {
             field: "datastore_type".into(),

@@ -561,3 +561,72 @@ fn ipam_plugin_under_the_reference_ptp_plugin() {
         "{report:?}"
     );
 }
+
+/// Dual stack in CNI 1.1.0: a /32 and a /128, the IPv6 default route via the
+/// host side's link-local address, `interfaces[].mtu`.
+#[test]
+fn dual_stack_add_check_del_in_cni_1_1() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_dual_stack").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("ds").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(
+        &db,
+        "172.16.7.0/24",
+        r#","assign_ipv6":"true","ipv6_pools":["fd00:10::/64"]"#,
+    )
+    .replace("\"1.0.0\"", "\"1.1.0\"");
+    let add = Call::new("ADD", "ds", &pod.path(), &cfg);
+    let out = add.exec(CALINET, Some(&node.path()));
+    out.ok();
+    let r = out.json();
+    schema::assert_valid(schema::result(&r, false), &r);
+    assert_eq!(r["cniVersion"], "1.1.0");
+    assert_eq!(r["interfaces"][0]["mtu"], 1400);
+    assert_eq!(r["interfaces"][1]["mtu"], 1400);
+    let ips = r["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 2, "{r}");
+    let v6: ipnet::IpNet = ips[1]["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(v6.prefix_len(), 128);
+    assert!(
+        "fd00:10::/64"
+            .parse::<ipnet::IpNet>()
+            .unwrap()
+            .contains(&v6.addr())
+    );
+    let gw6 = ips[1]["gateway"].as_str().expect("IPv6 gateway").to_owned();
+    assert!(gw6.starts_with("fe80:"), "{gw6}");
+    assert!(
+        pod.addrs()
+            .unwrap()
+            .iter()
+            .any(|a| a.family == "inet6" && a.local == v6.addr().to_string() && a.prefixlen == 128)
+    );
+    let routes6 = pod.routes6().unwrap();
+    assert!(
+        routes6
+            .iter()
+            .any(|r| r.dst == "default" && r.gateway.as_deref() == Some(gw6.as_str())),
+        "{routes6:?}"
+    );
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap();
+    let host6 = node.routes6().unwrap();
+    assert!(
+        testlab::ipjson::routes_to(&host6, &v6.addr().to_string())
+            .iter()
+            .any(|r| r.dev.as_deref() == Some(host_if)),
+        "{host6:?}"
+    );
+    let check = add.with_command("CHECK").with_prev_result(&r);
+    assert_eq!(check.exec(CALINET, Some(&node.path())).ok(), "");
+    add.with_command("DEL")
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+    assert!(cali_links(&node).is_empty());
+    let report = ipam_check(&db, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}

@@ -42,6 +42,20 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// User + system CPU time of the plugin and the children it waited for
+    /// (from `RUSAGE_CHILDREN`; only meaningful when calls run one at a time).
+    pub cpu: Duration,
+}
+
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid start.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage struct.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 impl Outcome {
@@ -145,6 +159,7 @@ impl Call {
                 });
             }
         }
+        let cpu_before = children_cpu();
         let start = Instant::now();
         let mut child = cmd
             .spawn()
@@ -156,12 +171,14 @@ impl Call {
         drop(stdin);
         let out = child.wait_with_output().expect("wait for plugin");
         let elapsed = start.elapsed();
+        let cpu = children_cpu().saturating_sub(cpu_before);
         drop(ns_file);
         Outcome {
             status: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             elapsed,
+            cpu,
         }
     }
 }

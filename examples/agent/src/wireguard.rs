@@ -1,0 +1,211 @@
+//! WireGuard between nodes (FelixConfiguration `wireguardEnabled`): the node's
+//! key (0600 file, public key published on its Node), a userspace
+//! `wireguard-go` device (this kernel has no WireGuard module), peers computed
+//! by calinet-wg from every node's key, address and blocks and applied as a
+//! delta over the UAPI socket, the device's routing table 1 (through the route
+//! reconciler) and the `not fwmark 0x100000 lookup 1` rule, added only once the
+//! device and its routes exist.
+
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use calinet_route::{RouteProtocol, RouteSpec};
+use calinet_wg::backend::uapi::UapiBackend;
+use calinet_wg::routing::{FwmarkRule, RuleSocket};
+use calinet_wg::{Computed, DeviceSettings, NodeState, PrivateKey, PublicKey};
+
+use crate::datastore::ClusterView;
+use crate::error::{Error, Result};
+
+/// WireGuard settings of the agent.
+#[derive(Debug, Clone)]
+pub struct WgOptions {
+    /// Device name (Calico: `wireguard.cali`; the userspace control socket is
+    /// machine-wide, so nodes sharing a machine need distinct names).
+    pub ifname: String,
+    /// The private key file (created 0600 when missing).
+    pub key_file: PathBuf,
+}
+
+/// Calico's device settings with the configured name.
+pub fn settings(opts: &WgOptions) -> Result<DeviceSettings> {
+    let mut s = DeviceSettings::calico_v4();
+    s.ifname = opts.ifname.parse()?;
+    Ok(s)
+}
+
+/// Every node as calinet-wg sees it. Pure.
+pub fn node_states(view: &ClusterView) -> Vec<NodeState> {
+    view.nodes
+        .iter()
+        .filter_map(|(name, (n, _))| {
+            let mut s = NodeState::new(name.parse().ok()?);
+            s.public_key = n
+                .status
+                .wireguard_public_key
+                .as_deref()
+                .and_then(|k| PublicKey::from_base64(k).ok());
+            s.endpoint = n.ipv4().map(|a| IpAddr::V4(a.addr()));
+            let aff = format!("host:{name}");
+            for (b, _) in &view.ipam.blocks {
+                if b.affinity() == Some(aff.as_str()) {
+                    s.blocks.push(b.cidr().net());
+                }
+                for (o, a) in b.allocations() {
+                    let user = a.secondary.as_ref().and_then(|x| x.get("node"));
+                    if user == Some(name) && b.affinity() != Some(aff.as_str()) {
+                        s.borrowed.push(b.addr(o));
+                    }
+                }
+            }
+            if let Some(t) = n.spec.ipv4_vxlan_tunnel_addr {
+                s.tunnel_addresses.push(IpAddr::V4(t));
+            }
+            Some(s)
+        })
+        .collect()
+}
+
+/// The desired device and its table-1 routes (protocol 80, so the route
+/// reconciler owns them). Pure.
+pub fn compute(
+    view: &ClusterView,
+    node: &str,
+    key: &PrivateKey,
+    settings: &DeviceSettings,
+) -> Result<(Computed, Vec<RouteSpec>)> {
+    let local = node.parse()?;
+    let computed = calinet_wg::compute_device(
+        &local,
+        key,
+        settings,
+        &node_states(view),
+        &Default::default(),
+    );
+    let routes = calinet_wg::routing::route_specs(settings, &computed)?
+        .into_iter()
+        .map(|r| r.protocol(RouteProtocol::CALICO))
+        .collect();
+    Ok((computed, routes))
+}
+
+/// The WireGuard edge: key, `wireguard-go` process, UAPI, fwmark rule.
+#[derive(Debug)]
+pub struct WgPlane {
+    opts: WgOptions,
+    key: Option<PrivateKey>,
+    child: Option<Child>,
+    uapi: UapiBackend,
+}
+
+impl WgPlane {
+    /// A plane that does nothing until WireGuard is enabled.
+    pub fn new(opts: WgOptions) -> Self {
+        WgPlane {
+            opts,
+            key: None,
+            child: None,
+            uapi: UapiBackend::new(),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &WgOptions {
+        &self.opts
+    }
+
+    /// The node's key, loaded or generated (0600) on first use.
+    pub fn key(&mut self) -> Result<&PrivateKey> {
+        if self.key.is_none() {
+            if let Some(dir) = self.opts.key_file.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    what: "create the key directory",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            let (k, origin) = calinet_wg::key::load_or_generate(&self.opts.key_file)?;
+            tracing::info!(file = %self.opts.key_file.display(), ?origin,
+                public_key = %k.public_key().to_base64(), "WireGuard key ready");
+            self.key = Some(k);
+        }
+        Ok(self.key.as_ref().expect("just set"))
+    }
+
+    /// Makes sure the device exists (starting `wireguard-go` when it does
+    /// not) and returns whether it had to be created.
+    pub fn ensure_device(&mut self, link_exists: bool) -> Result<bool> {
+        let sock = self.uapi.socket_path(&self.opts.ifname.parse()?);
+        if link_exists && sock.exists() {
+            return Ok(false);
+        }
+        let child = Command::new("wireguard-go")
+            .args(["-f", &self.opts.ifname])
+            .env("LOG_LEVEL", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own group: it keeps running across agent restarts, like a
+            // kernel device would.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| Error::Io {
+                what: "start wireguard-go for",
+                path: self.opts.ifname.clone().into(),
+                source,
+            })?;
+        tracing::info!(ifname = %self.opts.ifname, pid = child.id(), "started wireguard-go");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while !sock.exists() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(Error::Usage(format!(
+                    "wireguard-go did not create {} within 10 s",
+                    sock.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(true)
+    }
+
+    /// Applies the peers as a delta; returns the UAPI operations sent.
+    pub fn sync(&mut self, computed: &Computed) -> Result<u64> {
+        let ifname = self.opts.ifname.parse()?;
+        let (delta, report) = calinet_wg::backend::sync(&mut self.uapi, &ifname, &computed.device)?;
+        if !delta.is_empty() {
+            tracing::info!(
+                peers = computed.device.peers.len(),
+                operations = report.operations,
+                "WireGuard peers updated"
+            );
+        }
+        Ok(report.operations as u64)
+    }
+
+    /// Adds (`want`) or removes the fwmark rule; returns whether it wrote.
+    pub fn rule(&mut self, settings: &DeviceSettings, want: bool) -> Result<bool> {
+        let rule = FwmarkRule::for_device(settings);
+        let mut sock = RuleSocket::open()?;
+        let wrote = if want {
+            sock.ensure(&rule)?
+        } else {
+            sock.remove(&rule)?
+        };
+        if wrote {
+            tracing::info!(%rule, added = want, "WireGuard routing rule");
+        }
+        Ok(wrote)
+    }
+
+    /// Forgets the child (the device is being removed with it).
+    pub fn stopped(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `apply -f` as a user runs it: the binary, a real SQLite file, bad inputs.
+//! Every failure names the file, the document and the field, and leaves the
+//! datastore exactly as it was.
+
+use std::path::Path;
+use std::process::Command;
+
+const GOOD: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: default-ipv4-ippool
+spec:
+  cidr: 172.16.0.0/16
+  blockSize: 24
+  vxlanMode: Always
+  natOutgoing: true
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: k8s-m
+spec:
+  bgp:
+    ipv4Address: 198.51.100.10/24
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  nodeName: k8s-m
+  containers:
+  - name: web
+    ports: [{name: http, containerPort: 80}]
+";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn agent(db: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_calinet-agent"))
+        .arg("--datastore")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Everything a user can see of the datastore.
+fn snapshot(db: &Path) -> String {
+    let a = agent(db, &["get", "ippool", "-o", "yaml"]).stdout;
+    let b = agent(db, &["ipam", "show", "-o", "json"]).stdout;
+    let c = agent(db, &["get", "wep", "-A", "-o", "json"]).stdout;
+    format!("{a}{b}{c}")
+}
+
+#[test]
+fn good_input_is_applied_and_shown_with_calicoctl_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ds.db");
+    let f = write(dir.path(), "good.yaml", GOOD);
+    let r = agent(&db, &["apply", "-f", &f]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("IPPool default-ipv4-ippool created"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Successfully applied 3 resource(s)"),
+        "{}",
+        r.stdout
+    );
+    let again = agent(&db, &["apply", "-f", &f]);
+    assert!(
+        again
+            .stdout
+            .contains("IPPool default-ipv4-ippool unchanged"),
+        "{}",
+        again.stdout
+    );
+
+    let wide = agent(&db, &["get", "ippool", "-o", "wide"]).stdout;
+    let mut lines = wide.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "CIDR",
+            "NAT",
+            "IPIPMODE",
+            "VXLANMODE",
+            "DISABLED",
+            "DISABLEBGPEXPORT",
+            "SELECTOR"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "default-ipv4-ippool",
+            "172.16.0.0/16",
+            "true",
+            "Never",
+            "Always",
+            "false",
+            "false",
+            "all()"
+        ]
+    );
+    let show = agent(&db, &["ipam", "show"]).stdout;
+    assert!(
+        show.contains("| IP Pool  | 172.16.0.0/16 | 65536     | 0 (0%)"),
+        "{show}"
+    );
+    let cfg = agent(&db, &["ipam", "show", "--show-configuration"]).stdout;
+    assert!(cfg.contains("| StrictAffinity     | false |"), "{cfg}");
+    let check = agent(&db, &["ipam", "check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("Check complete; found 0 problems."),
+        "{}",
+        check.stdout
+    );
+    let release = agent(&db, &["ipam", "release", "--ip", "172.16.0.9"]);
+    assert_eq!(release.code, 1);
+    assert!(
+        release.stdout.contains("was not allocated"),
+        "{}",
+        release.stdout
+    );
+}
+
+#[test]
+fn bad_input_names_file_document_and_field_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ds.db");
+    let f = write(dir.path(), "good.yaml", GOOD);
+    assert_eq!(agent(&db, &["apply", "-f", &f]).code, 0);
+    let before = snapshot(&db);
+    // Each bad file starts with a valid, new resource, so a half-applied input
+    // would show.
+    let prefix = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: extra}\nspec: {cidr: 10.244.0.0/16}\n---\n";
+    let cases: [(&str, String, &str); 7] = [
+        (
+            "yaml.yaml",
+            format!("{prefix}apiVersion: v1\nkind: Pod\nmetadata: {{name: x\n"),
+            "document 1: .: invalid YAML",
+        ),
+        (
+            "kind.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPoool\nmetadata: {{name: x}}\n"
+            ),
+            "document 1: unknown kind \"IPPoool\"",
+        ),
+        (
+            "cidr.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p2}}\nspec: {{cidr: 10.96.0.0/33}}\n"
+            ),
+            "document 1: spec.cidr:",
+        ),
+        (
+            "overlap.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p3}}\nspec: {{cidr: 172.16.8.0/24}}\n"
+            ),
+            "document 1: spec.cidr: IPPool \"default-ipv4-ippool\" (172.16.0.0/16) overlaps IPPool \"p3\"",
+        ),
+        (
+            "port.yaml",
+            format!(
+                "{prefix}apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    ports: [{{containerPort: 70000}}]\n"
+            ),
+            "document 1: spec.containers[0].ports[0].containerPort:",
+        ),
+        (
+            "selector.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: g}}\nspec: {{selector: \"app == \"}}\n"
+            ),
+            "document 1: spec.selector:",
+        ),
+        (
+            "node.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: n1}}\nspec: {{bgp: {{ipv4Address: 300.1.2.3/24}}}}\n"
+            ),
+            "document 1: spec.bgp.ipv4Address:",
+        ),
+    ];
+    for (name, text, want) in &cases {
+        let f = write(dir.path(), name, text);
+        let r = agent(&db, &["apply", "-f", &f]);
+        assert_eq!(r.code, 1, "{name}: {}", r.stdout);
+        let first = r.stderr.lines().last().unwrap_or("");
+        assert!(
+            first.starts_with(&format!("error: {f}: {want}")),
+            "{name}: expected `{want}` in:\n{}",
+            r.stderr
+        );
+        assert_eq!(snapshot(&db), before, "{name} changed the datastore");
+    }
+    // Changing an immutable field fails the same way.
+    let f = write(
+        dir.path(),
+        "immutable.yaml",
+        &GOOD.replace("blockSize: 24", "blockSize: 26"),
+    );
+    let r = agent(&db, &["apply", "-f", &f]);
+    assert!(
+        r.stderr.contains(
+            "document 0: spec.cidr: IPPool default-ipv4-ippool: cidr and blockSize are immutable"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshot(&db), before);
+}
+
+#[test]
+fn etcd_flag_says_it_is_not_available_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = agent(
+        &dir.path().join("ds.db"),
+        &["--etcd-endpoints", "http://127.0.0.1:2379", "ipam", "show"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no etcd store"), "{}", r.stderr);
+}

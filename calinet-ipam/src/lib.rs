@@ -127,7 +127,7 @@ pub use store::{
     CountingStore, KeyValue, MemStore, Revision, RoundTrips, Store, StoreError, TxnOp,
 };
 #[cfg(feature = "etcd")]
-pub use store::{EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
+pub use store::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
 pub use store::{Listing, WatchError, WatchEvent, Watcher};
 pub use types::{
     AffinityState, AllocationAttribute, AllowedUse, AssignmentMode, Attributes, BlockAffinity,

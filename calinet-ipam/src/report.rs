@@ -360,7 +360,11 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 fn pct(n: u128, total: u128) -> String {
     // Rounded to the nearest percent, as calicoctl prints `%.0f%%`.
-    let p = n.saturating_mul(100).saturating_add(total / 2).checked_div(total).unwrap_or(0);
+    let p = n
+        .saturating_mul(100)
+        .saturating_add(total / 2)
+        .checked_div(total)
+        .unwrap_or(0);
     format!("{n} ({p}%)")
 }
 

@@ -294,3 +294,61 @@ fn etcd_lost_answer_to_a_write_is_not_retried_blindly() -> testlab::Result<()> {
     assert!(kv.mod_revision > r1);
     Ok(())
 }
+
+/// With etcd authentication enabled, the right credentials work and a
+/// missing or wrong password is a (non-retryable) error naming the endpoint.
+#[test]
+fn etcd_with_authentication() -> testlab::Result<()> {
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = testlab::Lab::new("etcd_auth")?;
+    let etcd = lab.etcd()?;
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint()])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    etcdctl(&["user", "add", "root:calinet-test-pw", "--interactive=false"]);
+    etcdctl(&["auth", "enable"]);
+    let with = |user: Option<(&str, &str)>| {
+        let mut cfg = EtcdConfig::new([etcd.endpoint()]).with_retry(RetryPolicy {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        });
+        if let Some((u, p)) = user {
+            cfg = cfg.with_credentials(u, p);
+        }
+        EtcdStore::connect(cfg).expect("connect")
+    };
+    let good = with(Some(("root", "calinet-test-pw")));
+    let r = good
+        .create("/calico/ipam/v2/handle/auth", b"{}")
+        .expect("create");
+    assert_eq!(
+        good.get("/calico/ipam/v2/handle/auth")
+            .expect("get")
+            .expect("present")
+            .mod_revision,
+        r
+    );
+    for (what, user) in [
+        ("no credentials", None),
+        ("wrong password", Some(("root", "not-the-password"))),
+    ] {
+        let e = with(user)
+            .get("/calico/ipam/v2/handle/auth")
+            .expect_err(what);
+        assert!(matches!(e, StoreError::Backend { .. }), "{what}: {e:?}");
+        let src = std::error::Error::source(&e).expect("source").to_string();
+        assert!(src.contains(&etcd.endpoint()), "{what}: {src}");
+    }
+    Ok(())
+}

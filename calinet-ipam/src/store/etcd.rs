@@ -74,6 +74,25 @@ pub struct TlsFiles {
     pub domain: Option<String>,
 }
 
+/// etcd user credentials (`etcdctl --user name:password`). The password is
+/// redacted in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// How a call retries when no etcd endpoint can be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -119,6 +138,8 @@ pub struct EtcdConfig {
     pub retry: RetryPolicy,
     /// TLS certificate files; `None` for plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// User and password when etcd has authentication enabled.
+    pub credentials: Option<Credentials>,
     /// Keys per page of a `list`.
     pub page_size: i64,
 }
@@ -133,6 +154,7 @@ impl EtcdConfig {
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             tls: None,
+            credentials: None,
             page_size: 500,
         }
     }
@@ -153,6 +175,19 @@ impl EtcdConfig {
     /// Use TLS with these certificate files.
     pub fn with_tls(mut self, tls: TlsFiles) -> EtcdConfig {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate as `user` (etcd's `auth enable`).
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> EtcdConfig {
+        self.credentials = Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
         self
     }
 
@@ -423,6 +458,11 @@ impl EtcdStore {
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(10), config.request_timeout);
+        if let Some(c) = &config.credentials {
+            options = options
+                .with_user(c.user.clone(), c.password.clone())
+                .with_auto_token_refresh(true);
+        }
         if let Some(tls) = &config.tls {
             let ca = read_tls_file(&tls.ca).map_err(|e| store_err("connect", &what, e))?;
             let mut t = etcd_client::TlsOptions::new()
@@ -1036,6 +1076,16 @@ mod tests {
         ] {
             assert!(dbg.contains(want), "{want} missing in {dbg}");
         }
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        let cfg = EtcdConfig::new(["http://a:1"]).with_credentials("calinet", "s3cret-pw");
+        let dbg = format!("{cfg:?}");
+        assert!(
+            dbg.contains("calinet") && !dbg.contains("s3cret-pw"),
+            "{dbg}"
+        );
     }
 
     #[test]

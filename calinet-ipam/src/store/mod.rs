@@ -33,7 +33,7 @@ pub mod watch;
 
 pub use counting::{CountingStore, RoundTrips};
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
+pub use etcd::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
 pub use mem::MemStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

@@ -603,6 +603,24 @@ impl<S: Store> Ipam<S> {
         Ok(v)
     }
 
+    /// The `i`-th confirmed affine block of a node (loading the list if needed).
+    fn node_block_at(
+        &self,
+        c: &mut Cache,
+        node: &NodeName,
+        fam: Family,
+        i: usize,
+    ) -> Result<Option<BlockCidr>> {
+        if let Some(v) = c
+            .node_blocks
+            .get_mut(node)
+            .and_then(|n| n.slot(fam).as_ref())
+        {
+            return Ok(v.get(i).copied());
+        }
+        Ok(self.node_blocks(c, node, fam)?.get(i).copied())
+    }
+
     fn forget_node(c: &mut Cache, node: &NodeName, fam: Family) {
         if let Some(v) = c.node_blocks.get_mut(node).and_then(|n| n.slot(fam).take()) {
             for b in v {
@@ -863,7 +881,11 @@ impl<S: Store> Ipam<S> {
                 return Err(self.give_up(op_name(), attempts - 1, Vec::new()));
             }
             // 1. Blocks affine to this node.
-            for cidr in self.node_blocks(c, &req.node, fam)? {
+            let mut next = 0;
+            // Indexing instead of iterating a copy of the list: no allocation
+            // on the hot path (the list is re-read after any change).
+            while let Some(cidr) = self.node_block_at(c, &req.node, fam, next)? {
+                next += 1;
                 if !in_pools(&cidr) {
                     continue;
                 }

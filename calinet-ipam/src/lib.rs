@@ -38,6 +38,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `cargo run -p calinet-ipam --example ipam_show` does the same on an SQLite
+//! file and also prints `--show-borrowed`, `--show-configuration` and `check`.
+//!
 //! # Design, and where it differs from Calico
 //!
 //! - **Types -> pure core -> I/O edge.** [`block::Block`] is the working form of
@@ -85,9 +88,12 @@
 //!   CIDRs starts at an FNV-1a hash of the node name and wraps around.
 //! - **Reclaiming** another node's empty block needs this allocator to have
 //!   seen the block empty at the same revision at least
-//!   [`IpamOptions::reclaim_grace`] (60 s) earlier; Calico uses the block's
-//!   timestamps. A fresh process therefore waits one grace period before
-//!   reclaiming.
+//!   [`IpamOptions::reclaim_grace`] (60 s) earlier (Calico: claimed over a
+//!   minute ago and unchanged since). A fresh process therefore waits one
+//!   grace period before reclaiming.
+//! - **Windows reserved addresses** (first three and last of each new block)
+//!   are an [`IpamOptions::windows_reserved`] switch of the allocator; Calico
+//!   decides it per node operating system.
 //! - **AutoAssign is all or nothing**: when a family cannot be satisfied, the
 //!   addresses already taken by the call are released and
 //!   [`Error::Exhausted`] returned (Calico returns the partial result).

@@ -810,3 +810,46 @@ fn store_keys_and_values_follow_calicos_layout() {
     .expect("handle JSON");
     assert_eq!(hd.block.get(&block.to_string()), Some(&1));
 }
+
+#[test]
+fn one_allocator_shared_by_four_threads() {
+    let ipam = ipam_with(
+        &[pool("p", "10.0.0.0/24", 28)],
+        None,
+        IpamOptions::default(),
+    );
+    let all: Vec<Vec<IpAddr>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|tid| {
+                let ipam = &ipam;
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..60 {
+                        let ip = v4(
+                            ipam,
+                            &format!("t{tid}-{i}"),
+                            &format!("n{}", tid % 2),
+                            1,
+                            t(0),
+                        )
+                        .expect("assign");
+                        held.push(ip[0]);
+                        if i % 3 == 0 {
+                            ipam.release_handle(&h(&format!("t{tid}-{i}")), t(0))
+                                .expect("release");
+                            held.pop();
+                        }
+                    }
+                    held
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let flat: Vec<IpAddr> = all.into_iter().flatten().collect();
+    let distinct: HashSet<IpAddr> = flat.iter().copied().collect();
+    assert_eq!(distinct.len(), flat.len(), "an address was held twice");
+    let r = check(ipam.store(), None).expect("check");
+    assert!(r.is_clean(), "{r:#?}");
+    assert_eq!(r.addresses_in_use, flat.len());
+}

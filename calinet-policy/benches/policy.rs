@@ -194,14 +194,17 @@ fn main() {
     for _ in 0..5 {
         let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_THREAD));
         let tx = full_transaction(&rs).unwrap();
-        let built = start.elapsed();
+        let (built, c_built) = (start.elapsed(), cpu(libc::RUSAGE_THREAD) - c0);
         sock.send(&tx).unwrap();
         t_nl.push(start.elapsed());
-        c_nl.push(cpu(libc::RUSAGE_THREAD) - c0);
+        let c_all = cpu(libc::RUSAGE_THREAD) - c0;
+        c_nl.push(c_all);
         println!(
-            "  netlink: build {} + send/ack {}",
+            "  netlink: build {} ({} CPU) + send/ack {} ({} CPU, nearly all in the kernel)",
             ms(built),
-            ms(start.elapsed() - built)
+            ms(c_built),
+            ms(start.elapsed() - built),
+            ms(c_all - c_built)
         );
         messages = tx.messages;
         let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_CHILDREN));

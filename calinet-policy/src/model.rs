@@ -18,6 +18,8 @@ pub const CALICO_API: &str = "projectcalico.org/v3";
 pub const K8S_API: &str = "networking.k8s.io/v1";
 /// The tier every policy without one belongs to.
 pub const DEFAULT_TIER: &str = "default";
+/// Order of the `default` tier when no Tier resource sets one (Calico's value).
+pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 /// Prefix Calico gives namespace labels inherited by workloads (`pcns.<key>`).
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 
@@ -245,6 +247,7 @@ impl<'de> Deserialize<'de> for Port {
 
 /// ICMP type and optional code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IcmpFields {
     /// ICMP type (0..=254).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +260,7 @@ pub struct IcmpFields {
 /// The source or destination part of a rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct EntityRule {
     /// Match addresses in any of these networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -284,6 +288,7 @@ pub struct EntityRule {
 /// One policy rule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// What to do with matching packets.
     pub action: Action,
@@ -308,6 +313,18 @@ pub struct Rule {
     /// Destination match.
     #[serde(default, skip_serializing_if = "is_default_entity")]
     pub destination: EntityRule,
+    /// Rule metadata (annotations); carried, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<RuleMetadata>,
+}
+
+/// A rule's `metadata`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMetadata {
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn is_default_entity(e: &EntityRule) -> bool {
@@ -326,6 +343,7 @@ impl Rule {
             not_icmp: None,
             source: EntityRule::default(),
             destination: EntityRule::default(),
+            metadata: None,
         }
     }
 }
@@ -333,6 +351,7 @@ impl Rule {
 /// Tier spec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct TierSpec {
     /// Tiers apply in ascending order; no order means last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,6 +364,7 @@ pub struct TierSpec {
 /// Spec of NetworkPolicy and GlobalNetworkPolicy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// Tier name (default `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,6 +403,7 @@ impl PolicySpec {
 /// Profile spec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
     /// Ingress rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -464,6 +485,7 @@ impl Profile {
 /// Kubernetes label selector.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct LabelSelector {
     /// Exact matches.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -476,6 +498,7 @@ pub struct LabelSelector {
 /// One `matchExpressions` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// Label key.
     pub key: String,
@@ -489,6 +512,7 @@ pub struct LabelSelectorRequirement {
 /// `ipBlock` peer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct IpBlock {
     /// The block.
     pub cidr: IpNet,
@@ -500,6 +524,7 @@ pub struct IpBlock {
 /// A `from`/`to` peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct K8sPeer {
     /// Pods (in the policy's namespace unless `namespaceSelector` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -515,6 +540,7 @@ pub struct K8sPeer {
 /// A port entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct K8sPort {
     /// Protocol (default TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,6 +556,7 @@ pub struct K8sPort {
 /// An ingress or egress rule (`from` for ingress, `to` for egress).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct K8sRule {
     /// Ingress peers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -545,6 +572,7 @@ pub struct K8sRule {
 /// Kubernetes NetworkPolicy spec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct K8sNetworkPolicySpec {
     /// Pods the policy applies to.
     #[serde(default)]
@@ -1217,6 +1245,19 @@ spec:
         assert_eq!(e, "Tier t: spec.defaultAction: Allow is not Deny or Pass");
         let e = err("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: Bad_Name\n");
         assert!(e.contains("metadata.name"), "{e}");
+        // Fields calinet does not implement are refused, not ignored: an ignored
+        // match field would make a rule match more than it says.
+        let e = err(&format!(
+            "{head}  ingress:\n  - action: Allow\n    source:\n      serviceAccounts: {{selector: all()}}\n"
+        ));
+        assert!(e.contains("unknown field `serviceAccounts`"), "{e}");
+        let e = err(&format!("{head}  doNotTrack: true\n"));
+        assert!(e.contains("unknown field `doNotTrack`"), "{e}");
+        // Rule metadata is accepted.
+        parse_yaml(&format!(
+            "{head}  ingress:\n  - action: Allow\n    metadata: {{annotations: {{a: b}}}}\n"
+        ))
+        .unwrap();
         let e = err("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n");
         assert!(e.contains("document 0") && e.contains("v1 Pod"), "{e}");
         let e = err(

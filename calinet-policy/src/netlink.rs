@@ -736,6 +736,39 @@ impl Transaction {
     pub fn is_empty(&self) -> bool {
         self.messages == 0
     }
+
+    /// How many messages of each nf_tables kind the batch holds (`NEWRULE`,
+    /// `NEWSETELEM`, ...), batch begin/end excluded: what a transaction touches.
+    pub fn message_kinds(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut off = 0;
+        while off + 16 <= self.bytes.len() {
+            let b = &self.bytes;
+            let len = u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]) as usize;
+            if len < 16 {
+                break;
+            }
+            let ty = u16::from_ne_bytes([b[off + 4], b[off + 5]]);
+            if ty >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {
+                let kind = match i32::from(ty & 0xff) {
+                    libc::NFT_MSG_NEWTABLE => "NEWTABLE",
+                    libc::NFT_MSG_DELTABLE => "DELTABLE",
+                    libc::NFT_MSG_NEWCHAIN => "NEWCHAIN",
+                    libc::NFT_MSG_DELCHAIN => "DELCHAIN",
+                    libc::NFT_MSG_NEWRULE => "NEWRULE",
+                    libc::NFT_MSG_DELRULE => "DELRULE",
+                    libc::NFT_MSG_NEWSET => "NEWSET",
+                    libc::NFT_MSG_DELSET => "DELSET",
+                    libc::NFT_MSG_NEWSETELEM => "NEWSETELEM",
+                    libc::NFT_MSG_DELSETELEM => "DELSETELEM",
+                    _ => "other",
+                };
+                *out.entry(kind).or_insert(0) += 1;
+            }
+            off += (len + 3) & !3;
+        }
+        out
+    }
 }
 
 struct Builder<'t> {

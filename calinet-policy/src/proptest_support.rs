@@ -218,6 +218,7 @@ pub fn rule() -> impl Strategy<Value = Rule> {
                         not_icmp: if is_icmp { f(not_icmp) } else { None },
                         source: src,
                         destination: dst,
+                        metadata: None,
                     }
                 })
             },

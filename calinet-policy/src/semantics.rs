@@ -3,6 +3,24 @@
 //! endpoints with effective labels. [`PolicyModel::evaluate`] is the direct,
 //! obviously-correct reading of Calico's semantics that the compiled IR is checked
 //! against.
+//!
+//! Readings chosen where Calico's documentation leaves room:
+//!
+//! - Inside a namespaced NetworkPolicy, a rule side with `selector`, `notSelector`
+//!   or `namespaceSelector` only matches endpoints of the policy's namespace unless
+//!   a `namespaceSelector` says otherwise (the namespace term is ANDed into
+//!   `selector`; `notSelector` itself stays unscoped), as Calico's rule conversion
+//!   does. A `namespaceSelector` is evaluated on the inherited `pcns.*` labels;
+//!   `global()` there means "not namespaced".
+//! - A named port matches the `(address, protocol, port)` of endpoints that the
+//!   same side's `selector` selects (all endpoints when there is none).
+//! - `icmp` / `notICMP` only match packets of the protocol's family (ICMP: IPv4,
+//!   ICMPv6: IPv6).
+//! - `Pass` in a profile ends that profile; `Log` continues with the next rule.
+//! - An endpoint no tier selects and with no profile allowing the packet is
+//!   denied; an unknown workload interface is denied by the dataplane.
+//! - Kubernetes policies do not get Calico's extra
+//!   `projectcalico.org/orchestrator == 'k8s'` term (all endpoints here are pods).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -375,7 +393,9 @@ impl PolicyModel {
             crate::model::DEFAULT_TIER.to_owned(),
             TierDef {
                 name: crate::model::DEFAULT_TIER.to_owned(),
-                order: None,
+                // Calico's default tier order: after every ordered tier a user is
+                // likely to create, before tiers without an order.
+                order: Some(crate::model::DEFAULT_TIER_ORDER),
                 default_action: Action::Deny,
                 policies: Vec::new(),
             },

@@ -64,8 +64,16 @@ fn nft_text_and_netlink_leave_the_same_ruleset() {
     ));
     let rs2 = common::ruleset(&m, eps.clone());
     text.apply(&render_diff("calinet", &rs.diff(&rs2))).unwrap();
+    let tx = calinet_policy::netlink::diff_transaction("calinet", &rs.diff(&rs2)).unwrap();
+    let kinds = tx.message_kinds();
+    assert_eq!(
+        kinds.keys().copied().collect::<Vec<_>>(),
+        vec!["NEWSETELEM"],
+        "{kinds:?}"
+    );
     let stats = nl.apply(&rs2).unwrap();
     assert!(!stats.touched_rules, "{stats:?}");
+    assert_eq!(stats.messages, kinds["NEWSETELEM"]);
     assert_same(&text, &nl_view, "endpoint added");
 
     // A policy change and an endpoint removed.
@@ -78,6 +86,27 @@ fn nft_text_and_netlink_leave_the_same_ruleset() {
     let stats = nl.apply(&rs3).unwrap();
     assert!(stats.touched_rules);
     assert_same(&text, &nl_view, "policy changed");
+
+    // Removing an endpoint whose signature others share: element deletions only.
+    let mut eps4 = common::base_endpoints();
+    eps4.push(common::endpoint(
+        "a/web2",
+        "a",
+        "caliweb2",
+        "10.0.0.3",
+        "fd00::3",
+        &[("app", "web")],
+    ));
+    let rs4 = common::ruleset(&m2, eps4.clone());
+    eps4.retain(|e| e.name != "a/web2");
+    let rs5 = common::ruleset(&m2, eps4);
+    let tx = calinet_policy::netlink::diff_transaction("calinet", &rs4.diff(&rs5)).unwrap();
+    let kinds = tx.message_kinds();
+    assert_eq!(
+        kinds.keys().copied().collect::<Vec<_>>(),
+        vec!["DELSETELEM"],
+        "{kinds:?}"
+    );
 }
 
 #[test]

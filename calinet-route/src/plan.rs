@@ -5,7 +5,7 @@
 //! (permanent entries only). Every owned attribute is compared, so an entry changed
 //! in place (e.g. `ip route change`) is replaced, not ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -74,11 +74,34 @@ impl<T: fmt::Display> fmt::Display for Plan<T> {
     }
 }
 
-/// The generic diff: `desired` has unique keys; `observed_owned` may hold several
-/// entries per key (the first one equal to the desired entry is kept, the rest are
-/// deleted).
+/// Sorts `(key, entry)` pairs by key (stably) and drops identical duplicates; two
+/// different entries with one key are an error built by `conflict(earlier, later)`.
+fn sorted_unique<K: Ord, T: PartialEq>(
+    mut items: Vec<(K, T)>,
+    conflict: impl Fn(&T, &T) -> Error,
+) -> Result<Vec<(K, T)>> {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(K, T)> = Vec::with_capacity(items.len());
+    for (k, t) in items {
+        if let Some((pk, pt)) = out.last()
+            && *pk == k
+        {
+            if *pt != t {
+                return Err(conflict(pt, &t));
+            }
+            continue;
+        }
+        out.push((k, t));
+    }
+    Ok(out)
+}
+
+/// The generic diff, a merge join over keys (no per-key allocation: a reconcile of
+/// tens of thousands of routes stays in the low milliseconds). `desired` is sorted
+/// with unique keys; `observed_owned` may hold several entries per key (the first
+/// one equal to the desired entry is kept, the rest are deleted).
 fn diff<T, O, K>(
-    desired: BTreeMap<K, T>,
+    desired: Vec<(K, T)>,
     observed_owned: Vec<O>,
     key: impl Fn(&O) -> K,
     same: impl Fn(&O, &T) -> bool,
@@ -87,31 +110,52 @@ fn diff<T, O, K>(
 where
     K: Ord,
 {
-    let mut by_key: BTreeMap<K, Vec<O>> = BTreeMap::new();
-    for o in observed_owned {
-        by_key.entry(key(&o)).or_default().push(o);
-    }
+    let mut observed: Vec<(K, O)> = observed_owned.into_iter().map(|o| (key(&o), o)).collect();
+    observed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut obs = observed.into_iter().peekable();
+    let mut group: Vec<O> = Vec::new();
     let mut plan = Plan::default();
     for (k, want) in desired {
-        match by_key.remove(&k) {
-            None => plan.adds.push(want),
-            Some(mut have) => {
-                if let Some(pos) = have.iter().position(|h| same(h, &want)) {
-                    have.remove(pos);
-                } else {
-                    let first = have.remove(0);
-                    plan.replacements.push(Replacement {
-                        observed: spec(first),
-                        desired: want,
-                    });
+        while let Some((ok, _)) = obs.peek() {
+            if *ok < k {
+                if let Some((_, o)) = obs.next() {
+                    plan.deletions.push(spec(o));
                 }
-                plan.deletions.extend(have.into_iter().map(&spec));
+            } else {
+                break;
+            }
+        }
+        group.clear();
+        while let Some((ok, _)) = obs.peek() {
+            if *ok == k {
+                if let Some((_, o)) = obs.next() {
+                    group.push(o);
+                }
+            } else {
+                break;
+            }
+        }
+        if group.is_empty() {
+            plan.adds.push(want);
+            continue;
+        }
+        let keep = group.iter().position(|h| same(h, &want));
+        // When nothing matches, the first observed entry is replaced in place.
+        let mut replacement = if keep.is_none() { Some(want) } else { None };
+        for (i, o) in group.drain(..).enumerate() {
+            if Some(i) == keep {
+                continue;
+            }
+            match replacement.take() {
+                Some(desired) => plan.replacements.push(Replacement {
+                    observed: spec(o),
+                    desired,
+                }),
+                None => plan.deletions.push(spec(o)),
             }
         }
     }
-    for (_, rest) in by_key {
-        plan.deletions.extend(rest.into_iter().map(&spec));
-    }
+    plan.deletions.extend(obs.map(|(_, o)| spec(o)));
     plan
 }
 
@@ -140,7 +184,7 @@ pub fn plan_routes(
     observed: &[RouteSpec],
     ownership: &Ownership,
 ) -> Result<Plan<RouteSpec>> {
-    let mut want: BTreeMap<RouteKey, RouteSpec> = BTreeMap::new();
+    let mut pairs: Vec<(RouteKey, RouteSpec)> = Vec::with_capacity(desired.len());
     for d in desired {
         d.validate()?;
         let n = d.normalized();
@@ -155,27 +199,23 @@ pub fn plan_routes(
                 ),
             });
         }
-        if let Some(prev) = want.get(&n.key()) {
-            if *prev != n {
-                return Err(Error::InvalidRoute {
-                    route: d.to_string(),
-                    rule: format!("same key ({}) as {prev}", n.key()),
-                });
-            }
-            continue;
-        }
-        want.insert(n.key(), n);
+        pairs.push((n.key(), n));
     }
-    let mut owned = Vec::new();
+    let want = sorted_unique(pairs, |prev, later| Error::InvalidRoute {
+        route: later.to_string(),
+        rule: format!("same key ({}) as {prev}", later.key()),
+    })?;
+    // Borrow the observed routes; only those that end up in the plan are cloned.
+    let mut owned: Vec<&RouteSpec> = Vec::with_capacity(observed.len());
     let mut foreign_conflicts = Vec::new();
     for o in observed {
         if ownership.owns(o) {
-            owned.push(o.clone());
-        } else if want.contains_key(&o.key()) {
+            owned.push(o);
+        } else if want.binary_search_by(|(k, _)| k.cmp(&o.key())).is_ok() {
             foreign_conflicts.push(o.clone());
         }
     }
-    let mut plan = diff(want, owned, RouteSpec::key, |a, b| a == b, |o| o);
+    let mut plan = diff(want, owned, |o| o.key(), |o, w| *o == w, |o| o.clone());
     plan.foreign_conflicts = foreign_conflicts;
     Ok(plan)
 }
@@ -211,7 +251,8 @@ pub fn plan_neighbours(
     let owned: Vec<&ObservedNeighbour> = observed
         .iter()
         .filter(|o| {
-            devices.contains(&o.spec.device) && (o.permanent || want.contains_key(&o.spec.key()))
+            devices.contains(&o.spec.device)
+                && (o.permanent || want.binary_search_by(|(k, _)| k.cmp(&o.spec.key())).is_ok())
         })
         .collect();
     let plan = diff(
@@ -261,12 +302,12 @@ fn unique<T, K>(
     devices: &BTreeSet<IfName>,
     device: impl Fn(&T) -> &IfName,
     key: impl Fn(&T) -> K,
-) -> Result<BTreeMap<K, T>>
+) -> Result<Vec<(K, T)>>
 where
     T: Clone + PartialEq + fmt::Display,
     K: Ord,
 {
-    let mut want = BTreeMap::new();
+    let mut pairs = Vec::with_capacity(desired.len());
     for d in desired {
         if !devices.contains(device(d)) {
             return Err(Error::InvalidEntry {
@@ -279,19 +320,13 @@ where
                 ),
             });
         }
-        if let Some(prev) = want.get(&key(d)) {
-            if prev != d {
-                return Err(Error::InvalidEntry {
-                    what,
-                    entry: d.to_string(),
-                    rule: format!("conflicts with {prev}"),
-                });
-            }
-            continue;
-        }
-        want.insert(key(d), d.clone());
+        pairs.push((key(d), d.clone()));
     }
-    Ok(want)
+    sorted_unique(pairs, |prev, later| Error::InvalidEntry {
+        what,
+        entry: later.to_string(),
+        rule: format!("conflicts with {prev}"),
+    })
 }
 
 #[cfg(test)]

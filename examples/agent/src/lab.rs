@@ -33,6 +33,10 @@ pub enum LabCommand {
     Up(UpArgs),
     /// Build the cluster, print everything, and tear it down again.
     Run(UpArgs),
+    /// (Internal) what `lab up` runs in the background: builds the lab and
+    /// owns it until SIGTERM (`lab down`).
+    #[command(hide = true)]
+    Hold(UpArgs),
     /// Switch the running cluster to another mode and show it re-converged.
     Mode {
         /// The new mode.
@@ -199,6 +203,9 @@ pub struct LabState {
     pub agent_bin: PathBuf,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// The `lab hold` process that owns the namespaces (`lab up`).
+    #[serde(default)]
+    pub holder: Option<u32>,
 }
 
 /// Unix seconds now.
@@ -416,6 +423,154 @@ fn stop_wireguard_go(ifname: &str) {
     }
 }
 
+/// Whether `pid` is a live calinet-agent process (not a zombie).
+fn is_ours(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains("calinet-agent") && !stat.contains(") Z")
+}
+
+/// `lab up`: starts `lab hold` in the background (so the namespaces' owner
+/// stays alive, and the test lab's sweep of dead owners leaves them alone),
+/// follows its progress, prints its report.
+fn up_in_background(args: &UpArgs) -> Result<i32> {
+    require_root()?;
+    check_mode(args.mode)?;
+    if state_file(&args.state_dir).exists() {
+        return Err(Error::Usage(format!(
+            "a lab is already up ({} exists); run `lab down` first",
+            state_file(&args.state_dir).display()
+        )));
+    }
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| Error::Io {
+        what: "create the state directory",
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "find the agent binary",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let log_path = args.state_dir.join("hold.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
+        what: "create",
+        path: log_path.clone(),
+        source,
+    })?;
+    let err = log.try_clone().map_err(|source| Error::Io {
+        what: "open",
+        path: log_path.clone(),
+        source,
+    })?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["lab", "hold", "--mode", &args.mode.to_string()])
+        .args(["--pool", &args.pool.to_string()])
+        .args(["--block-size", &args.block_size.to_string()])
+        .arg("--state-dir")
+        .arg(&args.state_dir)
+        .args(["--timeout", &args.timeout.to_string()]);
+    if let Some(b) = &args.agent_bin {
+        cmd.arg("--agent-bin").arg(b);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Io {
+            what: "start `lab hold` from",
+            path: exe.clone(),
+            source,
+        })?;
+    let mut shown = 0;
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for line in text[shown..].lines() {
+            if line == "LAB-READY" || line.starts_with("LAB-FAILED") {
+                continue;
+            }
+            println!("{line}");
+        }
+        shown = text.len();
+        if text.contains("\nLAB-READY\n") {
+            break;
+        }
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Err(Error::Lab(format!(
+                "the lab holder exited ({status}); see above"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report_path = args.state_dir.join("report.txt");
+    let report = std::fs::read_to_string(&report_path).map_err(|source| Error::Io {
+        what: "read",
+        path: report_path,
+        source,
+    })?;
+    print!("{report}");
+    println!(
+        "\nlab is up (mode {}), held by pid {}; state in {}.\nNext: `calinet-agent lab mode MODE`, `lab status`, `lab down`.",
+        args.mode,
+        child.id(),
+        state_file(&args.state_dir).display()
+    );
+    Ok(i32::from(report.contains("FAIL")))
+}
+
+/// `lab hold`: builds the lab, then owns it until SIGTERM / SIGINT.
+fn hold(args: &UpArgs) -> Result<i32> {
+    let mut lab = match RunningLab::up(args) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("LAB-FAILED: {}", crate::error::chain(&e));
+            return Err(e);
+        }
+    };
+    lab.state.holder = Some(std::process::id());
+    save_state(&args.state_dir, &lab.state)?;
+    let text = lab
+        .report()
+        .map(|r| r.text)
+        .unwrap_or_else(|e| format!("report failed: {}\n", crate::error::chain(&e)));
+    let path = args.state_dir.join("report.txt");
+    std::fs::write(&path, text).map_err(|source| Error::Io {
+        what: "write",
+        path,
+        source,
+    })?;
+    println!("LAB-READY");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "start the runtime",
+            path: "tokio".into(),
+            source,
+        })?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| Error::Io {
+                what: "install the SIGTERM handler",
+                path: "signal".into(),
+                source,
+            })?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok::<(), Error>(())
+    })?;
+    // Mode switches by other processes changed the state file: use it.
+    if let Ok(s) = load_state(&args.state_dir) {
+        lab.state = s;
+    }
+    drop(lab);
+    Ok(0)
+}
+
 /// Sends SIGTERM to an agent (if the pid is still one of ours) and waits.
 fn stop_agent(agent: &LabAgent) {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid)).unwrap_or_default();
@@ -512,6 +667,7 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
             })?,
         },
         state_dir: args.state_dir.clone(),
+        holder: None,
     };
     Ok((lab, state))
 }
@@ -704,6 +860,23 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     for n in &state.nodes {
         let _ = writeln!(out, "\n[{}]$ ip route", n.name);
         out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "route"])?);
+    }
+    if state.mode == Mode::Wireguard
+        && let Some(n) = state.nodes.first()
+    {
+        // `wg show`, not `showconf`: it never prints the private key.
+        let ifname = wg_ifname(state, n);
+        let _ = writeln!(out, "\n[{}]$ wg show {ifname}", n.name);
+        out.push_str(&testlab::cmd::run(
+            "ip",
+            &["netns", "exec", &n.netns, "wg", "show", &ifname],
+        )?);
+        let _ = writeln!(out, "\n[{}]$ ip rule; ip route show table 1", n.name);
+        out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "rule"])?);
+        out.push_str(&testlab::cmd::run(
+            "ip",
+            &["-n", &n.netns, "route", "show", "table", "1"],
+        )?);
     }
     let probes = probe_all(state, &view)?;
     let _ = writeln!(
@@ -987,6 +1160,20 @@ impl Drop for Capture {
 /// Tears a lab down from its state: agents, then namespaces, then the directory.
 pub fn down(state_dir: &Path) -> Result<()> {
     let state = load_state(state_dir)?;
+    if let Some(pid) = state.holder
+        && is_ours(pid)
+    {
+        // The holder tears everything down itself on SIGTERM.
+        // SAFETY: signalling the `lab hold` process this lab started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && is_ours(pid) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !state_file(state_dir).exists() {
+            return Ok(());
+        }
+    }
     for a in &state.agents {
         stop_agent(a);
     }
@@ -1023,7 +1210,7 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
 }
 
 /// A lab built by this process. Dropping it stops the agents and removes the
-/// namespaces and the state directory (unless [`RunningLab::keep`] was called).
+/// namespaces and the state directory.
 #[derive(Debug)]
 pub struct RunningLab {
     lab: Option<testlab::Lab>,
@@ -1176,16 +1363,6 @@ impl RunningLab {
             pod_addr(&view, to).ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
         Ok(ping(&src.netns, addr))
     }
-
-    /// Leaves everything running for `lab down`.
-    pub fn keep(mut self) -> LabState {
-        if let Some(lab) = self.lab.take() {
-            std::mem::forget(lab);
-        }
-        let state = self.state.clone();
-        std::mem::forget(self);
-        state
-    }
 }
 
 impl Drop for RunningLab {
@@ -1240,19 +1417,8 @@ pub fn agent_metrics(netns: &str) -> Result<String> {
 /// Runs a lab command.
 pub fn execute(c: &LabCommand, _cli: &Cli) -> Result<i32> {
     match c {
-        LabCommand::Up(args) => {
-            let lab = RunningLab::up(args)?;
-            let r = lab.report()?;
-            // The namespaces and agents outlive this process: `lab down` removes them.
-            let state = lab.keep();
-            print!("{}", r.text);
-            println!(
-                "\nlab is up (mode {}); state in {}. Next: `calinet-agent lab mode MODE`, `lab status`, `lab down`.",
-                state.mode,
-                state_file(&args.state_dir).display()
-            );
-            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
-        }
+        LabCommand::Up(args) => up_in_background(args),
+        LabCommand::Hold(args) => hold(args),
         LabCommand::Run(args) => {
             let lab = RunningLab::up(args)?;
             let r = lab.report();

@@ -3,6 +3,27 @@
 //! calicoctl-like command line, and a lab that runs it on the seed article's
 //! cluster in network namespaces.
 //!
+//! Owns: the agent loop, the calicoctl-like commands and the lab. Does not own
+//! any networking logic of its own: IPAM, paths, netlink, WireGuard and policy
+//! are the calinet crates'.
+//!
+//! ```
+//! use calinet_agent::{datastore, resources, show};
+//!
+//! let store = calinet_ipam::MemStore::new();
+//! let yaml = "apiVersion: projectcalico.org/v3\nkind: IPPool\n\
+//!             metadata: {name: default-ipv4-ippool}\n\
+//!             spec: {cidr: 172.16.0.0/16, blockSize: 24, vxlanMode: Always, natOutgoing: true}\n";
+//! let docs = resources::parse_documents("pool.yaml", yaml)?;
+//! datastore::apply(&store, &docs)?; // one transaction: all documents or none
+//! let view = datastore::read_view(&store)?;
+//! let table = show::get_ippool(&view, show::Output::Wide)?;
+//! print!("{table}");
+//! let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+//! assert_eq!(row, ["default-ipv4-ippool", "172.16.0.0/16", "true", "Never", "Always", "false", "false", "all()"]);
+//! # Ok::<(), calinet_agent::Error>(())
+//! ```
+//!
 //! Layout (types -> pure core -> I/O edges):
 //!
 //! - [`resources`]: Calico and Kubernetes documents, parsed with errors naming

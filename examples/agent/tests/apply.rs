@@ -247,3 +247,22 @@ fn etcd_flag_says_it_is_not_available_yet() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no etcd store"), "{}", r.stderr);
 }
+
+#[test]
+fn lab_says_it_needs_root() {
+    if !testlab::cmd::have("setpriv") {
+        testlab::skip!("setpriv (util-linux) is not installed");
+    }
+    testlab::require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_calinet-agent"))
+        .args(["lab", "run", "--state-dir"])
+        .arg(dir.path().join("lab"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the lab needs root"), "{stderr}");
+}

@@ -124,8 +124,11 @@ impl Drop for WalKeeper {
     fn drop(&mut self) {
         let big = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > Self::CHECKPOINT_BYTES);
         if big {
-            // Best effort: when another process is busy the WAL just stays a
-            // little longer and a later close checkpoints it.
+            // Best effort and without waiting: when other processes are using
+            // the file the checkpoint gives up at once (a TRUNCATE checkpoint
+            // would otherwise wait for them), the WAL stays a little longer
+            // and a later close checkpoints it.
+            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
             let _ = self
                 .conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));

@@ -354,4 +354,39 @@ mod tests {
             assert!(err.to_string().contains(rule), "{err}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Outside input never panics; a rejection is always code 4 and names
+        /// the variable.
+        #[test]
+        fn arbitrary_variables_never_panic(
+            command in "(ADD|DEL|CHECK|VERSION|GC|STATUS|[A-Z]{0,6})",
+            id in "\\PC{0,20}",
+            ifname in "\\PC{0,20}",
+            args in "\\PC{0,40}",
+        ) {
+            let m: HashMap<&str, String> = [
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/run/netns/x".to_string()),
+                ("CNI_IFNAME", ifname),
+                ("CNI_ARGS", args),
+                ("CNI_PATH", "/opt/cni/bin".to_string()),
+            ]
+            .into_iter()
+            .collect();
+            if let Err(e) = Env::from_lookup(|k| m.get(k).cloned()) {
+                proptest::prop_assert_eq!(e.code(), 4);
+                proptest::prop_assert!(e.to_string().contains("CNI_"), "{}", e);
+            }
+        }
+
+        /// Well-formed CNI_ARGS round-trip into their fields.
+        #[test]
+        fn well_formed_args_parse(ns in "[a-z0-9-]{1,20}", pod in "[a-z0-9.-]{1,30}") {
+            let a = CniArgs::parse(&format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}")).unwrap();
+            proptest::prop_assert_eq!(a.pod(), Some((ns.as_str(), pod.as_str())));
+        }
+    }
 }

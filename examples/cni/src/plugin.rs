@@ -807,4 +807,70 @@ mod tests {
         assert_eq!(gc(&c, &node(), &mut ipam).unwrap_err().code(), 1);
         assert_eq!(status(&c, &mut ipam).unwrap_err().code(), 1);
     }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Add(usize),
+        Del(usize),
+        Check(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6usize).prop_map(Op::Add),
+            (0..6usize).prop_map(Op::Del),
+            (0..6usize).prop_map(Op::Check),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random ADD/DEL/CHECK sequences (with retries) against the real
+        /// allocator on a MemStore, checked against a model: a live container
+        /// holds exactly one address, distinct from every other live one, the
+        /// same across retried ADDs; DEL frees it; CHECK passes iff live; and
+        /// the store's `ipam check` is clean at the end.
+        #[test]
+        fn add_del_check_sequences_match_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut c = cfg("");
+            let mut ipam = StoreIpam::new(MemStore::new(), None);
+            let mut p = RecordingPlumber::default();
+            let mut live: HashMap<usize, IpNet> = HashMap::new();
+            for o in ops {
+                match o {
+                    Op::Add(i) => {
+                        let r = add(&c, &env("ADD", &format!("c{i}")), &node(), &mut ipam, Attach::Plugin(&mut p)).unwrap();
+                        let a = r.ips[0].address;
+                        if let Some(prev) = live.get(&i) {
+                            proptest::prop_assert_eq!(*prev, a, "retry changed the address");
+                        } else {
+                            proptest::prop_assert!(!live.values().any(|v| *v == a), "duplicate {}", a);
+                        }
+                        live.insert(i, a);
+                    }
+                    Op::Del(i) => {
+                        del(&c, &env("DEL", &format!("c{i}")), &mut ipam, Attach::Plugin(&mut p)).unwrap();
+                        live.remove(&i);
+                    }
+                    Op::Check(i) => {
+                        c.prev_result = None;
+                        let got = check(&c, &env("CHECK", &format!("c{i}")), &mut ipam, Attach::Plugin(&mut p));
+                        proptest::prop_assert_eq!(got.is_ok(), live.contains_key(&i), "{:?}", got.err());
+                    }
+                }
+                for j in 0..6 {
+                    let n = held(&mut ipam, &format!("c{j}")).len();
+                    proptest::prop_assert_eq!(n, usize::from(live.contains_key(&j)), "container c{}", j);
+                }
+            }
+            let handles: HashSet<HandleId> = live
+                .keys()
+                .map(|i| format!("k8s-pod-network.c{i}").parse().unwrap())
+                .collect();
+            let report = calinet_ipam::report::check(ipam.ipam().store(), Some(&handles)).unwrap();
+            proptest::prop_assert!(report.is_clean(), "{:?}", report);
+            proptest::prop_assert_eq!(report.addresses_in_use, live.len());
+        }
+    }
 }

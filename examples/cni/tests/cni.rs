@@ -39,6 +39,18 @@ fn cali_links(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
+/// As root: a lab node to run the plugin in, so that a plugin that went on
+/// despite bad input would leave a link there for the test to find. Without
+/// root the plugin runs in the caller's namespace (and could create nothing).
+fn node_if_root(test: &str) -> Option<(Lab, Node)> {
+    if !testlab::skip::is_root() {
+        return None;
+    }
+    let lab = Lab::new(test).expect("lab");
+    let node = lab_node(&lab);
+    Some((lab, node))
+}
+
 // ----- no root needed --------------------------------------------------------
 
 #[test]
@@ -104,6 +116,9 @@ fn version_reports_every_supported_version() {
 
 #[test]
 fn missing_environment_variables_are_code_4_and_touch_nothing() {
+    let lab = node_if_root("cni_missing_env");
+    let host = lab.as_ref().map(|(_, n)| n.path());
+    let host = host.as_deref();
     let (_dir, db) = common::temp_db();
     let cfg = calinet_config(&db, "172.16.0.0/24", "");
     let base = Call::new("ADD", "c1", Path::new("/run/netns/none"), &cfg);
@@ -117,22 +132,28 @@ fn missing_environment_variables_are_code_4_and_touch_nothing() {
     for (var, unset) in cases {
         let mut c = base.clone();
         unset(&mut c);
-        let msg = c.exec(CALINET, None).err(4);
+        let msg = c.exec(CALINET, host).err(4);
         assert!(msg.contains(var), "{var}: {msg}");
     }
     let mut c = base.clone();
     c.command = String::new();
-    assert!(c.exec(CALINET, None).err(4).contains("CNI_COMMAND"));
+    assert!(c.exec(CALINET, host).err(4).contains("CNI_COMMAND"));
     c.command = "ATTACH".into();
-    assert!(c.exec(CALINET, None).err(4).contains("ATTACH"));
+    assert!(c.exec(CALINET, host).err(4).contains("ATTACH"));
     let mut c = base.clone();
     c.args = Some("K8S_POD_NAME".into());
-    assert!(c.exec(CALINET, None).err(4).contains("CNI_ARGS"));
+    assert!(c.exec(CALINET, host).err(4).contains("CNI_ARGS"));
     assert!(!db.exists(), "a rejected call created the datastore");
+    if let Some((_, node)) = &lab {
+        assert!(cali_links(node).is_empty());
+    }
 }
 
 #[test]
 fn bad_configuration_gets_its_spec_code() {
+    let lab = node_if_root("cni_bad_config");
+    let host = lab.as_ref().map(|(_, n)| n.path());
+    let host = host.as_deref();
     let (_dir, db) = common::temp_db();
     let netns = Path::new("/run/netns/none");
     let cases: [(String, u64, &str); 6] = [
@@ -158,7 +179,7 @@ fn bad_configuration_gets_its_spec_code() {
     ];
     for (cfg, code, needle) in cases {
         let msg = Call::new("ADD", "c1", netns, &cfg)
-            .exec(CALINET, None)
+            .exec(CALINET, host)
             .err(code);
         assert!(msg.to_lowercase().contains(needle), "{cfg}: {msg}");
     }

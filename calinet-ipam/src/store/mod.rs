@@ -19,6 +19,10 @@
 //!
 //! The trait is synchronous: the allocator's core is synchronous and an async
 //! backend (etcd) can run its client on its own runtime behind this interface.
+//!
+//! Backends: [`MemStore`], [`SqliteStore`] (feature `sqlite`, default) and
+//! `EtcdStore` (feature `etcd`); all pass the
+//! same [`conformance`](crate::conformance) suite, watch cases included.
 
 use std::fmt;
 use std::sync::Arc;

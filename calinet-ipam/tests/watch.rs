@@ -140,3 +140,59 @@ fn sqlite_history_is_pruned_to_its_bound() {
         .expect("events");
     assert_eq!(got.len(), 10);
 }
+
+/// A watcher sees the writes of another process on the same SQLite file, in
+/// order. The writer is this test binary run again in writer mode.
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_watch_sees_another_process_in_order() {
+    use calinet_ipam::{SqliteStore, StoreError, WatchEvent};
+    const N: u64 = 200;
+    const ROLE: &str = "CALINET_SQLITE_WATCH_WRITER";
+    if let Ok(path) = std::env::var(ROLE) {
+        let s = SqliteStore::open(&path).expect("open in writer");
+        for i in 1..=N {
+            loop {
+                let kv = s.get("/w/counter").expect("get").expect("counter");
+                match s.update("/w/counter", i.to_string().as_bytes(), kv.mod_revision) {
+                    Ok(_) => break,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(StoreError::Unavailable { .. }) => continue,
+                    Err(e) => panic!("update: {e}"),
+                }
+            }
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let s = SqliteStore::open(&path).expect("open");
+    let start = s.create("/w/counter", b"0").expect("create");
+    let mut w = s.watch("/w/", start + 1).expect("watch");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "sqlite_watch_sees_another_process_in_order",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, &path)
+        .env_remove("CALINET_SKIP_LOG")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn writer");
+    let got = w
+        .collect_timeout(N as usize, Duration::from_secs(60))
+        .expect("events");
+    let status = child.wait().expect("wait writer");
+    assert!(status.success(), "writer failed: {status}");
+    let values: Vec<u64> = got
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Put(kv) => String::from_utf8_lossy(&kv.value).parse().expect("number"),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(values, (1..=N).collect::<Vec<_>>());
+    assert!(got.windows(2).all(|p| p[0].revision() < p[1].revision()));
+}

@@ -149,6 +149,27 @@ fn datastore_outage_keeps_the_dataplane(lab: &mut RunningLab) {
     });
 }
 
+/// Restarts `node`'s agent once converged and returns its metrics after it
+/// converged again, asserting it wrote nothing to the dataplane.
+fn restart_without_writes(lab: &mut RunningLab, node: &str) -> String {
+    let before = metric(lab, node, "calinet_dataplane_writes_total").unwrap();
+    assert!(before > 0.0, "the first agent programmed the node");
+    lab.restart_agent(node).unwrap();
+    eventually("the restarted agent converges", || {
+        metric(lab, node, "calinet_reconciles_total").unwrap_or(0.0) >= 1.0
+            && metric(lab, node, "calinet_converged") == Some(1.0)
+    });
+    // A few more polls (300 ms each) to catch any late write.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = lab.metrics(node).unwrap();
+    assert_eq!(
+        sample(&m, "calinet_dataplane_writes_total"),
+        Some(0.0),
+        "a restarted agent on a converged node writes nothing:\n{m}"
+    );
+    m
+}
+
 fn metric(lab: &RunningLab, node: &str, name: &str) -> Option<f64> {
     lab.metrics(node).ok().and_then(|m| sample(&m, name))
 }
@@ -167,30 +188,7 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     check(&lab, Mode::Vxlan);
 
     // Restart a converged agent: it must find everything in place.
-    let before = metric(&lab, "k8s-w1", "calinet_dataplane_writes_total").unwrap();
-    assert!(before > 0.0, "the first agent programmed the node");
-    lab.restart_agent("k8s-w1").unwrap();
-    let t0 = Instant::now();
-    loop {
-        let reconciles = metric(&lab, "k8s-w1", "calinet_reconciles_total").unwrap_or(0.0);
-        let converged = metric(&lab, "k8s-w1", "calinet_converged").unwrap_or(0.0);
-        if reconciles >= 1.0 && converged == 1.0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "restarted agent never converged"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // A few more polls (300 ms each) to catch any late write.
-    std::thread::sleep(Duration::from_secs(2));
-    let m = lab.metrics("k8s-w1").unwrap();
-    assert_eq!(
-        sample(&m, "calinet_dataplane_writes_total"),
-        Some(0.0),
-        "a restarted agent on a converged node writes nothing:\n{m}"
-    );
+    let m = restart_without_writes(&mut lab, "k8s-w1");
     assert_eq!(sample(&m, "calinet_routes"), Some(5.0), "{m}");
     assert_eq!(sample(&m, "calinet_workload_endpoints"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "calinet_vxlan_neighbours"), Some(3.0), "{m}");
@@ -206,6 +204,10 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     policy_is_enforced(&lab);
     if testlab::Feature::check(testlab::Feature::WireguardGo).is_ok() {
         lab.switch_mode(Mode::Wireguard).expect("mode switch");
+        check(&lab, Mode::Wireguard);
+        // WireGuard too: device, peers, table 1 and the rule are found in place.
+        let m = restart_without_writes(&mut lab, "k8s-m");
+        assert_eq!(sample(&m, "calinet_wireguard_peers"), Some(3.0), "{m}");
         check(&lab, Mode::Wireguard);
     } else {
         eprintln!("wireguard mode not checked: wireguard-go missing");

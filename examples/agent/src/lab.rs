@@ -337,11 +337,16 @@ fn apply_text(store: &dyn calinet_ipam::Store, text: &str) -> Result<()> {
 fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
     let (state_dir, datastore, exe) = (&state.state_dir, &state.datastore, &state.agent_bin);
     let log = state_dir.join(format!("agent-{}.log", node.name));
-    let file = std::fs::File::create(&log).map_err(|source| Error::Io {
-        what: "create the agent log",
-        path: log.clone(),
-        source,
-    })?;
+    // Appended: a restarted agent's log follows its predecessor's.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|source| Error::Io {
+            what: "create the agent log",
+            path: log.clone(),
+            source,
+        })?;
     let err = file.try_clone().map_err(|source| Error::Io {
         what: "open the agent log",
         path: log.clone(),

@@ -155,6 +155,17 @@ fn restart_without_writes(lab: &mut RunningLab, node: &str) -> String {
     let before = metric(lab, node, "calinet_dataplane_writes_total").unwrap();
     assert!(before > 0.0, "the first agent programmed the node");
     lab.restart_agent(node).unwrap();
+    let log = lab
+        .state
+        .agents
+        .iter()
+        .find(|a| a.node == node)
+        .map(|a| std::fs::read_to_string(&a.log).unwrap())
+        .unwrap();
+    assert!(
+        log.contains("SIGTERM: shutting down, dataplane left as is"),
+        "the old agent stopped cleanly on SIGTERM:\n{log}"
+    );
     eventually("the restarted agent converges", || {
         metric(lab, node, "calinet_reconciles_total").unwrap_or(0.0) >= 1.0
             && metric(lab, node, "calinet_converged") == Some(1.0)

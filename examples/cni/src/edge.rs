@@ -572,6 +572,28 @@ mod tests {
     }
 
     #[test]
+    fn the_host_lock_excludes_a_second_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("ipam.lock");
+        let first = HostLock::acquire(&path).unwrap();
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiter = {
+            let (path, released) = (path.clone(), released.clone());
+            std::thread::spawn(move || {
+                let _second = HostLock::acquire(&path).unwrap();
+                released.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(first);
+        assert!(
+            waiter.join().unwrap(),
+            "second holder got the lock while the first held it"
+        );
+    }
+
+    #[test]
     fn pool_names_are_store_key_safe() {
         assert_eq!(
             pool_name(&"172.16.0.0/16".parse().unwrap()),

@@ -162,7 +162,7 @@ impl Workload {
     fn netns(&self) -> Result<&Path> {
         self.netns.as_deref().ok_or(Error::MissingEnv {
             var: "CNI_NETNS",
-            command: "this command".into(),
+            command: "ADD and CHECK".into(),
         })
     }
 

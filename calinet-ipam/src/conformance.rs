@@ -6,7 +6,9 @@
 //! calinet_ipam::conformance::run_all(calinet_ipam::MemStore::new);
 //! ```
 
-use crate::store::{Store, StoreError, TxnOp};
+use std::time::Duration;
+
+use crate::store::{Store, StoreError, TxnOp, WatchEvent};
 
 /// A named conformance case.
 pub type Case<S> = (&'static str, fn(&S));
@@ -46,6 +48,16 @@ pub fn cases<S: Store>() -> Vec<Case<S>> {
             "concurrent_cas_loses_no_update",
             concurrent_cas_loses_no_update::<S>,
         ),
+        (
+            "list_with_revision_is_consistent",
+            list_with_revision_is_consistent::<S>,
+        ),
+        (
+            "watch_delivers_changes_in_order",
+            watch_delivers_changes_in_order::<S>,
+        ),
+        ("watch_resumes_without_gap", watch_resumes_without_gap::<S>),
+        ("watch_from_now", watch_from_now::<S>),
     ]
 }
 
@@ -333,4 +345,117 @@ pub fn concurrent_cas_loses_no_update<S: Store>(s: &S) {
         String::from_utf8_lossy(&kv.value),
         (THREADS * PER_THREAD).to_string()
     );
+}
+
+/// How long the watch cases wait for an event that must come.
+const WATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// `list_with_revision` returns what `list` does plus the store revision,
+/// which is at least every listed key's revision and moves with writes.
+pub fn list_with_revision_is_consistent<S: Store>(s: &S) {
+    let empty = s.list_with_revision("/t/").expect("list_with_revision");
+    assert!(empty.kvs.is_empty());
+    s.create("/t/a", b"1").expect("create");
+    let rb = s.create("/t/b", b"2").expect("create");
+    s.create("/u/c", b"3").expect("create outside the prefix");
+    let l = s.list_with_revision("/t/").expect("list_with_revision");
+    let keys: Vec<&str> = l.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["/t/a", "/t/b"]);
+    assert!(
+        l.revision > rb,
+        "listing revision {} must cover the later write to /u/c",
+        l.revision
+    );
+    assert_eq!(l.kvs, s.list("/t/").expect("list"));
+}
+
+/// A watch from a listing's revision + 1 delivers every later change under
+/// the prefix, in revision order, transactions as same-revision events in op
+/// order, and nothing outside the prefix.
+pub fn watch_delivers_changes_in_order<S: Store>(s: &S) {
+    s.create("/w/before", b"0").expect("create");
+    let l = s.list_with_revision("/w/").expect("list_with_revision");
+    let mut w = s.watch("/w/", l.revision + 1).expect("watch");
+    let r1 = s.create("/w/a", b"1").expect("create a");
+    s.create("/x/outside", b"x").expect("create outside");
+    let r2 = s.update("/w/a", b"2", r1).expect("update a");
+    let r3 = s
+        .txn(&[
+            TxnOp::Create {
+                key: "/w/b".into(),
+                value: b"b".to_vec(),
+            },
+            TxnOp::Delete {
+                key: "/w/a".into(),
+                expected: r2,
+            },
+        ])
+        .expect("txn");
+    let got = w.collect_timeout(4, WATCH_WAIT).expect("watch events");
+    let summary: Vec<(String, i64, Option<Vec<u8>>)> = got
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Put(kv) => (kv.key.clone(), kv.mod_revision, Some(kv.value.clone())),
+            WatchEvent::Delete { key, revision } => (key.clone(), *revision, None),
+            #[allow(unreachable_patterns)]
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("/w/a".to_owned(), r1, Some(b"1".to_vec())),
+            ("/w/a".to_owned(), r2, Some(b"2".to_vec())),
+            ("/w/b".to_owned(), r3, Some(b"b".to_vec())),
+            ("/w/a".to_owned(), r3, None),
+        ]
+    );
+    assert_eq!(w.next_revision(), r3 + 1);
+    assert!(
+        w.next_timeout(Duration::from_millis(200))
+            .expect("watch")
+            .is_none(),
+        "no further event expected"
+    );
+}
+
+/// Dropping a watcher and watching again from its `next_revision` misses
+/// nothing and repeats nothing.
+pub fn watch_resumes_without_gap<S: Store>(s: &S) {
+    let mut w = s.watch("/r/", 0).expect("watch");
+    let mut revs = Vec::new();
+    for i in 0..3 {
+        revs.push(s.create(&format!("/r/{i}"), b"v").expect("create"));
+    }
+    let first = w.collect_timeout(2, WATCH_WAIT).expect("events");
+    assert_eq!(
+        first.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+        revs[..2]
+    );
+    let resume = w.next_revision();
+    assert_eq!(resume, revs[1] + 1);
+    drop(w);
+    for i in 3..5 {
+        revs.push(s.create(&format!("/r/{i}"), b"v").expect("create"));
+    }
+    let mut w2 = s.watch("/r/", resume).expect("resume watch");
+    let rest = w2.collect_timeout(3, WATCH_WAIT).expect("events");
+    assert_eq!(
+        rest.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+        revs[2..]
+    );
+    let keys: Vec<&str> = rest.iter().map(|e| e.key()).collect();
+    assert_eq!(keys, ["/r/2", "/r/3", "/r/4"]);
+}
+
+/// `watch(prefix, 0)` starts after the current revision.
+pub fn watch_from_now<S: Store>(s: &S) {
+    s.create("/n/old", b"old").expect("create");
+    let mut w = s.watch("/n/", 0).expect("watch");
+    let r = s.create("/n/new", b"new").expect("create");
+    let ev = w
+        .next_timeout(WATCH_WAIT)
+        .expect("watch")
+        .expect("an event");
+    assert_eq!((ev.key(), ev.revision()), ("/n/new", r));
 }

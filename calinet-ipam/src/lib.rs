@@ -132,6 +132,9 @@ pub use store::SqliteStore;
 pub use store::{
     CountingStore, KeyValue, MemStore, Revision, RoundTrips, Store, StoreError, TxnOp,
 };
+#[cfg(feature = "etcd")]
+pub use store::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
+pub use store::{Listing, WatchError, WatchEvent, Watcher};
 pub use types::{
     AffinityState, AllocationAttribute, AllowedUse, AssignmentMode, Attributes, BlockAffinity,
     BlockCidr, EncapMode, Family, HandleId, IpPool, IpPoolSpec, IpReservation, IpReservationSpec,

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{KeyValue, Revision, Store, StoreResult, TxnOp};
+use super::{KeyValue, Listing, Revision, Store, StoreResult, TxnOp, Watcher};
 
 /// Round-trip counts by operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,5 +102,15 @@ impl<S: Store> Store for CountingStore<S> {
     fn txn(&self, ops: &[TxnOp]) -> StoreResult<Revision> {
         self.bump(5);
         self.inner.txn(ops)
+    }
+    /// Counted as a `list`.
+    fn list_with_revision(&self, prefix: &str) -> StoreResult<Listing> {
+        self.bump(1);
+        self.inner.list_with_revision(prefix)
+    }
+    /// Not counted: a watch is one long-lived stream, not a round trip per
+    /// change.
+    fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watcher> {
+        self.inner.watch(prefix, from)
     }
 }

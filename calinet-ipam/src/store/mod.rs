@@ -11,25 +11,37 @@
 //! | [`Store::update`]| `Txn(If mod_revision(key) == rev Then Put)`                     |
 //! | [`Store::delete`]| `Txn(If mod_revision(key) == rev Then Delete)`                  |
 //! | [`Store::txn`]   | one `Txn` with all the compares and all the puts/deletes        |
+//! | [`Store::list_with_revision`] | `Range(prefix)` pages at one revision (header revision) |
+//! | [`Store::watch`] | `Watch(prefix, start_revision)` (see [`watch`])   |
 //!
 //! All writes of one call get the same new revision (as in etcd). Keys are
 //! Calico's etcd v3 keys (see [`crate::keys`]), values Calico's JSON.
 //!
 //! The trait is synchronous: the allocator's core is synchronous and an async
 //! backend (etcd) can run its client on its own runtime behind this interface.
+//!
+//! Backends: [`MemStore`], [`SqliteStore`] (feature `sqlite`, default) and
+//! `EtcdStore` (feature `etcd`); all pass the
+//! same [`conformance`](crate::conformance) suite, watch cases included.
 
 use std::fmt;
 use std::sync::Arc;
 
 mod counting;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod mem;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod watch;
 
 pub use counting::{CountingStore, RoundTrips};
+#[cfg(feature = "etcd")]
+pub use etcd::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
 pub use mem::MemStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+pub use watch::{Listing, WatchError, WatchEvent, WatchSource, Watcher};
 
 /// A store revision (etcd's mod revision). Strictly positive for stored keys.
 pub type Revision = i64;
@@ -144,6 +156,14 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The backend does not implement this operation.
+    #[error("{backend} does not support {op}")]
+    Unsupported {
+        /// Operation.
+        op: &'static str,
+        /// The backend's type name.
+        backend: &'static str,
+    },
     /// Any other backend failure.
     #[error("datastore {op} on {key:?} failed")]
     Backend {
@@ -189,6 +209,31 @@ pub trait Store: Send + Sync {
     /// Apply all ops atomically if every condition holds, else nothing and
     /// [`StoreError::TxnConflict`]. Returns the revision given to every write.
     fn txn(&self, ops: &[TxnOp]) -> StoreResult<Revision>;
+
+    /// Read all keys under `prefix` (as [`Store::list`]) together with the
+    /// store revision of the read, so a [`Store::watch`] from `revision + 1`
+    /// continues exactly after it. The built-in backends all implement it;
+    /// the default reports [`StoreError::Unsupported`].
+    fn list_with_revision(&self, prefix: &str) -> StoreResult<Listing> {
+        let _ = prefix;
+        Err(StoreError::Unsupported {
+            op: "list_with_revision",
+            backend: std::any::type_name::<Self>(),
+        })
+    }
+
+    /// Watch the changes under `prefix`, starting with revision `from`
+    /// (`0`: only changes after now). A `from` older than the backend's
+    /// retained history makes the watcher report [`WatchError::Compacted`].
+    /// The built-in backends all implement it; the default reports
+    /// [`StoreError::Unsupported`]. See [`watch`] for the design.
+    fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watcher> {
+        let _ = (prefix, from);
+        Err(StoreError::Unsupported {
+            op: "watch",
+            backend: std::any::type_name::<Self>(),
+        })
+    }
 }
 
 macro_rules! forward_store {
@@ -202,6 +247,12 @@ macro_rules! forward_store {
             }
             fn delete(&self, key: &str, expected: Revision) -> StoreResult<()> { (**self).delete(key, expected) }
             fn txn(&self, ops: &[TxnOp]) -> StoreResult<Revision> { (**self).txn(ops) }
+            fn list_with_revision(&self, prefix: &str) -> StoreResult<Listing> {
+                (**self).list_with_revision(prefix)
+            }
+            fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watcher> {
+                (**self).watch(prefix, from)
+            }
         }
     )*};
 }

@@ -6,6 +6,12 @@
 //! leaves either all or none of a transaction. `synchronous = NORMAL` in WAL
 //! mode survives process crashes; a power loss may lose the last commits but
 //! never leaves a torn one.
+//!
+//! Watch history lives in the same file (table `history`, written in the
+//! same transaction as the change), so a watcher in another process sees
+//! every committed change; it polls the file (default every 10 ms). The
+//! last [`SqliteStore::DEFAULT_WATCH_HISTORY`] revisions are kept, older ones
+//! are pruned (a compaction, reported to watchers that still need them).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,7 +20,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    KeyValue, Revision, Store, StoreError, StoreResult, TxnOp, check_distinct_keys, txn_keys,
+    KeyValue, Listing, Revision, Store, StoreError, StoreResult, TxnOp, WatchError, WatchEvent,
+    WatchSource, Watcher, check_distinct_keys, txn_keys,
 };
 
 /// A [`Store`] in an SQLite file. Open one per process (or per thread for
@@ -23,6 +30,9 @@ use super::{
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    busy_timeout: Duration,
+    watch_history: Revision,
+    watch_poll: Duration,
 }
 
 fn backend(op: &'static str, key: &str, e: rusqlite::Error) -> StoreError {
@@ -103,10 +113,44 @@ impl SqliteStore {
         )
         .map_err(|e| backend("open", &ps, e))?;
         tx.commit().map_err(|e| backend("open", &ps, e))?;
+        create_history_tables(&mut conn).map_err(|e| backend("open", &ps, e))?;
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
+            busy_timeout,
+            watch_history: Self::DEFAULT_WATCH_HISTORY,
+            watch_poll: Duration::from_millis(10),
         })
+    }
+
+    /// Revisions of watch history kept by default: a watcher more than this
+    /// far behind re-lists. (A /26 block's JSON is a few KiB, so this bounds
+    /// the history to a few MiB of the file.)
+    pub const DEFAULT_WATCH_HISTORY: Revision = 1_000;
+
+    /// Keep the last `revisions` revisions of watch history (pruning happens
+    /// on writes of this handle; other processes prune with their own setting).
+    pub fn with_watch_history(mut self, revisions: Revision) -> SqliteStore {
+        self.watch_history = revisions.max(1);
+        self
+    }
+
+    /// How often watchers created by this handle look for new changes.
+    pub fn with_watch_poll(mut self, every: Duration) -> SqliteStore {
+        self.watch_poll = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Drop the watch history before `revision` now (as etcd's compaction);
+    /// watches that still need it report [`WatchError::Compacted`].
+    pub fn compact(&self, revision: Revision) -> StoreResult<()> {
+        let ps = self.path.display().to_string();
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| backend("compact", &ps, e))?;
+        prune_history(&tx, revision - 1).map_err(|e| backend("compact", &ps, e))?;
+        tx.commit().map_err(|e| backend("compact", &ps, e))
     }
 
     /// The file path.
@@ -199,12 +243,219 @@ impl SqliteStore {
             };
             r.map_err(|e| backend(op_name, op.key(), e))?;
         }
+        for (seq, op) in ops.iter().enumerate() {
+            let value = match op {
+                TxnOp::Create { value, .. } | TxnOp::Update { value, .. } => Some(value),
+                TxnOp::Delete { .. } => None,
+            };
+            tx.prepare_cached(
+                "INSERT INTO history (revision, seq, key, value) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![rev, seq as i64, op.key(), value]))
+            .map_err(|e| backend(op_name, op.key(), e))?;
+        }
+        // Prune in steps, not on every write, to keep writes cheap.
+        if rev % 64 == 0 && rev > self.watch_history {
+            prune_history(&tx, rev - self.watch_history).map_err(|e| backend(op_name, &key0, e))?;
+        }
         tx.commit().map_err(|e| backend(op_name, &key0, e))?;
         Ok(rev)
     }
 }
 
+/// The watch history tables; a store file made before them starts its
+/// history at its current revision.
+fn create_history_tables(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS history (
+             revision INTEGER NOT NULL,
+             seq INTEGER NOT NULL,
+             key TEXT NOT NULL,
+             value BLOB,
+             PRIMARY KEY (revision, seq)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS history_meta (
+             id INTEGER PRIMARY KEY CHECK (id = 0),
+             compacted INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO history_meta (id, compacted)
+             SELECT 0, revision FROM meta WHERE id = 0;",
+    )?;
+    tx.commit()
+}
+
+fn prune_history(tx: &rusqlite::Transaction<'_>, upto: Revision) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE history_meta SET compacted = MAX(compacted, MIN(?1, (SELECT revision FROM meta WHERE id = 0))) WHERE id = 0")?
+        .execute(params![upto])?;
+    tx.prepare_cached(
+        "DELETE FROM history WHERE revision <= (SELECT compacted FROM history_meta WHERE id = 0)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+fn read_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
+    Ok(KeyValue {
+        key: r.get(0)?,
+        value: r.get(1)?,
+        mod_revision: r.get(2)?,
+    })
+}
+
+/// Keys in `[prefix, prefix_end)` as SQL bounds (None: no upper bound).
+fn key_bounds(prefix: &str) -> Option<String> {
+    prefix_end(prefix).and_then(|e| String::from_utf8(e).ok())
+}
+
+/// A watch over an SQLite file: its own read connection, polling `history`.
+#[derive(Debug)]
+struct SqliteWatch {
+    conn: Connection,
+    prefix: String,
+    end: Option<String>,
+    next: Revision,
+    poll: Duration,
+}
+
+impl SqliteWatch {
+    fn fail(&self, e: rusqlite::Error) -> WatchError {
+        WatchError::Store {
+            prefix: self.prefix.clone(),
+            next_revision: self.next,
+            source: backend("watch", &self.prefix, e),
+        }
+    }
+
+    /// One look at the file: (compacted, current revision, events >= next).
+    fn scan(&mut self) -> rusqlite::Result<(Revision, Revision, Vec<WatchEvent>)> {
+        let tx = self.conn.transaction()?;
+        let compacted: Revision =
+            tx.query_row("SELECT compacted FROM history_meta WHERE id = 0", [], |r| {
+                r.get(0)
+            })?;
+        let current: Revision =
+            tx.query_row("SELECT revision FROM meta WHERE id = 0", [], |r| r.get(0))?;
+        let mut events = Vec::new();
+        if self.next > compacted {
+            let mut stmt = tx.prepare_cached(
+                "SELECT revision, key, value FROM history WHERE revision >= ?1 ORDER BY revision, seq",
+            )?;
+            let mut rows = stmt.query(params![self.next])?;
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(1)?;
+                let in_range = key.starts_with(&self.prefix)
+                    && self.end.as_ref().is_none_or(|e| key.as_str() < e.as_str());
+                if !in_range {
+                    continue;
+                }
+                let revision: Revision = r.get(0)?;
+                let value: Option<Vec<u8>> = r.get(2)?;
+                events.push(match value {
+                    Some(value) => WatchEvent::Put(KeyValue {
+                        key,
+                        value,
+                        mod_revision: revision,
+                    }),
+                    None => WatchEvent::Delete { key, revision },
+                });
+            }
+        }
+        Ok((compacted, current, events))
+    }
+}
+
+impl WatchSource for SqliteWatch {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<WatchEvent>, WatchError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (compacted, current, events) = match self.scan() {
+                Ok(x) => x,
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) =>
+                {
+                    (0, 0, Vec::new())
+                }
+                Err(e) => return Err(self.fail(e)),
+            };
+            if self.next <= compacted {
+                return Err(WatchError::Compacted {
+                    prefix: self.prefix.clone(),
+                    requested: self.next,
+                    compact_revision: compacted + 1,
+                });
+            }
+            self.next = self.next.max(current + 1);
+            if !events.is_empty() {
+                return Ok(events);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            std::thread::sleep(left.min(self.poll));
+        }
+    }
+}
+
 impl Store for SqliteStore {
+    fn list_with_revision(&self, prefix: &str) -> StoreResult<Listing> {
+        let mut conn = self.lock();
+        let res = (|| -> rusqlite::Result<Listing> {
+            // One read transaction: a WAL snapshot of both tables.
+            let tx = conn.transaction()?;
+            let revision: Revision =
+                tx.query_row("SELECT revision FROM meta WHERE id = 0", [], |r| r.get(0))?;
+            let kvs: Vec<KeyValue> = match key_bounds(prefix) {
+                Some(end) => tx
+                    .prepare_cached("SELECT key, value, mod_revision FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")?
+                    .query_map(params![prefix, end], read_kv)?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => tx
+                    .prepare_cached("SELECT key, value, mod_revision FROM kv WHERE key >= ?1 ORDER BY key")?
+                    .query_map(params![prefix], read_kv)?
+                    .filter(|kv| kv.as_ref().map_or(true, |kv| kv.key.starts_with(prefix)))
+                    .collect::<rusqlite::Result<_>>()?,
+            };
+            tx.commit()?;
+            Ok(Listing { kvs, revision })
+        })();
+        res.map_err(|e| backend("list_with_revision", prefix, e))
+    }
+
+    fn watch(&self, prefix: &str, from: Revision) -> StoreResult<Watcher> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(self.busy_timeout)?;
+            Ok(c)
+        })
+        .map_err(|e| backend("watch", prefix, e))?;
+        let from = if from <= 0 {
+            let current: Revision = conn
+                .query_row("SELECT revision FROM meta WHERE id = 0", [], |r| r.get(0))
+                .map_err(|e| backend("watch", prefix, e))?;
+            current + 1
+        } else {
+            from
+        };
+        let source = SqliteWatch {
+            conn,
+            prefix: prefix.to_owned(),
+            end: key_bounds(prefix),
+            next: from,
+            poll: self.watch_poll,
+        };
+        Ok(Watcher::new(prefix, from, Box::new(source)))
+    }
+
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
         let conn = self.lock();
         conn.prepare_cached("SELECT value, mod_revision FROM kv WHERE key = ?1")

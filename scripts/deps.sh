@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  iproute2 procps iputils-ping tcpdump
+  iproute2 procps iputils-ping tcpdump openssl
   nftables libnftnl-dev libmnl-dev pkg-config
   wireguard-go wireguard-tools
   etcd-server etcd-client
@@ -12,7 +12,7 @@ packages=(
   containernetworking-plugins
 )
 # A command each package provides, to tell whether it is installed.
-probes=(ip sysctl ping tcpdump nft /usr/include/libnftnl/table.h
+probes=(ip sysctl ping tcpdump openssl nft /usr/include/libnftnl/table.h
         /usr/include/libmnl/libmnl.h pkg-config wireguard-go wg etcd etcdctl protoc
         /usr/lib/cni/host-local)
 

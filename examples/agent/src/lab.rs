@@ -358,6 +358,8 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         .arg("--datastore")
         .arg(datastore)
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
+        // Frequent full resyncs, so the lab exercises them (Calico: 90 s).
+        .args(["--resync-secs", "8"])
         // wireguard-go's control sockets share /var/run/wireguard machine-wide.
         .args(["--wireguard-ifname", &wg_ifname(state, node)])
         .arg("--datastore-fault-file")

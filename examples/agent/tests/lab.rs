@@ -170,8 +170,13 @@ fn restart_without_writes(lab: &mut RunningLab, node: &str) -> String {
         metric(lab, node, "calinet_reconciles_total").unwrap_or(0.0) >= 1.0
             && metric(lab, node, "calinet_converged") == Some(1.0)
     });
-    // A few more polls (300 ms each) to catch any late write.
-    std::thread::sleep(Duration::from_secs(2));
+    // The lab resyncs every 8 s: wait for one full resync (which re-checks
+    // every workload against the kernel) after the start-up reconcile.
+    let t0 = Instant::now();
+    while metric(lab, node, "calinet_reconciles_total").unwrap_or(0.0) < 2.0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no periodic resync");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let m = lab.metrics(node).unwrap();
     assert_eq!(
         sample(&m, "calinet_dataplane_writes_total"),

@@ -73,7 +73,7 @@ fn main() {
     );
 
     let (mut cal, mut refr, mut cal_ipam, mut ref_ipam) = (vec![], vec![], vec![], vec![]);
-    let (mut cal_cpu, mut ref_cpu) = (vec![], vec![]);
+    let (mut cal_cpu, mut ref_cpu, mut floor) = (vec![], vec![], vec![]);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     for i in 0..WARMUP + RUNS {
         // Fresh pod namespaces (not timed), one per plugin.
@@ -93,6 +93,8 @@ fn main() {
         };
         ta.ok();
         tb.ok();
+        // The exec path itself: /bin/true spawned the same way (setns, env, stdin).
+        let tt = a.exec("/bin/true", Some(&host));
         let tc = c.exec(CALINET_IPAM, None);
         let td = d.exec(host_local, None);
         tc.ok();
@@ -101,6 +103,7 @@ fn main() {
             cal.push(ta.elapsed);
             refr.push(tb.elapsed);
             cal_cpu.push(ta.cpu);
+            floor.push(tt.elapsed);
             ref_cpu.push(tb.cpu);
             cal_ipam.push(tc.elapsed);
             ref_ipam.push(td.elapsed);
@@ -149,6 +152,12 @@ fn main() {
     println!(
         "  ratio calinet-ipam / host-local: {:.2}",
         mi.as_secs_f64() / mh.as_secs_f64()
+    );
+    let mf = median(&mut floor);
+    println!(
+        "  exec floor (/bin/true, same spawn path): median {}; ratio with it subtracted: {:.2}",
+        ms(mf),
+        (mc.as_secs_f64() - mf.as_secs_f64()) / (mr.as_secs_f64() - mf.as_secs_f64())
     );
     println!(
         "  load average before / after: {} / {}",

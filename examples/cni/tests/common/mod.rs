@@ -165,9 +165,13 @@ impl Call {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         let mut stdin = child.stdin.take().expect("stdin piped");
-        stdin
-            .write_all(self.config.as_bytes())
-            .expect("write config");
+        // A program that exits without reading stdin (`/bin/true`, or a
+        // plugin failing early) closes the pipe: its exit status tells.
+        if let Err(e) = stdin.write_all(self.config.as_bytes())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            panic!("write config to {binary}: {e}");
+        }
         drop(stdin);
         let out = child.wait_with_output().expect("wait for plugin");
         let elapsed = start.elapsed();

@@ -192,7 +192,7 @@ pub struct Config {
     pub name: String,
     /// `type`.
     pub plugin_type: String,
-    /// MTU of the workload veth (68..=65535, default 1500).
+    /// MTU of the workload veth (68..=65535; absent or 0: 1500).
     pub mtu: u32,
     /// Node name, when configured.
     pub nodename: Option<String>,
@@ -300,7 +300,9 @@ impl Config {
                 "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
             ));
         }
-        let mtu = raw.mtu.unwrap_or(DEFAULT_MTU);
+        // 0 means "default" (as for the reference plugins, whose `mtu` this
+        // field is when calinet-ipam runs under one of them).
+        let mtu = raw.mtu.filter(|m| *m != 0).unwrap_or(DEFAULT_MTU);
         if !(68..=65535).contains(&mtu) {
             return Err(invalid("mtu", mtu, "must be between 68 and 65535"));
         }
@@ -531,6 +533,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.mtu, DEFAULT_MTU);
         assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
+        let zero = Config::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ptp","mtu":0,"ipam":{"type":"calinet-ipam"}}"#,
+        )
+        .unwrap();
+        assert_eq!(zero.mtu, DEFAULT_MTU);
         assert_eq!(
             c.ipam.datastore,
             Datastore::Sqlite {

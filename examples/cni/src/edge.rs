@@ -2,7 +2,6 @@
 //! SQLite file by default) under a host-wide lock, and the kernel through
 //! calinet-route's workload plumbing.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -10,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use calinet_ipam::{
-    AutoAssignRequest, Family, HandleId, IpPool, IpPoolSpec, Ipam, NodeName, Store, report,
+    Attributes, AutoAssignRequest, Family, HandleId, IpPool, IpPoolSpec, Ipam, NodeName, Store,
+    report,
 };
 use calinet_route::nl::Conn;
 use calinet_route::{IfName, MacAddr, Netns, RouteProtocol, WorkloadSpec, link, workload};
@@ -282,43 +282,33 @@ impl<S: Store> AddressManager for StoreIpam<S> {
             .map_err(ipam_err(format!("release of handle {handle}")))
     }
 
-    fn release_stale(
+    fn handles_on_node(
         &mut self,
         prefix: &str,
         node: &NodeName,
-        keep: &HashSet<HandleId>,
-    ) -> Result<Vec<HandleId>> {
-        let _g = self.guard()?;
+    ) -> Result<Vec<(HandleId, Attributes)>> {
         let d = report::dump(self.ipam.store()).map_err(ipam_err("reading IPAM state for GC"))?;
-        let mut stale: Vec<HandleId> = Vec::new();
+        let mut out: Vec<(HandleId, Attributes)> = Vec::new();
         for (block, _) in &d.blocks {
             for (_, a) in block.allocations() {
                 let Some(h) = a.handle.as_deref() else {
                     continue;
                 };
-                let on_node = a
-                    .secondary
-                    .as_ref()
+                let attrs = a.secondary.as_deref();
+                let on_node = attrs
                     .and_then(|s| s.get("node"))
                     .is_some_and(|n| n == node.as_str());
                 if !h.starts_with(prefix) || !on_node {
                     continue;
                 }
                 if let Ok(h) = h.parse::<HandleId>()
-                    && !keep.contains(&h)
-                    && !stale.contains(&h)
+                    && !out.iter().any(|(o, _)| *o == h)
                 {
-                    stale.push(h);
+                    out.push((h, attrs.cloned().unwrap_or_default()));
                 }
             }
         }
-        let now = SystemTime::now();
-        for h in &stale {
-            self.ipam
-                .release_handle(h, now)
-                .map_err(ipam_err(format!("GC release of handle {h}")))?;
-        }
-        Ok(stale)
+        Ok(out)
     }
 
     fn status(&mut self, cfg: &IpamConfig) -> Result<()> {

@@ -50,14 +50,13 @@ pub trait AddressManager {
     fn assign(&mut self, params: &AssignParams) -> Result<Vec<IpNet>>;
     /// Releases everything `handle` holds; idempotent.
     fn release(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>>;
-    /// Releases handles starting with `prefix` whose allocations belong to
-    /// `node` and that are not in `keep`; returns the handles released.
-    fn release_stale(
+    /// Handles starting with `prefix` that hold addresses allocated by
+    /// `node`, each with the owner attributes of its allocation.
+    fn handles_on_node(
         &mut self,
         prefix: &str,
         node: &NodeName,
-        keep: &HashSet<HandleId>,
-    ) -> Result<Vec<HandleId>>;
+    ) -> Result<Vec<(HandleId, Attributes)>>;
     /// Whether ADDs could be served with these settings (STATUS).
     fn status(&mut self, ipam: &IpamConfig) -> Result<()>;
 }
@@ -441,22 +440,66 @@ pub fn check(
     }
 }
 
-/// GC (CNI 1.1): releases this network's handles on this node whose container
-/// is not among `cni.dev/valid-attachments`. Returns the released handles.
-pub fn gc(cfg: &Config, node: &NodeName, ipam: &mut dyn AddressManager) -> Result<Vec<HandleId>> {
+/// GC (CNI 1.1): for this network's handles on this node whose container is
+/// not among `cni.dev/valid-attachments`, removes the host interface (plugin
+/// mode) and releases the handle. The interface name comes from the
+/// allocation's attributes (`namespace`/`pod`, else `containerID`) and is left
+/// alone when a kept attachment maps to the same name (a pod re-created under
+/// the same name). Returns the released handles.
+pub fn gc(
+    cfg: &Config,
+    node: &NodeName,
+    ipam: &mut dyn AddressManager,
+    mut attach: Attach<'_>,
+) -> Result<Vec<HandleId>> {
     if !cfg.version.has_gc_status() {
         return Err(Error::IncompatibleVersion {
             version: cfg.version.to_string(),
             rule: "GC needs cniVersion 1.1.0 or later".into(),
         });
     }
-    let mut keep = HashSet::new();
+    let mut keep: HashSet<HandleId> = HashSet::new();
     for a in cfg.valid_attachments.iter().flatten() {
         if let Ok(h) = format!("{}.{}", cfg.name, a.container_id).parse() {
             keep.insert(h);
         }
     }
-    ipam.release_stale(&format!("{}.", cfg.name), node, &keep)
+    let handles = ipam.handles_on_node(&format!("{}.", cfg.name), node)?;
+    let kept_ifnames: HashSet<IfName> = handles
+        .iter()
+        .filter(|(h, _)| keep.contains(h))
+        .filter_map(|(_, a)| host_ifname_of(cfg, a))
+        .collect();
+    let eth0 = IfName::new("eth0").expect("valid interface name");
+    let mut released = Vec::new();
+    for (h, attrs) in handles {
+        if keep.contains(&h) {
+            continue;
+        }
+        if let Attach::Plugin(p) = &mut attach
+            && let Some(ifname) = host_ifname_of(cfg, &attrs)
+            && !kept_ifnames.contains(&ifname)
+        {
+            p.teardown(&ifname, None, &eth0)?;
+        }
+        ipam.release(&h)?;
+        released.push(h);
+    }
+    Ok(released)
+}
+
+/// The host interface name ADD gave the workload these attributes belong to.
+fn host_ifname_of(cfg: &Config, attrs: &Attributes) -> Option<IfName> {
+    let (a, b) = match (
+        attrs.get("namespace"),
+        attrs.get("pod"),
+        attrs.get("containerID"),
+    ) {
+        (Some(ns), Some(pod), _) => (ns.as_str(), pod.as_str()),
+        (_, _, Some(id)) => ("cni", id.as_str()),
+        _ => return None,
+    };
+    IfName::workload(&cfg.interface_prefix, a, b).ok()
 }
 
 /// STATUS (CNI 1.1): Ok when ADDs can be served.
@@ -783,13 +826,54 @@ mod tests {
             container_id: "a".into(),
             ifname: "eth0".into(),
         }]);
-        let mut released = gc(&c, &node(), &mut ipam).unwrap();
+        let mut released = gc(&c, &node(), &mut ipam, Attach::IpamOnly).unwrap();
         released.sort();
         let names: Vec<&str> = released.iter().map(|h| h.as_str()).collect();
         assert_eq!(names, ["k8s-pod-network.b", "k8s-pod-network.c"]);
         assert_eq!(held(&mut ipam, "a").len(), 1);
         assert_eq!(held(&mut ipam, "d").len(), 1);
         assert!(held(&mut ipam, "b").is_empty());
+    }
+
+    #[test]
+    fn gc_in_plugin_mode_removes_stale_interfaces_but_not_a_recreated_pods() {
+        let mut c = cfg("");
+        let mut ipam = StoreIpam::new(MemStore::new(), None);
+        let mut p = RecordingPlumber::default();
+        let with_pod = |cmd: &str, id: &str, pod: &str| {
+            let mut e = env(cmd, id);
+            e.args = crate::env::CniArgs::parse(&format!(
+                "K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"
+            ))
+            .unwrap();
+            e
+        };
+        // "old" and "new" are two sandboxes of the same pod (same veth name);
+        // "gone" is a pod that no longer exists.
+        for (id, pod) in [("old", "web"), ("new", "web"), ("gone", "db")] {
+            add(
+                &c,
+                &with_pod("ADD", id, pod),
+                &node(),
+                &mut ipam,
+                Attach::Plugin(&mut p),
+            )
+            .unwrap();
+        }
+        c.valid_attachments = Some(vec![crate::config::Attachment {
+            container_id: "new".into(),
+            ifname: "eth0".into(),
+        }]);
+        p.calls.clear();
+        let mut released = gc(&c, &node(), &mut ipam, Attach::Plugin(&mut p)).unwrap();
+        released.sort();
+        let names: Vec<&str> = released.iter().map(|h| h.as_str()).collect();
+        assert_eq!(names, ["k8s-pod-network.gone", "k8s-pod-network.old"]);
+        let web = IfName::calico_workload("default", "web");
+        let db = IfName::calico_workload("default", "db");
+        assert_eq!(p.calls, [format!("teardown {db} None")], "{:?}", p.calls);
+        assert!(!p.calls.iter().any(|c| c.contains(web.as_str())));
+        assert_eq!(held(&mut ipam, "new").len(), 1);
     }
 
     #[test]
@@ -804,7 +888,12 @@ mod tests {
             1
         );
         c.version = CniVersion::V1_0_0;
-        assert_eq!(gc(&c, &node(), &mut ipam).unwrap_err().code(), 1);
+        assert_eq!(
+            gc(&c, &node(), &mut ipam, Attach::IpamOnly)
+                .unwrap_err()
+                .code(),
+            1
+        );
         assert_eq!(status(&c, &mut ipam).unwrap_err().code(), 1);
     }
 

@@ -129,7 +129,7 @@ fn dispatch(
         Command::Check => plugin::check(&cfg, &env, &mut ipam, attach).map(|()| None),
         Command::Gc => {
             let node = node_name(&cfg)?;
-            plugin::gc(&cfg, &node, &mut ipam).map(|_| None)
+            plugin::gc(&cfg, &node, &mut ipam, attach).map(|_| None)
         }
         Command::Status => plugin::status(&cfg, &mut ipam).map(|()| None),
         Command::Version => json(&VersionResult::ours()),

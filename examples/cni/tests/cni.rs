@@ -660,3 +660,39 @@ fn dual_stack_add_check_del_in_cni_1_1() {
         "{report:?}"
     );
 }
+
+/// GC (CNI 1.1) in the lab: the attachment not listed as valid loses its veth
+/// and its address; the valid one keeps both.
+#[test]
+fn gc_removes_the_interface_and_address_of_a_stale_attachment() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_gc").unwrap();
+    let node = lab_node(&lab);
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.8.0/24", "").replace("\"1.0.0\"", "\"1.1.0\"");
+    let pods: Vec<Netns> = ["keep", "stale"]
+        .iter()
+        .map(|n| lab.pod(n).unwrap())
+        .collect();
+    for (p, id) in pods.iter().zip(["keep", "stale"]) {
+        Call::new("ADD", id, &p.path(), &cfg)
+            .exec(CALINET, Some(&node.path()))
+            .ok();
+    }
+    assert_eq!(cali_links(&node).len(), 2);
+    let mut gc_cfg: Value = serde_json::from_str(&cfg).unwrap();
+    gc_cfg["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let mut gc = Call::new("GC", "unused", Path::new("/unused"), &gc_cfg.to_string());
+    gc.container = None;
+    gc.netns = None;
+    gc.ifname = None;
+    assert_eq!(gc.exec(CALINET, Some(&node.path())).ok(), "");
+    let keep_if = IfName::calico_workload("default", "keep").to_string();
+    assert_eq!(cali_links(&node), std::slice::from_ref(&keep_if));
+    assert!(
+        pods[1].link("eth0").unwrap().is_none(),
+        "stale pod side left"
+    );
+    assert_eq!(stored_handles(&db), ["k8s-pod-network.keep"]);
+    assert!(ipam_check(&db, &["keep"]).is_clean());
+}

@@ -9,7 +9,7 @@ use crate::config::{Config, Datastore, resolve_nodename};
 use crate::edge::{KernelPlumber, StoreIpam, WalKeeper};
 use crate::env::{Command, Env};
 use crate::error::{Error, Result};
-use crate::plugin::{self, Attach};
+use crate::plugin::{self, AddressManager, Attach};
 use crate::result::{ErrorResult, VersionResult};
 
 /// Which binary is running.
@@ -63,7 +63,10 @@ fn node_name(cfg: &Config) -> Result<NodeName> {
     resolve_nodename(cfg.nodename.as_deref(), file.as_deref(), &host)
 }
 
-fn open_sqlite(cfg: &Config) -> Result<StoreIpam<SqliteStore>> {
+/// The IPAM edge for the configured datastore. A new datastore (etcd, when
+/// calinet-ipam's etcd store lands) is one more arm returning its
+/// `StoreIpam<EtcdStore>`.
+fn open_ipam(cfg: &Config) -> Result<Box<dyn AddressManager>> {
     match &cfg.ipam.datastore {
         Datastore::Sqlite { path } => {
             if let Some(dir) = path.parent() {
@@ -77,7 +80,9 @@ fn open_sqlite(cfg: &Config) -> Result<StoreIpam<SqliteStore>> {
                 source: e.into(),
             })?;
             let keeper = WalKeeper::open(path)?;
-            Ok(StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())).with_keeper(keeper))
+            Ok(Box::new(
+                StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())).with_keeper(keeper),
+            ))
         }
         Datastore::Etcd { endpoints, .. } => Err(Error::UnsupportedField {
             field: "datastore_type".into(),
@@ -100,7 +105,7 @@ fn dispatch(
         return json(&VersionResult::ours());
     }
     let cfg = Config::parse(input)?;
-    let mut ipam = match open_sqlite(&cfg) {
+    let mut ipam: Box<dyn AddressManager> = match open_ipam(&cfg) {
         Ok(i) => i,
         // STATUS reports an unusable datastore as "not available" (code 50).
         Err(e)
@@ -123,15 +128,15 @@ fn dispatch(
     match env.command {
         Command::Add => {
             let node = node_name(&cfg)?;
-            json(&plugin::add(&cfg, &env, &node, &mut ipam, attach)?)
+            json(&plugin::add(&cfg, &env, &node, ipam.as_mut(), attach)?)
         }
-        Command::Del => plugin::del(&cfg, &env, &mut ipam, attach).map(|()| None),
-        Command::Check => plugin::check(&cfg, &env, &mut ipam, attach).map(|()| None),
+        Command::Del => plugin::del(&cfg, &env, ipam.as_mut(), attach).map(|()| None),
+        Command::Check => plugin::check(&cfg, &env, ipam.as_mut(), attach).map(|()| None),
         Command::Gc => {
             let node = node_name(&cfg)?;
-            plugin::gc(&cfg, &node, &mut ipam, attach).map(|_| None)
+            plugin::gc(&cfg, &node, ipam.as_mut(), attach).map(|_| None)
         }
-        Command::Status => plugin::status(&cfg, &mut ipam).map(|()| None),
+        Command::Status => plugin::status(&cfg, ipam.as_mut()).map(|()| None),
         Command::Version => json(&VersionResult::ours()),
     }
 }

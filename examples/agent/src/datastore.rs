@@ -275,8 +275,9 @@ pub struct ClusterView {
     pub weps: BTreeMap<String, (WorkloadEndpoint, Revision)>,
     /// Agent statuses by node.
     pub statuses: BTreeMap<String, (AgentStatus, Revision)>,
-    /// Highest revision seen (changes when anything changes).
-    pub revision: Revision,
+    /// A fingerprint of every (key, revision) read except agent heartbeats:
+    /// it changes whenever a key is written, created or deleted.
+    pub revision: i64,
 }
 
 impl ClusterView {
@@ -313,14 +314,32 @@ impl<S> PollingSource<S> {
     }
 }
 
+/// FNV-1a over the (key, revision) pairs read, for change detection.
+#[derive(Debug, Clone, Copy)]
+struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    fn add(&mut self, key: &str, rev: Revision) {
+        for b in key.bytes().chain(rev.to_le_bytes()) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 fn list_decoded<T: serde::de::DeserializeOwned>(
     store: &dyn Store,
     prefix: &str,
-    max_rev: &mut Revision,
+    fp: &mut Fingerprint,
 ) -> Result<Vec<(String, T, Revision)>> {
     let mut out = Vec::new();
     for kv in store.list(prefix)? {
-        *max_rev = (*max_rev).max(kv.mod_revision);
+        fp.add(&kv.key, kv.mod_revision);
         out.push((kv.key.clone(), decode(&kv.key, &kv.value)?, kv.mod_revision));
     }
     Ok(out)
@@ -334,17 +353,19 @@ impl<S: Store> ClusterSource for PollingSource<S> {
 
 /// Reads a whole [`ClusterView`] from a store.
 pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
-    let mut rev = 0;
+    let mut rev = Fingerprint::default();
     let ipam = calinet_ipam::report::dump(store)?;
-    rev = rev.max(ipam.blocks.iter().map(|(_, r)| *r).max().unwrap_or(0));
-    // Affinity and handle revisions are not in the dump; list them for change detection.
+    for (b, r) in &ipam.blocks {
+        rev.add(&b.cidr().to_string(), *r);
+    }
+    // Affinity, pool and handle revisions are not in the dump; list them too.
     for prefix in [
         calinet_ipam::keys::HOSTS_PREFIX,
         calinet_ipam::keys::POOLS_PREFIX,
         calinet_ipam::keys::HANDLES_PREFIX,
     ] {
         for kv in store.list(prefix)? {
-            rev = rev.max(kv.mod_revision);
+            rev.add(&kv.key, kv.mod_revision);
         }
     }
     let mut view = ClusterView {
@@ -364,7 +385,7 @@ pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
         view.weps.insert(k, (w, r));
     }
     // Heartbeats change every few seconds; they do not count as cluster changes.
-    let mut status_rev = 0;
+    let mut status_rev = Fingerprint::default();
     for (_, s, r) in list_decoded::<AgentStatus>(store, keys::STATUS, &mut status_rev)? {
         view.statuses.insert(s.node.clone(), (s, r));
     }
@@ -376,7 +397,7 @@ pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
         (keys::K8S_POLICIES, "K8sNetworkPolicy"),
     ] {
         for kv in store.list(prefix)? {
-            rev = rev.max(kv.mod_revision);
+            rev.add(&kv.key, kv.mod_revision);
             let r = match kind {
                 "Tier" => AnyResource::Tier(decode(&kv.key, &kv.value)?),
                 "NetworkPolicy" => AnyResource::NetworkPolicy(decode(&kv.key, &kv.value)?),
@@ -389,7 +410,7 @@ pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
             view.policies.push(r);
         }
     }
-    view.revision = rev;
+    view.revision = rev.0 as i64;
     Ok(view)
 }
 
@@ -447,6 +468,18 @@ mod tests {
         let docs = parse_documents("c.yaml", &changed).unwrap();
         let e = crate::error::chain(&apply(&store, &docs).unwrap_err());
         assert!(e.contains("immutable"), "{e}");
+    }
+
+    #[test]
+    fn fingerprint_sees_deletions_of_old_keys() {
+        let store = MemStore::new();
+        let two = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\n";
+        apply(&store, &parse_documents("t", two).unwrap()).unwrap();
+        let before = read_view(&store).unwrap().revision;
+        assert_eq!(read_view(&store).unwrap().revision, before);
+        // Deleting the older key leaves the highest revision as it was.
+        delete_if_present(&store, &format!("{}default/a", keys::PODS)).unwrap();
+        assert_ne!(read_view(&store).unwrap().revision, before);
     }
 
     #[test]

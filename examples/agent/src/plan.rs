@@ -318,6 +318,62 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_addresses_get_a_host_path_and_show_as_borrowed() {
+        let (store, _) = cluster("Never");
+        let ipam = Ipam::new(&store);
+        let view = read_view(&store).unwrap();
+        let b_block = view
+            .ipam
+            .blocks
+            .iter()
+            .find(|(b, _)| b.affinity() == Some("host:b"))
+            .map(|(b, _)| b.cidr())
+            .unwrap();
+        // A pod on node a takes an address from b's block.
+        let addr = b_block.addr(7);
+        let attrs = BTreeMap::from([
+            ("node".to_owned(), "a".to_owned()),
+            ("namespace".to_owned(), "default".to_owned()),
+            ("pod".to_owned(), "web".to_owned()),
+        ]);
+        let got = ipam
+            .assign_ip(
+                addr,
+                &"k8s-pod-network.default.web".parse().unwrap(),
+                &attrs,
+                &"a".parse().unwrap(),
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        assert!(got.borrowed);
+        let view = read_view(&store).unwrap();
+        // Node c routes the borrowed /32 to a, the rest of the block to b.
+        let d = plan(&view, "c", &facts(), &BTreeMap::new()).unwrap();
+        let host = d
+            .decisions
+            .paths
+            .iter()
+            .find(|p| p.dst == IpNet::from(addr))
+            .expect("a /32 path for the borrowed address");
+        assert_eq!(host.node.as_str(), "a");
+        let text = crate::show::ipam_show(
+            &view,
+            crate::show::IpamShowFlags {
+                borrowed: true,
+                ..Default::default()
+            },
+            crate::show::Output::Table,
+        )
+        .unwrap();
+        assert!(
+            text.contains(&format!("| {addr} "))
+                && text.contains("| a ")
+                && text.contains("default/web"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn crosssubnet_paths_follow_subnets() {
         let (_, mut view) = cluster("CrossSubnet");
         for (name, (n, _)) in view.nodes.iter_mut() {

@@ -696,3 +696,61 @@ fn gc_removes_the_interface_and_address_of_a_stale_attachment() {
     assert_eq!(stored_handles(&db), ["k8s-pod-network.keep"]);
     assert!(ipam_check(&db, &["keep"]).is_clean());
 }
+
+/// ADDs of new containers racing DELs of others (and a retried ADD of a
+/// live one): the survivors keep distinct addresses, nothing leaks.
+#[test]
+fn parallel_adds_racing_dels_and_retries() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_mixed").unwrap();
+    let node = lab_node(&lab);
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.9.0/24", r#","ipv4_block_size":28"#);
+    let pods: Vec<Netns> = (0..20)
+        .map(|i| lab.pod(&format!("m{i}")).unwrap())
+        .collect();
+    let host = node.path();
+    let call =
+        |command: &str, i: usize| Call::new(command, &format!("m{i}"), &pods[i].path(), &cfg);
+    // First half exists before the race.
+    let mut first: Vec<IpAddr> = Vec::new();
+    for i in 0..10 {
+        first.push(result_ip(&call("ADD", i).exec(CALINET, Some(&host)).json()));
+    }
+    let outcomes: Vec<(String, usize, common::Outcome)> = std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for i in 0..20 {
+            // 0..5: DEL; 5..10: retried ADD; 10..20: new ADD.
+            let command = if i < 5 { "DEL" } else { "ADD" };
+            let c = call(command, i);
+            let host = host.clone();
+            hs.push(s.spawn(move || (command.to_string(), i, c.exec(CALINET, Some(&host)))));
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut live = HashSet::new();
+    for (command, i, out) in &outcomes {
+        out.ok();
+        if command == "ADD" {
+            let ip = result_ip(&out.json());
+            if *i < 10 {
+                assert_eq!(ip, first[*i], "retried ADD of m{i} changed its address");
+            }
+            assert!(live.insert(ip), "duplicate {ip}");
+        }
+    }
+    assert_eq!(live.len(), 15);
+    assert_eq!(cali_links(&node).len(), 15);
+    let names: Vec<String> = (5..20).map(|i| format!("m{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let report = ipam_check(&db, &names);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 15,
+        "{report:?}"
+    );
+    for i in 5..20 {
+        call("DEL", i).exec(CALINET, Some(&host)).ok();
+    }
+    assert!(cali_links(&node).is_empty());
+    assert_eq!(ipam_check(&db, &[]).addresses_in_use, 0);
+}

@@ -483,6 +483,35 @@ impl Agent {
         } else {
             None
         };
+        // The IPIP tunnel address (`tunl0`), when a pool uses IPIP.
+        let ipip_handle = HandleId::tunnel(TunnelKind::Ipip, &self.node_name);
+        if plan::wants_ipip(view) {
+            let tunnel = match by_handle.get(ipip_handle.as_str()).and_then(|v| v.first()) {
+                Some((IpAddr::V4(a), _)) => *a,
+                _ => {
+                    let a = self.ipam.assign_tunnel_addr(
+                        TunnelKind::Ipip,
+                        &self.node_name,
+                        &labels,
+                        now,
+                    )?;
+                    wrote = true;
+                    tracing::info!(address = %a.addr, block = %a.block, "assigned IPIP tunnel address");
+                    match a.addr {
+                        IpAddr::V4(v4) => v4,
+                        IpAddr::V6(_) => unreachable!("an IPv4 tunnel address was asked for"),
+                    }
+                }
+            };
+            wanted_node.spec.ipv4_ipip_tunnel_addr = Some(tunnel);
+        } else if by_handle.contains_key(ipip_handle.as_str())
+            || node_res.spec.ipv4_ipip_tunnel_addr.is_some()
+        {
+            self.ipam.release_handle(&ipip_handle, now)?;
+            wrote = true;
+            wanted_node.spec.ipv4_ipip_tunnel_addr = None;
+            tracing::info!("released the IPIP tunnel address: no pool uses IPIP");
+        }
         if wanted_node != node_res {
             let key = format!("{}{}", keys::NODES, self.node);
             put_if_changed(

@@ -170,6 +170,29 @@ impl Dataplane {
                 link::delete_link(self.rec.backend_mut().conn(), name).await?;
                 tracing::info!(link = %name, "removed tunnel link no longer wanted");
                 report.links_changed += 1;
+            } else if let Some(l) = links.by_name(name)
+                && l.kind.as_deref() == Some("ipip")
+            {
+                // The kernel never deletes tunl0: take it down and strip its
+                // addresses instead (as Calico does).
+                let index = l.index;
+                let up = l.up;
+                let conn = self.rec.backend_mut().conn();
+                let addrs = link::addresses(conn, Some(index)).await?;
+                for a in &addrs {
+                    link::del_address(conn, index, name, a.address).await?;
+                }
+                if up {
+                    let down = link::LinkChange {
+                        up: Some(false),
+                        ..link::LinkChange::default()
+                    };
+                    link::set_link(conn, index, name, &down).await?;
+                }
+                if up || !addrs.is_empty() {
+                    tracing::info!(link = %name, "tunl0 no longer wanted: down, addresses removed");
+                    report.links_changed += 1;
+                }
             }
         }
 

@@ -125,6 +125,13 @@ impl Mode {
         }
     }
 
+    fn ipip_mode(self) -> &'static str {
+        match self {
+            Mode::Ipip => "Always",
+            _ => "Never",
+        }
+    }
+
     fn router_learns_blocks(self) -> bool {
         matches!(self, Mode::Direct)
     }
@@ -240,17 +247,12 @@ fn require_root() -> Result<()> {
 
 fn check_mode(mode: Mode) -> Result<()> {
     match mode {
-        Mode::Ipip => match testlab::Feature::check(testlab::Feature::Ipip) {
-            Err(reason) => Err(Error::Usage(format!(
+        Mode::Ipip => testlab::Feature::check(testlab::Feature::Ipip).map_err(|reason| {
+            Error::Usage(format!(
                 "--mode ipip: {reason}; this kernel cannot create tunl0. \
                  Use --mode vxlan, crosssubnet, direct or wireguard."
-            ))),
-            Ok(()) => Err(Error::Usage(
-                "--mode ipip: the kernel has IPIP, but this agent does not assign IPIP \
-                 tunnel addresses yet; use vxlan, crosssubnet, direct or wireguard"
-                    .into(),
-            )),
-        },
+            ))
+        }),
         Mode::Wireguard => testlab::Feature::check(testlab::Feature::WireguardGo)
             .map_err(|reason| Error::Usage(format!("--mode wireguard: {reason}"))),
         _ => Ok(()),
@@ -290,8 +292,9 @@ fn load_state(dir: &Path) -> Result<LabState> {
 pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
     let mut y = format!(
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\n\
-         spec:\n  cidr: {}\n  blockSize: {block_size}\n  ipipMode: Never\n  vxlanMode: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
+         spec:\n  cidr: {}\n  blockSize: {block_size}\n  ipipMode: {}\n  vxlanMode: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
         state.pool,
+        state.mode.ipip_mode(),
         state.mode.vxlan_mode()
     );
     y.push_str(
@@ -911,6 +914,8 @@ pub enum ObservedPath {
     Direct,
     /// Inside `VXLAN vni 4096` between node addresses.
     Vxlan,
+    /// IP-in-IP between node addresses.
+    Ipip,
     /// Only UDP 51820 between node addresses (encrypted).
     Wireguard,
     /// Leaving with the node's address as source (natOutgoing).
@@ -924,6 +929,7 @@ impl std::fmt::Display for ObservedPath {
         f.write_str(match self {
             ObservedPath::Direct => "direct",
             ObservedPath::Vxlan => "VXLAN",
+            ObservedPath::Ipip => "IPIP",
             ObservedPath::Wireguard => "WireGuard",
             ObservedPath::Masqueraded => "direct+SNAT",
             ObservedPath::NotSeen => "not seen",
@@ -982,7 +988,7 @@ pub fn probe_all(state: &LabState, view: &ClusterView) -> Result<Vec<Probe>> {
             let cap = Capture::start(
                 &node.netns,
                 "eth0",
-                "icmp or udp port 4789 or udp port 51820",
+                "icmp or udp port 4789 or udp port 51820 or ip proto 4",
             )?;
             let reachable = ping(&p.netns, *addr);
             let lines = cap.stop()?;
@@ -1011,8 +1017,13 @@ pub fn classify(
     for (i, l) in lines.iter().enumerate() {
         if l.contains(&inner) {
             let outer = i.checked_sub(1).map(|j| lines[j].as_str()).unwrap_or("");
+            // tcpdump prints IP-in-IP on one line: `IP a > b: IP src > dst: ICMP ...`.
+            let before = l.find(&inner).map_or("", |pos| &l[..pos]);
+            let ipip = before.contains(" > ");
             return if outer.contains("VXLAN") || l.contains("VXLAN") {
                 ObservedPath::Vxlan
+            } else if ipip {
+                ObservedPath::Ipip
             } else {
                 ObservedPath::Direct
             };
@@ -1510,5 +1521,10 @@ mod tests {
         );
         assert_eq!(classify(&nat, src, out, a, None), ObservedPath::Masqueraded);
         assert_eq!(classify(&[], src, dst, a, Some(b)), ObservedPath::NotSeen);
+        // IP-in-IP as tcpdump prints it (outer and inner on one line).
+        let ipip = lines(
+            "12:00:00.1 IP 198.51.100.10 > 198.51.100.101: IP 172.16.116.1 > 172.16.158.1: ICMP echo request, id 1, seq 1, length 64 (ipip-proto-4)",
+        );
+        assert_eq!(classify(&ipip, src, dst, a, Some(b)), ObservedPath::Ipip);
     }
 }

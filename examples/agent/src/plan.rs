@@ -82,6 +82,15 @@ pub fn wants_vxlan(view: &ClusterView) -> bool {
     })
 }
 
+/// Whether any enabled IPv4 pool wants IPIP (the node then needs `tunl0`'s address).
+pub fn wants_ipip(view: &ClusterView) -> bool {
+    view.ipam.pools.iter().any(|p| {
+        p.enabled()
+            && p.spec.cidr.addr().is_ipv4()
+            && p.spec.ipip_mode.unwrap_or_default() != IpamEncap::Never
+    })
+}
+
 /// Builds calinet-encap's input for `node`, leaving out remote nodes in `skip`.
 pub fn encap_input(
     view: &ClusterView,
@@ -102,6 +111,9 @@ pub fn encap_input(
         let mut e = encap::Node::new(parsed).with_address(IpNet::V4(addr));
         if let Some(t) = n.spec.ipv4_vxlan_tunnel_addr {
             e = e.with_vxlan_tunnel(IpAddr::V4(t));
+        }
+        if let Some(t) = n.spec.ipv4_ipip_tunnel_addr {
+            e = e.with_ipip_tunnel(t);
         }
         if let Some(mac) = n.spec.vxlan_tunnel_mac_addr.as_deref()
             && let Ok(mac) = mac.parse()
@@ -370,6 +382,28 @@ mod tests {
                 && text.contains("| a ")
                 && text.contains("default/web"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn ipip_plans_tunl0_and_routes_through_it() {
+        let (_, mut view) = cluster("Never");
+        for p in &mut view.ipam.pools {
+            p.spec.ipip_mode = Some(IpamEncap::Always);
+        }
+        assert!(wants_ipip(&view) && !wants_vxlan(&view));
+        for (i, (_, (n, _))) in view.nodes.iter_mut().enumerate() {
+            n.spec.ipv4_ipip_tunnel_addr = Some(Ipv4Addr::new(172, 16, 200, i as u8));
+        }
+        let d = plan(&view, "a", &facts(), &BTreeMap::new()).unwrap();
+        assert_eq!(d.specs.links[0].name.as_str(), "tunl0");
+        assert_eq!(d.decisions.mtu.pod, 1480);
+        assert!(d.peers.iter().all(|p| p.path == "ipip"), "{:?}", d.peers);
+        let text: Vec<String> = d.routes.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|r| r.contains("via 198.51.100.11 dev tunl0") && r.contains("onlink")),
+            "{text:?}"
         );
     }
 

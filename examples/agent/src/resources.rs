@@ -78,6 +78,13 @@ pub struct NodeSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
+    /// Written by the agent: the address of `tunl0`.
+    #[serde(
+        default,
+        rename = "ipv4IPIPTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
     /// Written by the agent: the VTEP MAC of `vxlan.calico`.
     #[serde(
         default,
@@ -147,6 +154,9 @@ impl CalicoNode {
         s.ipv4_vxlan_tunnel_addr = s
             .ipv4_vxlan_tunnel_addr
             .or(stored.spec.ipv4_vxlan_tunnel_addr);
+        s.ipv4_ipip_tunnel_addr = s
+            .ipv4_ipip_tunnel_addr
+            .or(stored.spec.ipv4_ipip_tunnel_addr);
         if s.vxlan_tunnel_mac_addr.is_none() {
             s.vxlan_tunnel_mac_addr = stored.spec.vxlan_tunnel_mac_addr.clone();
         }

@@ -266,3 +266,33 @@ fn lab_says_it_needs_root() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the lab needs root"), "{stderr}");
 }
+
+#[test]
+fn lab_refuses_ipip_on_a_kernel_without_it() {
+    testlab::require_root!();
+    if testlab::Feature::check(testlab::Feature::Ipip).is_ok() {
+        testlab::skip!("this kernel has IPIP (tests/lab.rs runs the ipip mode instead)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = agent(
+        &dir.path().join("ds.db"),
+        &[
+            "lab",
+            "run",
+            "--mode",
+            "ipip",
+            "--state-dir",
+            &dir.path().join("lab").to_string_lossy(),
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("--mode ipip: IPIP not available in this kernel")
+            && r.stderr
+                .contains("Use --mode vxlan, crosssubnet, direct or wireguard"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("lab").join("state.json").exists());
+}

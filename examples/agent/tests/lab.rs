@@ -23,6 +23,7 @@ fn expected(mode: Mode, p: &Probe) -> ObservedPath {
         Mode::Crosssubnet if same_subnet(&p.from, &p.to) => ObservedPath::Direct,
         Mode::Crosssubnet => ObservedPath::Vxlan,
         Mode::Wireguard => ObservedPath::Wireguard,
+        Mode::Ipip => ObservedPath::Ipip,
         _ => ObservedPath::Direct,
     }
 }
@@ -227,5 +228,13 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
         check(&lab, Mode::Wireguard);
     } else {
         eprintln!("wireguard mode not checked: wireguard-go missing");
+    }
+    // IPIP only where the kernel has it (not on the CI kernel: the refusal is
+    // tested in tests/apply.rs).
+    if testlab::Feature::check(testlab::Feature::Ipip).is_ok() {
+        lab.switch_mode(Mode::Ipip).expect("mode switch");
+        check(&lab, Mode::Ipip);
+    } else {
+        eprintln!("ipip mode not checked: this kernel has no IPIP");
     }
 }

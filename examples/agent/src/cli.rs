@@ -29,6 +29,15 @@ pub struct Cli {
     /// calinet-ipam's etcd store lands.
     #[arg(long, global = true, env = "CALINET_ETCD_ENDPOINTS")]
     pub etcd_endpoints: Option<String>,
+    /// etcd CA certificate (PEM), with --etcd-endpoints.
+    #[arg(long, global = true, requires = "etcd_endpoints")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// etcd client certificate (PEM), with --etcd-endpoints.
+    #[arg(long, global = true, requires_all = ["etcd_endpoints", "etcd_key_file"])]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// etcd client key (PEM), with --etcd-endpoints.
+    #[arg(long, global = true, requires_all = ["etcd_endpoints", "etcd_cert_file"])]
+    pub etcd_key_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     pub log_json: bool,

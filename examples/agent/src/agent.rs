@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use calinet_ipam::{AllowedUse, AutoAssignRequest, HandleId, Ipam, NodeName, Store, TunnelKind};
@@ -108,6 +110,10 @@ struct Agent {
     store: DynStore,
     ipam: Ipam<DynStore>,
     source: Box<dyn ClusterSource>,
+    /// Drives the netlink edge. The loop itself is synchronous, so blocking
+    /// datastores (etcd's client refuses calls from inside a runtime) can be
+    /// called directly.
+    rt: tokio::runtime::Runtime,
     dp: Dataplane,
     policy: PolicyPlane,
     wg: WgPlane,
@@ -120,32 +126,77 @@ struct Agent {
     last_converged: bool,
 }
 
-/// Runs the agent until SIGTERM/SIGINT (or `max_reconciles`).
-pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| Error::Io {
             what: "start the runtime",
             path: "tokio".into(),
             source,
-        })?;
-    rt.block_on(run_async(store, opts))
+        })
 }
 
-async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
+/// Serves metrics and turns SIGTERM / SIGINT into `stop`, on its own thread.
+fn spawn_control(metrics: Metrics, addr: Option<SocketAddr>, stop: Arc<AtomicBool>) -> Result<()> {
+    let rt = runtime()?;
+    // Handlers are installed before the loop starts, so no signal is lost.
+    let (mut term, mut int) = rt
+        .block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })
+        .map_err(|source| Error::Io {
+            what: "install the signal handlers",
+            path: "signal".into(),
+            source,
+        })?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            if let Some(addr) = addr {
+                tokio::spawn(async move {
+                    if let Err(e) = metrics.serve(addr).await {
+                        tracing::error!(%addr, error = %e, "metrics server stopped");
+                    }
+                });
+            }
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down, dataplane left as is"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down, dataplane left as is"),
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    });
+    Ok(())
+}
+
+/// Sleeps up to `d`; returns early (true) when asked to stop.
+fn sleep_or_stop(d: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT (or `max_reconciles`).
+pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
     let node_name: NodeName = opts.node.parse()?;
     let metrics = Metrics::new();
-    if let Some(addr) = opts.metrics {
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = m.serve(addr).await {
-                tracing::error!(%addr, error = %e, "metrics server stopped");
-            }
-        });
-    }
-    let mut dp = Dataplane::open().await?;
-    let facts = dp.local_facts(opts.uplink.as_deref()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_control(metrics.clone(), opts.metrics, stop.clone())?;
+    let rt = runtime()?;
+    let mut dp = rt.block_on(Dataplane::open())?;
+    let facts = rt.block_on(dp.local_facts(opts.uplink.as_deref()))?;
     tracing::info!(node = %opts.node, uplink = %facts.uplink, mtu = facts.mtu,
         gateway = ?facts.gateway_v4, "agent starting");
     let mut agent = Agent {
@@ -154,6 +205,7 @@ async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
         ipam: Ipam::new(store.clone()),
         source: Box::new(PollingSource::new(store.clone())),
         store,
+        rt,
         dp,
         policy: PolicyPlane::default(),
         wg: WgPlane::new(opts.wireguard.clone()),
@@ -166,26 +218,18 @@ async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
         last_converged: false,
     };
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| Error::Io {
-            what: "install the SIGTERM handler",
-            path: "signal".into(),
-            source,
-        })?;
     let mut timer = ResyncTimer::new(opts.resync);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut wait = Duration::ZERO;
     let mut reconciles = 0u64;
     loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down, dataplane left as is"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down, dataplane left as is"); break; }
-            _ = tokio::time::sleep(wait) => {}
+        if sleep_or_stop(wait, &stop) {
+            break;
         }
         let now = Instant::now();
         let full = timer.due(now);
         let t0 = Instant::now();
-        match agent.tick(full, now).await {
+        match agent.tick(full, now) {
             Ok(ran) => {
                 backoff.succeeded();
                 if full {
@@ -225,10 +269,10 @@ async fn run_async(store: DynStore, opts: RunOptions) -> Result<()> {
 
 impl Agent {
     /// One reconcile; returns false when nothing changed and no resync was due.
-    async fn tick(&mut self, full: bool, now: Instant) -> Result<bool> {
+    fn tick(&mut self, full: bool, now: Instant) -> Result<bool> {
         let mut view = self.source.snapshot()?;
         if !view.nodes.contains_key(&self.node) {
-            self.create_own_node().await?;
+            self.create_own_node()?;
             view = self.source.snapshot()?;
         }
         let idle = !full && self.last_converged && self.last_revision == Some(view.revision);
@@ -241,9 +285,9 @@ impl Agent {
             view = self.source.snapshot()?;
         }
         let mut desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
-        let wg = self.wireguard_before(&view, &mut desired).await?;
-        let mut report = self.dp.apply(&desired, full).await?;
-        report.writes += self.wireguard_after(wg, report.pending).await?;
+        let wg = self.wireguard_before(&view, &mut desired)?;
+        let mut report = self.rt.block_on(self.dp.apply(&desired, full))?;
+        report.writes += self.wireguard_after(wg, report.pending)?;
         let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
         report.writes += self.policy.apply(&rs, &hash)?;
         self.metrics.policy_rules.set(rules as i64);
@@ -280,7 +324,7 @@ impl Agent {
     /// WireGuard before the routes: device, MTU, and the table-1 routes added
     /// to the plan. Returns the device to sync after the routes, with the
     /// writes made so far.
-    async fn wireguard_before(
+    fn wireguard_before(
         &mut self,
         view: &ClusterView,
         desired: &mut Desired,
@@ -289,11 +333,11 @@ impl Agent {
         let ifname = self.wg.options().ifname.clone();
         if !view.wireguard_enabled(&self.node) {
             let mut writes = 0;
-            if self.dp.link_exists(&ifname).await? {
+            if self.rt.block_on(self.dp.link_exists(&ifname))? {
                 if self.wg.rule(&settings, false)? {
                     writes += 1;
                 }
-                self.dp.delete_link(&ifname).await?;
+                self.rt.block_on(self.dp.delete_link(&ifname))?;
                 self.wg.stopped();
                 writes += 1;
                 tracing::info!(%ifname, "WireGuard disabled: device removed");
@@ -304,12 +348,12 @@ impl Agent {
             return Ok(None);
         }
         let mut writes = 0;
-        let exists = self.dp.link_exists(&ifname).await?;
+        let exists = self.rt.block_on(self.dp.link_exists(&ifname))?;
         if self.wg.ensure_device(exists)? {
             writes += 1;
         }
         let mtu = calinet_wg::routing::device_mtu(self.facts.mtu, calinet_wg::Family::V4);
-        if self.dp.ensure_link_up(&ifname, mtu).await? == Some(true) {
+        if self.rt.block_on(self.dp.ensure_link_up(&ifname, mtu))? == Some(true) {
             writes += 1;
         }
         let key = self.wg.key()?.clone();
@@ -332,7 +376,7 @@ impl Agent {
 
     /// WireGuard after the routes: peers as a delta, then the fwmark rule
     /// once nothing is pending. Returns the writes.
-    async fn wireguard_after(
+    fn wireguard_after(
         &mut self,
         wg: Option<(calinet_wg::Computed, calinet_wg::DeviceSettings, u64)>,
         pending: usize,
@@ -365,11 +409,10 @@ impl Agent {
 
     /// Creates this node's Node resource from the uplink's address (Calico's
     /// address autodetection), when nobody applied one.
-    async fn create_own_node(&mut self) -> Result<()> {
+    fn create_own_node(&mut self) -> Result<()> {
         let addr = self
-            .dp
-            .uplink_address(&self.facts.uplink)
-            .await?
+            .rt
+            .block_on(self.dp.uplink_address(&self.facts.uplink))?
             .ok_or_else(|| {
                 Error::Usage(format!(
                     "node {} has no Node resource and uplink {} has no IPv4 address to autodetect",

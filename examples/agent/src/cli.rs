@@ -25,8 +25,7 @@ pub struct Cli {
         default_value = "/var/lib/calinet/datastore.db"
     )]
     pub datastore: PathBuf,
-    /// etcd endpoints (comma separated) instead of SQLite. Not available until
-    /// calinet-ipam's etcd store lands.
+    /// etcd endpoints (comma separated) instead of SQLite.
     #[arg(long, global = true, env = "CALINET_ETCD_ENDPOINTS")]
     pub etcd_endpoints: Option<String>,
     /// etcd CA certificate (PEM), with --etcd-endpoints.
@@ -227,7 +226,15 @@ pub fn main() -> i32 {
 }
 
 fn store(cli: &Cli) -> Result<DynStore> {
-    datastore::open(&cli.datastore, cli.etcd_endpoints.as_deref())
+    let etcd = cli
+        .etcd_endpoints
+        .as_ref()
+        .map(|endpoints| datastore::EtcdArgs {
+            endpoints: endpoints.clone(),
+            ca: cli.etcd_ca_file.clone(),
+            client: cli.etcd_cert_file.clone().zip(cli.etcd_key_file.clone()),
+        });
+    datastore::open(&cli.datastore, etcd.as_ref())
 }
 
 /// Executes a parsed command line; returns the exit code.

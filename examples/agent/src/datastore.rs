@@ -22,13 +22,36 @@ use crate::resources::{
 /// The store every command uses.
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the datastore named on the command line.
-pub fn open(path: &std::path::Path, etcd_endpoints: Option<&str>) -> Result<DynStore> {
-    if let Some(endpoints) = etcd_endpoints {
-        return Err(Error::Usage(format!(
-            "--etcd-endpoints {endpoints}: calinet-ipam has no etcd store on this branch yet; \
-             use the SQLite datastore (--datastore PATH)"
-        )));
+/// etcd connection settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// Comma-separated endpoints (`http://` or `https://`).
+    pub endpoints: String,
+    /// CA file for `https://` endpoints.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Opens the datastore named on the command line: etcd when endpoints are
+/// given, else the SQLite file.
+pub fn open(path: &std::path::Path, etcd: Option<&EtcdArgs>) -> Result<DynStore> {
+    if let Some(e) = etcd {
+        let endpoints: Vec<&str> = e
+            .endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut config = calinet_ipam::EtcdConfig::new(endpoints);
+        if let Some(ca) = &e.ca {
+            config = config.with_tls(calinet_ipam::TlsFiles {
+                ca: ca.clone(),
+                client: e.client.clone(),
+                domain: None,
+            });
+        }
+        return Ok(Arc::new(calinet_ipam::EtcdStore::connect(config)?));
     }
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()

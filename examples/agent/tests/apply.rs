@@ -238,14 +238,59 @@ fn bad_input_names_file_document_and_field_and_changes_nothing() {
 }
 
 #[test]
-fn etcd_flag_says_it_is_not_available_yet() {
+fn apply_and_show_against_a_real_etcd() {
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = testlab::Lab::new("agent_etcd").unwrap();
+    let etcd = lab.etcd().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let r = agent(
-        &dir.path().join("ds.db"),
-        &["--etcd-endpoints", "http://127.0.0.1:2379", "ipam", "show"],
+    let unused = dir.path().join("not-used.db");
+    let endpoint = etcd.endpoint();
+    let f = write(dir.path(), "good.yaml", GOOD);
+    let r = agent(&unused, &["--etcd-endpoints", &endpoint, "apply", "-f", &f]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("Successfully applied 3 resource(s)"),
+        "{}",
+        r.stdout
     );
+    assert!(!unused.exists(), "etcd was used, not SQLite");
+    let show = agent(
+        &unused,
+        &["--etcd-endpoints", &endpoint, "get", "ippool", "-o", "wide"],
+    );
+    assert!(
+        show.stdout
+            .contains("default-ipv4-ippool   172.16.0.0/16   true"),
+        "{}",
+        show.stdout
+    );
+    // Calico's key layout, read back with etcdctl.
+    let keys = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &endpoint,
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/resources/v3/projectcalico.org/",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(
+        keys.contains("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"),
+        "{keys}"
+    );
+    assert!(
+        keys.contains("/calico/resources/v3/projectcalico.org/nodes/k8s-m"),
+        "{keys}"
+    );
+    // etcd down: a clear datastore error, exit code 1.
+    etcd.stop();
+    let r = agent(&unused, &["--etcd-endpoints", &endpoint, "ipam", "show"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no etcd store"), "{}", r.stderr);
+    assert!(r.stderr.contains("datastore"), "{}", r.stderr);
 }
 
 #[test]

@@ -22,7 +22,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::Cli;
-use crate::datastore::{self, ClusterView, read_view};
+use crate::datastore::{self, ClusterView, DynStore, read_view};
 use crate::error::{Error, Result};
 use crate::show::{self, IpamShowFlags, Output};
 
@@ -84,6 +84,10 @@ pub struct UpArgs {
     /// The agent binary to run on each node (default: this executable).
     #[arg(long, hide = true)]
     pub agent_bin: Option<PathBuf>,
+    /// Keep the cluster in etcd (run in the router namespace) instead of a
+    /// SQLite file.
+    #[arg(long)]
+    pub etcd: bool,
 }
 
 impl UpArgs {
@@ -96,6 +100,7 @@ impl UpArgs {
             state_dir,
             timeout: 60,
             agent_bin: None,
+            etcd: false,
         }
     }
 }
@@ -213,6 +218,20 @@ pub struct LabState {
     /// The `lab hold` process that owns the namespaces (`lab up`).
     #[serde(default)]
     pub holder: Option<u32>,
+    /// The etcd server, when the lab keeps its cluster in etcd.
+    #[serde(default)]
+    pub etcd: Option<LabEtcd>,
+}
+
+/// The lab's etcd server (in the router namespace, reachable from every node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabEtcd {
+    /// Process id (of `ip netns exec`, which execs etcd).
+    pub pid: u32,
+    /// Client URL.
+    pub endpoint: String,
+    /// Data directory (kept across restarts).
+    pub data_dir: PathBuf,
 }
 
 /// Unix seconds now.
@@ -358,8 +377,7 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
     let child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
         .arg(exe)
-        .arg("--datastore")
-        .arg(datastore)
+        .args(datastore_args(state, datastore))
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
         // Frequent full resyncs, so the lab exercises them (Calico: 90 s).
         .args(["--resync-secs", "8"])
@@ -483,6 +501,9 @@ fn up_in_background(args: &UpArgs) -> Result<i32> {
     if let Some(b) = &args.agent_bin {
         cmd.arg("--agent-bin").arg(b);
     }
+    if args.etcd {
+        cmd.arg("--etcd");
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(log)
@@ -579,6 +600,235 @@ fn hold(args: &UpArgs) -> Result<i32> {
     }
     drop(lab);
     Ok(0)
+}
+
+/// `--datastore FILE` or `--etcd-endpoints URL`.
+fn datastore_args(state: &LabState, datastore: &Path) -> Vec<std::ffi::OsString> {
+    match &state.etcd {
+        Some(e) => vec!["--etcd-endpoints".into(), e.endpoint.clone().into()],
+        None => vec!["--datastore".into(), datastore.as_os_str().to_owned()],
+    }
+}
+
+/// The lab's router address on the first segment: etcd listens there.
+fn etcd_endpoint() -> String {
+    let router = testlab::seed::LAN1.hosts().next().expect("a /24 has hosts");
+    format!("http://{router}:2379")
+}
+
+/// Starts etcd in the router namespace (data kept in `data_dir`).
+fn spawn_etcd(state: &LabState, data_dir: &Path) -> Result<LabEtcd> {
+    if !testlab::cmd::have("etcd") {
+        return Err(Error::Usage(
+            "--etcd: etcd is not installed (Debian: etcd-server)".into(),
+        ));
+    }
+    let endpoint = etcd_endpoint();
+    let log = state.state_dir.join("etcd.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|source| Error::Io {
+            what: "open",
+            path: log.clone(),
+            source,
+        })?;
+    let err = file.try_clone().map_err(|source| Error::Io {
+        what: "open",
+        path: log.clone(),
+        source,
+    })?;
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &state.router,
+            "etcd",
+            "--name",
+            "calinet-lab",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "calinet-lab=http://127.0.0.1:2380"])
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Io {
+            what: "start etcd in",
+            path: state.router.clone().into(),
+            source,
+        })?;
+    let etcd = LabEtcd {
+        pid: child.id(),
+        endpoint,
+        data_dir: data_dir.to_path_buf(),
+    };
+    let mut probe = state.clone();
+    probe.etcd = Some(etcd.clone());
+    let store = lab_store(&probe)?;
+    let t0 = Instant::now();
+    while store.list("/calico/").is_err() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(Error::Lab(format!(
+                "etcd in {} did not answer within 20 s (log {})",
+                state.router,
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(etcd)
+}
+
+/// Stops the lab's etcd (SIGTERM to its process group, then wait).
+fn stop_etcd(etcd: &LabEtcd) {
+    // SAFETY: signalling the process group of the etcd this lab started.
+    unsafe { libc::kill(-(etcd.pid as i32), libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && is_alive(etcd.pid) {
+        let mut status = 0;
+        // SAFETY: reaps our child if it is one; WNOHANG never blocks.
+        unsafe { libc::waitpid(etcd.pid as i32, &mut status, libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_alive(etcd.pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(-(etcd.pid as i32), libc::SIGKILL) };
+    }
+}
+
+fn is_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z")
+}
+
+/// The lab's datastore as seen from this process: the SQLite file, or etcd
+/// through a thread inside the router namespace (etcd listens there).
+pub fn lab_store(state: &LabState) -> Result<DynStore> {
+    match &state.etcd {
+        None => datastore::open(&state.datastore, None),
+        Some(e) => Ok(std::sync::Arc::new(NetnsStore::open(
+            &state.router,
+            &e.endpoint,
+        )?)),
+    }
+}
+
+type Job = Box<dyn FnOnce(&dyn calinet_ipam::Store) + Send>;
+
+/// A store whose every call runs on a thread inside another network
+/// namespace (with the etcd client and its runtime created there).
+struct NetnsStore {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for NetnsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetnsStore")
+    }
+}
+
+impl NetnsStore {
+    fn open(netns: &str, endpoint: &str) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let path = Path::new("/run/netns").join(netns);
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+            what: "open namespace",
+            path: path.clone(),
+            source,
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let endpoint = endpoint.to_owned();
+        std::thread::spawn(move || {
+            // SAFETY: setns on an open namespace fd, for this thread only; the
+            // etcd client's runtime threads are spawned from here and inherit it.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = ready_tx.send(Err(std::io::Error::last_os_error().to_string()));
+                return;
+            }
+            let store =
+                match calinet_ipam::EtcdStore::connect(calinet_ipam::EtcdConfig::new([endpoint])) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(crate::error::chain(&e)));
+                        return;
+                    }
+                };
+            let _ = ready_tx.send(Ok(()));
+            for job in rx {
+                job(&store);
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(NetnsStore {
+                tx: std::sync::Mutex::new(tx),
+            }),
+            Ok(Err(e)) => Err(Error::Lab(format!("etcd client in {netns}: {e}"))),
+            Err(_) => Err(Error::Lab(format!("etcd client thread in {netns} died"))),
+        }
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn calinet_ipam::Store) -> T + Send + 'static,
+    ) -> T {
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        let job: Job = Box::new(move |s| {
+            let _ = rtx.send(f(s));
+        });
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .expect("the store thread lives as long as the store");
+        rrx.recv().expect("the store thread answers every call")
+    }
+}
+
+type SR<T> = std::result::Result<T, calinet_ipam::StoreError>;
+
+impl calinet_ipam::Store for NetnsStore {
+    fn get(&self, key: &str) -> SR<Option<calinet_ipam::KeyValue>> {
+        let key = key.to_owned();
+        self.call(move |s| s.get(&key))
+    }
+    fn list(&self, prefix: &str) -> SR<Vec<calinet_ipam::KeyValue>> {
+        let prefix = prefix.to_owned();
+        self.call(move |s| s.list(&prefix))
+    }
+    fn create(&self, key: &str, value: &[u8]) -> SR<calinet_ipam::Revision> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.call(move |s| s.create(&key, &value))
+    }
+    fn update(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: calinet_ipam::Revision,
+    ) -> SR<calinet_ipam::Revision> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.call(move |s| s.update(&key, &value, expected))
+    }
+    fn delete(&self, key: &str, expected: calinet_ipam::Revision) -> SR<()> {
+        let key = key.to_owned();
+        self.call(move |s| s.delete(&key, expected))
+    }
+    fn txn(&self, ops: &[calinet_ipam::TxnOp]) -> SR<calinet_ipam::Revision> {
+        let ops = ops.to_vec();
+        self.call(move |s| s.txn(&ops))
+    }
 }
 
 /// Sends SIGTERM to an agent (if the pid is still one of ours) and waits.
@@ -678,19 +928,33 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
         },
         state_dir: args.state_dir.clone(),
         holder: None,
+        etcd: None,
     };
     Ok((lab, state))
 }
 
 fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
+    if args.etcd {
+        let data = args.state_dir.join("etcd-data");
+        let etcd = spawn_etcd(&state, &data)?;
+        progress(&format!(
+            "etcd at {} in the router namespace (pid {}, data {})",
+            etcd.endpoint,
+            etcd.pid,
+            data.display()
+        ));
+        state.etcd = Some(etcd);
+        save_state(&args.state_dir, &state)?;
+    }
+    let where_ = match &state.etcd {
+        Some(e) => format!("etcd {}", e.endpoint),
+        None => state.datastore.display().to_string(),
+    };
     progress(&format!(
-        "datastore {} : pool {} /{} (mode {}), 4 nodes, 4 pods",
-        state.datastore.display(),
-        state.pool,
-        args.block_size,
-        state.mode
+        "datastore {where_} : pool {} /{} (mode {}), 4 nodes, 4 pods",
+        state.pool, args.block_size, state.mode
     ));
-    let store = datastore::open(&state.datastore, None)?;
+    let store = lab_store(&state)?;
     apply_text(store.as_ref(), &cluster_yaml(&state, args.block_size))?;
     for n in state.nodes.clone() {
         let a = spawn_agent(&state, &n)?;
@@ -849,7 +1113,7 @@ fn teach_router(state: &mut LabState, view: &ClusterView) -> Result<()> {
 
 /// Everything the lab prints about the running cluster.
 pub fn report(state: &LabState) -> Result<LabReport> {
-    let store = datastore::open(&state.datastore, None)?;
+    let store = lab_store(state)?;
     let view = read_view(store.as_ref())?;
     let mut out = String::new();
     let _ = writeln!(out, "\n$ calinet-agent ipam show --show-blocks");
@@ -1198,6 +1462,9 @@ pub fn down(state_dir: &Path) -> Result<()> {
     for n in &state.nodes {
         stop_wireguard_go(&wg_ifname(&state, n));
     }
+    if let Some(e) = &state.etcd {
+        stop_etcd(e);
+    }
     for ns in state.namespaces.iter().rev() {
         let _ = testlab::cmd::run("ip", &["netns", "del", ns]);
     }
@@ -1210,7 +1477,7 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
     require_root()?;
     check_mode(mode)?;
     let mut state = load_state(state_dir)?;
-    let store = datastore::open(&state.datastore, None)?;
+    let store = lab_store(&state)?;
     let view = read_view(store.as_ref())?;
     let block_size = view
         .ipam
@@ -1232,6 +1499,7 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
 #[derive(Debug)]
 pub struct RunningLab {
     lab: Option<testlab::Lab>,
+    known: std::sync::Mutex<BTreeMap<String, IpAddr>>,
     /// The lab's state (also in its state file).
     pub state: LabState,
 }
@@ -1243,6 +1511,7 @@ impl RunningLab {
         save_state(&args.state_dir, &state)?;
         let mut running = RunningLab {
             lab: Some(lab),
+            known: std::sync::Mutex::default(),
             state,
         };
         match start(args, running.state.clone()) {
@@ -1260,7 +1529,12 @@ impl RunningLab {
 
     /// What the lab prints, with probes.
     pub fn report(&self) -> Result<LabReport> {
-        report(&self.state)
+        let r = report(&self.state)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &r.probes {
+            known.insert(p.to.clone(), p.addr);
+        }
+        Ok(r)
     }
 
     /// Switches the mode and waits for the agents to re-converge.
@@ -1302,13 +1576,13 @@ impl RunningLab {
 
     /// Applies YAML to the lab's datastore (as `apply -f` does).
     pub fn apply(&self, yaml: &str) -> Result<()> {
-        let store = datastore::open(&self.state.datastore, None)?;
+        let store = lab_store(&self.state)?;
         apply_text(store.as_ref(), yaml)
     }
 
     /// Deletes the resources named in YAML (as `delete -f` does).
     pub fn delete(&self, yaml: &str) -> Result<()> {
-        let store = datastore::open(&self.state.datastore, None)?;
+        let store = lab_store(&self.state)?;
         for d in crate::resources::parse_documents("<lab>", yaml)? {
             datastore::delete_if_present(store.as_ref(), &d.resource.key_value().0)?;
         }
@@ -1317,7 +1591,7 @@ impl RunningLab {
 
     /// The datastore's current view.
     pub fn view(&self) -> Result<ClusterView> {
-        let store = datastore::open(&self.state.datastore, None)?;
+        let store = lab_store(&self.state)?;
         read_view(store.as_ref())
     }
 
@@ -1368,17 +1642,41 @@ impl RunningLab {
         })
     }
 
+    /// Stops (`false`) or restarts (`true`) the lab's etcd, keeping its data.
+    pub fn etcd_running(&mut self, running: bool) -> Result<()> {
+        let etcd = self
+            .state
+            .etcd
+            .clone()
+            .ok_or_else(|| Error::Lab("this lab does not use etcd".into()))?;
+        if running {
+            self.state.etcd = Some(spawn_etcd(&self.state, &etcd.data_dir)?);
+        } else {
+            stop_etcd(&etcd);
+        }
+        save_state(&self.state.state_dir, &self.state)
+    }
+
     /// Whether pod `from` gets an answer from pod `to` (one ping, 2 s).
     pub fn ping_pod(&self, from: &str, to: &str) -> Result<bool> {
-        let view = self.view()?;
+        // While the datastore is down, the addresses last read are used.
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(view) = self.view() {
+            for (w, _) in view.weps.values() {
+                if let Some(n) = w.spec.ip_networks.first() {
+                    known.insert(w.spec.pod.clone(), n.addr());
+                }
+            }
+        }
         let src = self
             .state
             .pods
             .iter()
             .find(|p| p.name == from)
             .ok_or_else(|| Error::Lab(format!("no pod {from}")))?;
-        let addr =
-            pod_addr(&view, to).ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
+        let addr = *known
+            .get(to)
+            .ok_or_else(|| Error::Lab(format!("pod {to} has no address")))?;
         Ok(ping(&src.netns, addr))
     }
 }
@@ -1390,6 +1688,9 @@ impl Drop for RunningLab {
         }
         for n in &self.state.nodes {
             stop_wireguard_go(&wg_ifname(&self.state, n));
+        }
+        if let Some(e) = &self.state.etcd {
+            stop_etcd(e);
         }
         drop(self.lab.take());
         let _ = std::fs::remove_dir_all(&self.state.state_dir);

@@ -238,3 +238,64 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
         eprintln!("ipip mode not checked: this kernel has no IPIP");
     }
 }
+
+/// etcd killed and restarted under a running etcd-backed lab: pods keep
+/// connectivity, the agents see the outage and recover, and a pod added after
+/// the restart gets an address and connectivity.
+#[test]
+fn etcd_restart_under_a_running_lab() {
+    testlab::require!(
+        testlab::Feature::Vxlan,
+        testlab::Feature::Tcpdump,
+        testlab::Feature::Nftables,
+        testlab::Feature::Etcd
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = UpArgs::new(Mode::Vxlan, dir.path().join("lab"));
+    args.agent_bin = Some(env!("CARGO_BIN_EXE_calinet-agent").into());
+    args.etcd = true;
+    let mut lab = RunningLab::up(&args).expect("etcd-backed lab up");
+    check(&lab, Mode::Vxlan);
+
+    let errors = "calinet_errors_total{kind=\"datastore\"}";
+    let writes: Vec<f64> = ["k8s-m", "k8s-w0"]
+        .iter()
+        .map(|n| metric(&lab, n, "calinet_dataplane_writes_total").unwrap())
+        .collect();
+    lab.etcd_running(false).unwrap();
+    eventually("every agent sees the outage", || {
+        ["k8s-m", "k8s-w1", "k8s-w2", "k8s-w0"]
+            .iter()
+            .all(|n| metric(&lab, n, errors).unwrap_or(0.0) >= 1.0)
+    });
+    for (from, to) in [("web-k8s-m", "web-k8s-w0"), ("web-k8s-w0", "web-k8s-w2")] {
+        assert!(
+            lab.ping_pod(from, to).unwrap(),
+            "{from} -> {to} while etcd is down"
+        );
+    }
+    for (n, w) in ["k8s-m", "k8s-w0"].iter().zip(&writes) {
+        assert_eq!(
+            metric(&lab, n, "calinet_dataplane_writes_total"),
+            Some(*w),
+            "{n} wrote nothing while etcd was down"
+        );
+    }
+    lab.etcd_running(true).unwrap();
+    eventually("the agents recover", || {
+        ["k8s-m", "k8s-w1", "k8s-w2", "k8s-w0"]
+            .iter()
+            .all(|n| metric(&lab, n, "calinet_converged") == Some(1.0))
+    });
+    lab.add_pod("after-etcd", "k8s-w2").unwrap();
+    eventually("the new pod has an address and connectivity", || {
+        lab.ping_pod("web-k8s-w0", "after-etcd").unwrap_or(false)
+    });
+    let view = lab.view().unwrap();
+    assert_eq!(view.weps.len(), 5);
+    assert_eq!(
+        calinet_agent::show::ipam_check(&view).1,
+        0,
+        "ipam check clean"
+    );
+}

@@ -173,6 +173,35 @@ fn spawn_control(metrics: Metrics, addr: Option<SocketAddr>, stop: Arc<AtomicBoo
     Ok(())
 }
 
+/// Waits up to `d` for a change under the watch; returns early on a change
+/// (false) or when asked to stop (true).
+fn wait_for_change(
+    w: &mut calinet_ipam::Watcher,
+    d: Duration,
+    stop: &AtomicBool,
+) -> Result<bool, calinet_ipam::WatchError> {
+    let end = Instant::now() + d;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        if w.next_timeout(left.min(Duration::from_millis(50)))?
+            .is_some()
+        {
+            // Take what else is ready, then reconcile once for all of it.
+            let mut n = 0;
+            while n < 10_000 && w.try_next()?.is_some() {
+                n += 1;
+            }
+            return Ok(false);
+        }
+    }
+}
+
 /// Sleeps up to `d`; returns early (true) when asked to stop.
 fn sleep_or_stop(d: Duration, stop: &AtomicBool) -> bool {
     let end = Instant::now() + d;
@@ -222,8 +251,23 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut wait = Duration::ZERO;
     let mut reconciles = 0u64;
+    // A watch wakes the loop as soon as anything changes; the poll stays as
+    // the fallback (stores without watch, a failed watch, the gap before it).
+    let mut watcher: Option<calinet_ipam::Watcher> = None;
+    let mut watch_failed_logged = false;
     loop {
-        if sleep_or_stop(wait, &stop) {
+        let stopped = match &mut watcher {
+            Some(w) if wait == opts.poll => match wait_for_change(w, wait, &stop) {
+                Ok(stopped) => stopped,
+                Err(e) => {
+                    tracing::info!(error = %e, "datastore watch ended; polling until it is back");
+                    watcher = None;
+                    sleep_or_stop(wait, &stop)
+                }
+            },
+            _ => sleep_or_stop(wait, &stop),
+        };
+        if stopped {
             break;
         }
         let now = Instant::now();
@@ -232,6 +276,16 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         match agent.tick(full, now) {
             Ok(ran) => {
                 backoff.succeeded();
+                if watcher.is_none() {
+                    match agent.store.watch("/", 0) {
+                        Ok(w) => watcher = Some(w),
+                        Err(e) if !watch_failed_logged => {
+                            tracing::info!(error = %e, "no datastore watch; polling");
+                            watch_failed_logged = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
                 if full {
                     timer.done(now);
                 }

@@ -117,6 +117,14 @@ impl<S: Store> Store for FaultStore<S> {
         self.check("txn", ops.first().map_or("", TxnOp::key))?;
         self.inner.txn(ops)
     }
+    fn list_with_revision(&self, prefix: &str) -> Result<calinet_ipam::Listing, StoreError> {
+        self.check("list", prefix)?;
+        self.inner.list_with_revision(prefix)
+    }
+    fn watch(&self, prefix: &str, from: Revision) -> Result<calinet_ipam::Watcher, StoreError> {
+        self.check("watch", prefix)?;
+        self.inner.watch(prefix, from)
+    }
 }
 
 /// What `apply` did to one resource.

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job (README.md): builds the seed article's cluster in network
-# namespaces, shows routes, connectivity and captures, and tears it down.
-# Needs root. Arguments are passed to the lab program.
+# The main job (README.md): the reference agent's lab. Builds the seed
+# article's cluster in network namespaces (four nodes on two subnets, a router,
+# an outside host), runs one calinet-agent per node, prints what a Calico user
+# looks at plus a connectivity matrix with the paths observed on the underlay,
+# and tears everything down. Needs root. Arguments go to `calinet-agent lab run`
+# (e.g. --mode crosssubnet|direct|wireguard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "$(id -u)" != 0 ]]; then
@@ -9,4 +12,4 @@ if [[ "$(id -u)" != 0 ]]; then
   exit 2
 fi
 bash scripts/deps.sh
-exec cargo run --quiet -p calinet-testlab --example seed-lab -- "$@"
+exec cargo run --quiet -p calinet-agent -- lab run "$@"

@@ -401,6 +401,32 @@ impl Config {
                         "datastore_type etcdv3 needs at least one endpoint (comma-separated URLs)",
                     ));
                 }
+                for e in &endpoints {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return Err(invalid(
+                            "etcd_endpoints",
+                            e,
+                            "each endpoint must be an http:// or https:// URL",
+                        ));
+                    }
+                }
+                match (&ds.etcd_ca_cert_file, &ds.etcd_cert_file, &ds.etcd_key_file) {
+                    (_, Some(_), None) | (_, None, Some(_)) => {
+                        return Err(invalid(
+                            "etcd_cert_file",
+                            "<one of etcd_cert_file, etcd_key_file>",
+                            "a client certificate needs both etcd_cert_file and etcd_key_file",
+                        ));
+                    }
+                    (None, Some(c), Some(_)) => {
+                        return Err(invalid(
+                            "etcd_ca_cert_file",
+                            c.display(),
+                            "a client certificate needs etcd_ca_cert_file (the CA of the etcd servers)",
+                        ));
+                    }
+                    _ => {}
+                }
                 (
                     Datastore::Etcd {
                         endpoints,
@@ -568,6 +594,27 @@ mod tests {
             (base(r#","nodename":"a/b""#, ""), 7, "nodename"),
             (base(r#","datastore_type":"consul""#, ""), 2, "datastore_type"),
             (base(r#","datastore_type":"etcdv3""#, ""), 7, "etcd_endpoints"),
+            (
+                base(r#","datastore_type":"etcdv3","etcd_endpoints":"127.0.0.1:2379""#, ""),
+                7,
+                "http://",
+            ),
+            (
+                base(
+                    r#","datastore_type":"etcdv3","etcd_endpoints":"https://e:2379","etcd_cert_file":"/c.pem""#,
+                    "",
+                ),
+                7,
+                "both",
+            ),
+            (
+                base(
+                    r#","datastore_type":"etcdv3","etcd_endpoints":"https://e:2379","etcd_cert_file":"/c.pem","etcd_key_file":"/k.pem""#,
+                    "",
+                ),
+                7,
+                "etcd_ca_cert_file",
+            ),
             (base(r#","datastore_path":"rel.db""#, ""), 7, "absolute"),
             (base("", r#","ipv4_pools":["172.16.0.1/16"]"#), 7, "host bits"),
             (base("", r#","ipv4_pools":["fd00::/64"]"#), 7, "IPv4"),
@@ -604,6 +651,26 @@ mod tests {
                 "{json}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn an_etcd_datastore_parses_with_tls_files() {
+        let c = Config::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"calinet","datastore_type":"etcdv3",
+                 "etcd_endpoints":"https://a:2379, https://b:2379","etcd_ca_cert_file":"/ca.pem",
+                 "etcd_cert_file":"/c.pem","etcd_key_file":"/k.pem","ipam":{"type":"calinet-ipam"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.ipam.datastore,
+            Datastore::Etcd {
+                endpoints: vec!["https://a:2379".into(), "https://b:2379".into()],
+                key_file: Some("/k.pem".into()),
+                cert_file: Some("/c.pem".into()),
+                ca_cert_file: Some("/ca.pem".into()),
+            }
+        );
+        assert_eq!(c.ipam.lock_file, PathBuf::from(DEFAULT_LOCK_FILE));
     }
 
     #[test]

@@ -63,9 +63,8 @@ fn node_name(cfg: &Config) -> Result<NodeName> {
     resolve_nodename(cfg.nodename.as_deref(), file.as_deref(), &host)
 }
 
-/// The IPAM edge for the configured datastore. A new datastore (etcd, when
-/// calinet-ipam's etcd store lands) is one more arm returning its
-/// `StoreIpam<EtcdStore>`.
+/// The IPAM edge for the configured datastore: the SQLite file (with the WAL
+/// keeper) or etcd (calinet-ipam's `EtcdStore`, cargo feature `etcd`).
 fn open_ipam(cfg: &Config) -> Result<Box<dyn AddressManager>> {
     match &cfg.ipam.datastore {
         Datastore::Sqlite { path } => {
@@ -84,11 +83,38 @@ fn open_ipam(cfg: &Config) -> Result<Box<dyn AddressManager>> {
                 StoreIpam::new(store, Some(cfg.ipam.lock_file.clone())).with_keeper(keeper),
             ))
         }
+        #[cfg(feature = "etcd")]
+        Datastore::Etcd {
+            endpoints,
+            key_file,
+            cert_file,
+            ca_cert_file,
+        } => {
+            let mut ec = calinet_ipam::EtcdConfig::new(endpoints.iter().cloned());
+            if let Some(ca) = ca_cert_file {
+                // Config validation guarantees the certificate and key come as a pair.
+                let client = cert_file.clone().zip(key_file.clone());
+                ec = ec.with_tls(calinet_ipam::TlsFiles {
+                    ca: ca.clone(),
+                    client,
+                    domain: None,
+                });
+            }
+            let store = calinet_ipam::EtcdStore::connect(ec).map_err(|e| Error::Ipam {
+                operation: format!("connecting to etcd {}", endpoints.join(",")),
+                source: e.into(),
+            })?;
+            Ok(Box::new(StoreIpam::new(
+                store,
+                Some(cfg.ipam.lock_file.clone()),
+            )))
+        }
+        #[cfg(not(feature = "etcd"))]
         Datastore::Etcd { endpoints, .. } => Err(Error::UnsupportedField {
             field: "datastore_type".into(),
             value: "etcdv3".into(),
             why: format!(
-                "this build of calinet-ipam has no etcd datastore yet (endpoints {})",
+                "this build has no etcd datastore (cargo feature `etcd` off; endpoints {})",
                 endpoints.join(",")
             ),
         }),

@@ -754,3 +754,106 @@ fn parallel_adds_racing_dels_and_retries() {
     assert!(cali_links(&node).is_empty());
     assert_eq!(ipam_check(&db, &[]).addresses_in_use, 0);
 }
+
+/// `datastore_type: etcdv3` against a real etcd (Debian etcd-server, started
+/// by the lab on a loopback port): allocations land under Calico's keys, a
+/// retry gets the same address, DEL releases, and etcd being down is code 11
+/// (try again later) with nothing allocated. The IPAM plugin runs in the test's
+/// own namespace, where the lab's etcd listens (127.0.0.1).
+#[cfg(feature = "etcd")]
+#[test]
+fn ipam_plugin_on_a_real_etcd() {
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = Lab::new("cni_etcd").unwrap();
+    let etcd = lab.etcd().unwrap();
+    let endpoint = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({
+        "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "ptp", "nodename": "node-1",
+        "datastore_type": "etcdv3", "etcd_endpoints": endpoint,
+        "ipam_lock_file": dir.path().join("ipam.lock"),
+        "ipam": {"type": "calinet-ipam", "ipv4_pools": ["172.16.10.0/24"]}
+    })
+    .to_string();
+    let netns = Path::new("/run/netns/not-needed-by-ipam");
+    let store = || {
+        calinet_ipam::EtcdStore::connect(calinet_ipam::EtcdConfig::new([endpoint.clone()])).unwrap()
+    };
+    let live = |ids: &[&str]| -> HashSet<calinet_ipam::HandleId> {
+        ids.iter().map(|i| common::handle(i)).collect()
+    };
+
+    let mut ips = HashSet::new();
+    for id in ["a", "b"] {
+        let out = Call::new("ADD", id, netns, &cfg).exec(CALINET_IPAM, None);
+        out.ok();
+        let r = out.json();
+        schema::assert_valid(schema::result(&r, true), &r);
+        assert!(ips.insert(result_ip(&r)));
+    }
+    let again = Call::new("ADD", "a", netns, &cfg).exec(CALINET_IPAM, None);
+    assert!(ips.contains(&result_ip(&again.json())));
+    let keys = std::process::Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &endpoint,
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/ipam/v2/handle/",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    for id in ["a", "b"] {
+        assert!(
+            keys.contains(&format!("/calico/ipam/v2/handle/k8s-pod-network.{id}")),
+            "{keys}"
+        );
+    }
+    let report = calinet_ipam::report::check(&store(), Some(&live(&["a", "b"]))).unwrap();
+    assert!(
+        report.is_clean() && report.addresses_in_use == 2,
+        "{report:?}"
+    );
+
+    etcd.stop();
+    let msg = Call::new("ADD", "c", netns, &cfg)
+        .exec(CALINET_IPAM, None)
+        .err(11);
+    assert!(msg.contains("etcd") || msg.contains("datastore"), "{msg}");
+    etcd.start().unwrap();
+    let report = calinet_ipam::report::check(&store(), Some(&live(&["a", "b"]))).unwrap();
+    assert!(
+        report.is_clean() && report.addresses_in_use == 2,
+        "{report:?}"
+    );
+
+    for id in ["a", "b"] {
+        Call::new("DEL", id, netns, &cfg)
+            .exec(CALINET_IPAM, None)
+            .ok();
+    }
+    let report = calinet_ipam::report::check(&store(), Some(&live(&[]))).unwrap();
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}
+
+/// Without the `etcd` feature, `etcdv3` is an unsupported field (code 2).
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_without_the_feature_is_code_2() {
+    let cfg = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "ptp",
+        "datastore_type": "etcdv3", "etcd_endpoints": "http://127.0.0.1:1",
+        "ipam": {"type": "calinet-ipam"}
+    })
+    .to_string();
+    let msg = Call::new("ADD", "a", Path::new("/run/netns/x"), &cfg)
+        .exec(CALINET_IPAM, None)
+        .err(2);
+    assert!(msg.contains("etcd"), "{msg}");
+}

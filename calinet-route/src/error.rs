@@ -117,6 +117,21 @@ pub enum Error {
         /// The namespace searched.
         netns: String,
     },
+    /// The pod's namespace already holds an interface with the requested name that
+    /// this crate did not create; it is left alone and nothing is changed.
+    #[error(
+        "netns {netns} already has an interface {name} of kind {kind} that calinet did not create ({reason}); refusing to delete it"
+    )]
+    ForeignInterface {
+        /// The namespace.
+        netns: String,
+        /// The interface name.
+        name: String,
+        /// Its `IFLA_INFO_KIND` (`none` for a plain device).
+        kind: String,
+        /// Why it is not ours.
+        reason: &'static str,
+    },
     /// A postcondition did not hold after retries (e.g. the MAC did not stick).
     #[error("{what} on {name}: {detail}")]
     NotConverged {

@@ -3,7 +3,8 @@
 //! Every kernel operation of this crate names the namespace it works in with a
 //! [`Netns`]. Work that must run *inside* a namespace (creating a netlink socket,
 //! writing `/proc/sys`) runs on a short-lived dedicated thread that calls `setns`,
-//! so the caller's threads never change namespace.
+//! so the caller's threads never change namespace; when the caller's thread is
+//! already in the target namespace, the work runs directly on it.
 
 use std::fmt;
 use std::fs::File;
@@ -76,13 +77,37 @@ impl Netns {
         &self.path
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace, and returns its
-    /// result. Sockets created by `f` stay bound to this namespace after it returns.
+    /// Whether the calling thread is already in this namespace: same
+    /// `(st_dev, st_ino)` as `/proc/thread-self/ns/net` (how the kernel identifies a
+    /// namespace). `false` when either cannot be read, so that the caller takes the
+    /// safe path.
+    fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            self.file.metadata(),
+            std::fs::metadata("/proc/thread-self/ns/net"),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
+    /// Runs `f` inside this namespace and returns its result. Sockets created by `f`
+    /// stay bound to this namespace after it returns.
+    ///
+    /// When the calling thread is already in this namespace, `f` runs right here:
+    /// a `setns` into it would be a no-op, `f` only sees the namespace (not which
+    /// thread it is on), and the caller's thread is not changed either way; this
+    /// saves a thread spawn per call (e.g. the CNI plugin's host-side socket and
+    /// sysctls). Otherwise `f` runs on a fresh thread that enters the namespace.
     pub fn run<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> T + Send,
         T: Send,
     {
+        if self.is_current() {
+            return Ok(f());
+        }
         let fd = self.file.as_raw_fd();
         std::thread::scope(|s| {
             s.spawn(move || {

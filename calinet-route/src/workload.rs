@@ -205,12 +205,65 @@ async fn replace_routes(conn: &mut Conn, routes: &[RouteSpec], links: &LinkIndex
     Ok(())
 }
 
+/// Whether the pod's namespace holds an interface named `name` that may be
+/// deleted as a leftover of an earlier setup: `false` when there is none, an
+/// error naming it when it is not ours. Ours are veths whose peer lives in another
+/// namespace (the kernel then reports `IFLA_LINK_NETNSID`); a bridge, a dummy or a
+/// veth pair made inside the pod's namespace belongs to someone else.
+async fn pod_leftover(pod: &mut Conn, name: &IfName) -> Result<bool> {
+    use netlink_packet_route::link::LinkMessage;
+
+    let what = format!("link show {name}");
+    let mut req = LinkMessage::default();
+    req.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let replies = match pod
+        .request(&RouteNetlinkMessage::GetLink(req), 0, &what)
+        .await?
+    {
+        Ok(r) => r,
+        Err(n) if n.errno == libc::ENODEV => return Ok(false),
+        Err(n) => {
+            return Err(Error::Netlink {
+                request: what,
+                errno: n.errno,
+                message: n.describe(),
+            });
+        }
+    };
+    let Some(msg) = replies.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(l),
+        _ => None,
+    }) else {
+        return Ok(false);
+    };
+    let kind = crate::kernel::link_from_message(msg).and_then(|l| l.kind);
+    let peer_elsewhere = msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+    let reason = match (kind.as_deref(), peer_elsewhere) {
+        (Some("veth"), true) => return Ok(true),
+        (Some("veth"), false) => "its veth peer is in the same namespace",
+        _ => "not a veth",
+    };
+    Err(Error::ForeignInterface {
+        netns: pod.netns().to_string(),
+        name: name.to_string(),
+        kind: kind.unwrap_or_else(|| "none".to_string()),
+        reason,
+    })
+}
+
 /// Plumbs one workload. `host` is a connection in the node's namespace; host routes
 /// get `protocol` (the reconciler that owns them should use the same).
 ///
 /// Idempotent: when the workload already matches, nothing is written; when it
 /// exists but differs, it is deleted and rebuilt (Calico's ADD semantics). Needs a
 /// tokio runtime with the time driver.
+///
+/// An interface named `pod_ifname` already in the pod's namespace is deleted only
+/// when it is a veth leading out of that namespace (a leftover plumbing);
+/// anything else fails with [`Error::ForeignInterface`] before any change.
 pub async fn setup_workload(
     host: &mut Conn,
     spec: &WorkloadSpec,
@@ -243,8 +296,9 @@ pub async fn setup_workload(
 
     let pod_ns = Netns::open(&spec.pod_netns)?;
     let mut pod = Conn::open(&pod_ns).await?;
-    // A leftover pod interface of the same name would make the create fail.
-    if link::get_link(&mut pod, &spec.pod_ifname).await?.is_some() {
+    // A leftover pod interface of the same name would make the create fail; only
+    // a veth leading out of the pod's namespace can be a leftover of ours.
+    if pod_leftover(&mut pod, &spec.pod_ifname).await? {
         link::delete_link(&mut pod, &spec.pod_ifname).await?;
     }
 

@@ -248,3 +248,116 @@ fn failed_setup_leaves_nothing_behind() {
         assert!(routes_to(&n1.routes().unwrap(), "172.16.101.11/32").is_empty());
     });
 }
+
+/// What `setup_workload` must leave alone: an interface named like the pod side
+/// that it did not create.
+fn assert_refused_and_untouched(case: &str, make: &[&[&str]], want_kind: &str) {
+    let lab = Lab::new(case).unwrap();
+    let n1 = lab.netns("n1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    for cmd in make {
+        p1.run(cmd).unwrap();
+    }
+    p1.run(&["ip", "addr", "add", "192.0.2.7/24", "dev", "eth0"])
+        .unwrap();
+    let before = p1.link("eth0").unwrap().expect("eth0 made by hand");
+    let s1 = spec(
+        &p1,
+        "default",
+        "foreign",
+        "172.16.101.21",
+        "fd00:10:244::21",
+    );
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        let err = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, calinet_route::Error::ForeignInterface { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&p1.path().display().to_string()), "{text}");
+        assert!(text.contains("eth0"), "{text}");
+        assert!(text.contains(want_kind), "{text}");
+    });
+    let after = p1.link("eth0").unwrap().expect("eth0 still there");
+    assert_eq!(after.ifindex, before.ifindex, "eth0 was recreated");
+    assert_eq!(
+        after.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()),
+        Some(want_kind)
+    );
+    let addrs = p1
+        .run(&["ip", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(addrs.contains("192.0.2.7/24"), "{addrs}");
+    assert!(
+        n1.link(s1.host_ifname.as_str()).unwrap().is_none(),
+        "host veth created anyway"
+    );
+}
+
+#[test]
+fn setup_refuses_to_delete_a_foreign_bridge() {
+    testlab::require_root!();
+    assert_refused_and_untouched(
+        "setup_refuses_to_delete_a_foreign_bridge",
+        &[&["ip", "link", "add", "eth0", "type", "bridge"]],
+        "bridge",
+    );
+}
+
+#[test]
+fn setup_refuses_to_delete_a_veth_pair_inside_the_pod() {
+    testlab::require_root!();
+    assert_refused_and_untouched(
+        "setup_refuses_to_delete_a_veth_pair_inside_the_pod",
+        &[&[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ]],
+        "veth",
+    );
+}
+
+#[test]
+fn setup_replaces_a_leftover_veth_leading_out_of_the_pod() {
+    testlab::require_root!();
+    let lab = Lab::new("setup_replaces_a_leftover_veth_leading_out").unwrap();
+    let n1 = lab.netns("n1").unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    // A veth from the node into the pod under another host-side name, as an
+    // earlier ADD with a different host name would have left it.
+    let pod_ns = p1.path().display().to_string();
+    n1.run(&[
+        "ip", "link", "add", "oldcali0", "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
+    ])
+    .unwrap();
+    let before = p1.link("eth0").unwrap().expect("leftover eth0");
+    let s1 = spec(
+        &p1,
+        "default",
+        "leftover",
+        "172.16.101.22",
+        "fd00:10:244::22",
+    );
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        let r = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(r.changed);
+        assert!(
+            check_workload(&mut host, &s1, RouteProtocol::CALICO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    });
+    let after = p1.link("eth0").unwrap().expect("new eth0");
+    assert_ne!(after.ifindex, before.ifindex, "leftover not replaced");
+    assert!(
+        n1.link("oldcali0").unwrap().is_none(),
+        "old peer left behind"
+    );
+}

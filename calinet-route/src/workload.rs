@@ -135,6 +135,9 @@ pub struct SetupReport {
     pub host_link_local: Option<IpAddr>,
     /// Attempts needed until the host MAC read back as `ee:ee:ee:ee:ee:ee`.
     pub mac_attempts: u32,
+    /// The pod side's MAC as the kernel reported it (the CNI result's sandbox
+    /// interface), so that callers need not ask the pod's namespace again.
+    pub pod_mac: Option<MacAddr>,
 }
 
 /// What [`teardown_workload`] found and removed.
@@ -272,7 +275,7 @@ pub async fn setup_workload(
     spec.validate()?;
     let mut rebuilt_because = Vec::new();
     if link::get_link(host, &spec.host_ifname).await?.is_some() {
-        let diffs = check_workload(host, spec, protocol).await?;
+        let (diffs, pod_mac) = check_and_pod_mac(host, spec, protocol).await?;
         if diffs.is_empty() {
             let idx = link::get_link(host, &spec.host_ifname)
                 .await?
@@ -288,6 +291,7 @@ pub async fn setup_workload(
                 rebuilt_because,
                 host_link_local: ll,
                 mac_attempts: 0,
+                pod_mac,
             });
         }
         rebuilt_because = diffs;
@@ -327,11 +331,12 @@ pub async fn setup_workload(
     .await?;
     // From here on a failure must not leave a half-plumbed workload behind.
     match finish_setup(host, &mut pod, &pod_ns, spec, protocol).await {
-        Ok((host_ll, mac_attempts)) => Ok(SetupReport {
+        Ok((host_ll, mac_attempts, pod_mac)) => Ok(SetupReport {
             changed: true,
             rebuilt_because,
             host_link_local: host_ll,
             mac_attempts,
+            pod_mac,
         }),
         Err(e) => {
             // Best effort: the original error is what the caller needs to see.
@@ -348,7 +353,7 @@ async fn finish_setup(
     pod_ns: &Netns,
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
-) -> Result<(Option<IpAddr>, u32)> {
+) -> Result<(Option<IpAddr>, u32, Option<MacAddr>)> {
     let host_link = link::get_link(host, &spec.host_ifname)
         .await?
         .ok_or_else(|| Error::LinkNotFound {
@@ -445,7 +450,7 @@ async fn finish_setup(
     let host_links = LinkIndex::new([host_link]);
     replace_routes(host, &spec.host_routes(protocol), &host_links).await?;
 
-    Ok((host_ll, mac_attempts))
+    Ok((host_ll, mac_attempts, pod_link.mac))
 }
 
 fn diff(
@@ -467,11 +472,20 @@ pub async fn check_workload(
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
 ) -> Result<Vec<Difference>> {
+    Ok(check_and_pod_mac(host, spec, protocol).await?.0)
+}
+
+/// [`check_workload`], plus the pod side's MAC when the pod link was found.
+async fn check_and_pod_mac(
+    host: &mut Conn,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+) -> Result<(Vec<Difference>, Option<MacAddr>)> {
     let mut out = Vec::new();
     let h = &spec.host_ifname;
     let Some(host_link) = link::get_link(host, h).await? else {
         diff(&mut out, format!("host link {h}"), "present", "missing");
-        return Ok(out);
+        return Ok((out, None));
     };
     if host_link.kind.as_deref() != Some("veth") {
         diff(
@@ -549,14 +563,14 @@ pub async fn check_workload(
                 spec.pod_netns.display(),
                 e,
             );
-            return Ok(out);
+            return Ok((out, None));
         }
     };
     let mut pod = Conn::open(&pod_ns).await?;
     let p = &spec.pod_ifname;
     let Some(pod_link) = link::get_link(&mut pod, p).await? else {
         diff(&mut out, format!("pod link {p}"), "present", "missing");
-        return Ok(out);
+        return Ok((out, None));
     };
     if pod_link.mtu != spec.mtu {
         diff(
@@ -608,7 +622,7 @@ pub async fn check_workload(
             );
         }
     }
-    Ok(out)
+    Ok((out, pod_link.mac))
 }
 
 /// Removes a workload: deletes the host-side interface (its peer and its routes

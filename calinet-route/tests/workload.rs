@@ -126,9 +126,13 @@ fn setup_is_idempotent_check_reports_and_repairs() {
     let s1 = spec(&p1, "kube-system", "dns", "172.16.101.7", "fd00:10:244::7");
     rt().block_on(async {
         let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
-        setup_workload(&mut host, &s1, RouteProtocol::CALICO)
+        let first = setup_workload(&mut host, &s1, RouteProtocol::CALICO)
             .await
             .unwrap();
+        // The reported pod MAC is the one `ip` sees on the pod's eth0.
+        let pod_mac = p1.link("eth0").unwrap().unwrap().address;
+        assert!(pod_mac.is_some());
+        assert_eq!(first.pod_mac.map(|m| m.to_string()), pod_mac);
         assert_eq!(
             check_workload(&mut host, &s1, RouteProtocol::CALICO)
                 .await
@@ -140,6 +144,7 @@ fn setup_is_idempotent_check_reports_and_repairs() {
             .await
             .unwrap();
         assert!(!again.changed);
+        assert_eq!(again.pod_mac, first.pod_mac);
         assert_eq!(
             host.stats().writes,
             before,

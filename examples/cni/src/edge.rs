@@ -451,16 +451,21 @@ impl Plumber for KernelPlumber {
                 let host_ns = Netns::current()?;
                 let mut host = Conn::open(&host_ns).await?;
                 let report = workload::setup_workload(&mut host, spec, protocol).await?;
-                let pod_mac = match peer_mac(&mut host, &spec.host_ifname).await? {
+                // setup_workload reports the pod side's MAC; ask the kernel
+                // only when it did not.
+                let pod_mac = match report.pod_mac {
                     Some(m) => Some(m),
-                    None => {
-                        // The kernel did not say where the peer is: ask inside.
-                        let pod_ns = Netns::open(&spec.pod_netns)?;
-                        let mut pod = Conn::open(&pod_ns).await?;
-                        link::get_link(&mut pod, &spec.pod_ifname)
-                            .await?
-                            .and_then(|l| l.mac)
-                    }
+                    None => match peer_mac(&mut host, &spec.host_ifname).await? {
+                        Some(m) => Some(m),
+                        None => {
+                            // The kernel did not say where the peer is: ask inside.
+                            let pod_ns = Netns::open(&spec.pod_netns)?;
+                            let mut pod = Conn::open(&pod_ns).await?;
+                            link::get_link(&mut pod, &spec.pod_ifname)
+                                .await?
+                                .and_then(|l| l.mac)
+                        }
+                    },
                 };
                 Ok(Plumbed {
                     host_mac: Some(MacAddr::WORKLOAD_HOST.to_string()),

@@ -13,10 +13,12 @@ fail=0
 step "cargo fmt --check"
 cargo fmt --all -- --check || fail=1
 
-step "cargo clippy (all targets, all features, -D warnings)"
+step "cargo clippy (all targets, default features and all features, -D warnings)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings || fail=1
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings || fail=1
 
 step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet || fail=1
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet || fail=1
 
 if [[ "$(id -u)" != 0 ]]; then

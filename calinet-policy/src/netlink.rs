@@ -381,6 +381,23 @@ struct Elem {
     goto: Option<String>,
 }
 
+/// Interval-set elements for inclusive ranges of an integer key type: each
+/// range becomes a start key and an exclusive end key (none past the maximum),
+/// in network byte order.
+fn interval_set<T: Copy, const N: usize>(
+    ranges: Vec<(T, T)>,
+    to_be: fn(T) -> [u8; N],
+    successor: fn(T) -> Option<T>,
+) -> Vec<Elem> {
+    interval_elems(
+        ranges
+            .into_iter()
+            .map(|(a, b)| (to_be(a).to_vec(), successor(b).map(|x| to_be(x).to_vec())))
+            .collect(),
+        vec![0; N],
+    )
+}
+
 fn interval_elems(ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>, zero: Vec<u8>) -> Vec<Elem> {
     let mut out = Vec::new();
     // nft opens every interval set with a "0 end" element; do the same so both
@@ -423,42 +440,9 @@ fn elems(e: &SetElems) -> Vec<Elem> {
     match e {
         SetElems::Addr4(s) => s.iter().map(|a| plain(a.octets().to_vec())).collect(),
         SetElems::Addr6(s) => s.iter().map(|a| plain(a.octets().to_vec())).collect(),
-        SetElems::Net4(s) => interval_elems(
-            v4_ranges(s)
-                .into_iter()
-                .map(|(a, b)| {
-                    (
-                        a.to_be_bytes().to_vec(),
-                        b.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
-                    )
-                })
-                .collect(),
-            vec![0; 4],
-        ),
-        SetElems::Net6(s) => interval_elems(
-            v6_ranges(s)
-                .into_iter()
-                .map(|(a, b)| {
-                    (
-                        a.to_be_bytes().to_vec(),
-                        b.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
-                    )
-                })
-                .collect(),
-            vec![0; 16],
-        ),
-        SetElems::Ports(s) => interval_elems(
-            port_ranges(s)
-                .into_iter()
-                .map(|(a, b)| {
-                    (
-                        a.to_be_bytes().to_vec(),
-                        b.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
-                    )
-                })
-                .collect(),
-            vec![0; 2],
-        ),
+        SetElems::Net4(s) => interval_set(v4_ranges(s), u32::to_be_bytes, |x| x.checked_add(1)),
+        SetElems::Net6(s) => interval_set(v6_ranges(s), u128::to_be_bytes, |x| x.checked_add(1)),
+        SetElems::Ports(s) => interval_set(port_ranges(s), u16::to_be_bytes, |x| x.checked_add(1)),
         SetElems::AddrProtoPort4(s) => s
             .iter()
             .map(|(a, p, n)| {

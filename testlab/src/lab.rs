@@ -316,9 +316,32 @@ impl Lab {
         Ok(process)
     }
 
-    /// Starts an `etcd` on free loopback ports with a temporary data directory.
+    /// Starts an `etcd` on free loopback ports of the root namespace, with a
+    /// temporary data directory. Reachable from processes the test runs in
+    /// its own namespace, not from inside lab namespaces.
     pub fn etcd(&self) -> Result<Etcd> {
-        let etcd = Etcd::start_new()?;
+        self.start_etcd(None)
+    }
+
+    /// Starts an `etcd` inside `ns` (a namespace of this lab), on free ports
+    /// of that namespace's loopback: for code under test that runs in `ns`
+    /// (a CNI plugin exec'd in a node's namespace). Query it with
+    /// [`Etcd::ctl`] or from [`Netns::enter`]. Stopped before the lab deletes
+    /// its namespaces.
+    pub fn etcd_in(&self, ns: &Netns) -> Result<Etcd> {
+        if !self.state().namespaces.contains(ns) {
+            return Err(Error::Invalid(format!(
+                "etcd in netns {}: not a namespace of lab {} (the lab must own the \
+                 namespace so that it stops etcd before deleting it)",
+                ns.name(),
+                self.prefix
+            )));
+        }
+        self.start_etcd(Some(ns.clone()))
+    }
+
+    fn start_etcd(&self, ns: Option<Netns>) -> Result<Etcd> {
+        let etcd = Etcd::start_new(ns)?;
         self.state().processes.push(etcd.shared());
         Ok(etcd)
     }

@@ -7,6 +7,10 @@
 //! (`wireguard-go`, `etcd`), and observation: commands in a namespace, typed
 //! `ip -j` output, ping and TCP probes, `tcpdump` captures.
 //!
+//! An `etcd` runs on the root namespace's loopback ([`Lab::etcd`], for code
+//! the test runs itself) or on a lab namespace's ([`Lab::etcd_in`], for code
+//! exec'd inside that namespace, such as a CNI plugin on a node).
+//!
 //! The lab deliberately uses the `ip`, `bridge`, `sysctl` and `tcpdump`
 //! commands rather than netlink: it is the independent oracle that calinet's
 //! netlink code is checked against.

@@ -4,10 +4,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::netns::Netns;
 use crate::{Error, Result, cmd};
 
 type Shared = Arc<Mutex<Option<Child>>>;
@@ -129,29 +131,41 @@ pub fn wait_for(
     }
 }
 
-fn free_loopback_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
-        what: "bind a free port on",
-        path: "127.0.0.1".into(),
+/// `N` distinct free TCP ports on `127.0.0.1`, of the root namespace or of
+/// `netns`. The listeners are held until all are bound, so the ports differ.
+fn free_loopback_ports<const N: usize>(netns: Option<&Netns>) -> Result<[u16; N]> {
+    let bind = || -> std::io::Result<[u16; N]> {
+        let listeners = (0..N)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut ports = [0; N];
+        for (port, listener) in ports.iter_mut().zip(&listeners) {
+            *port = listener.local_addr()?.port();
+        }
+        Ok(ports)
+    };
+    let (ports, place) = match netns {
+        None => (bind(), PathBuf::from("127.0.0.1")),
+        Some(ns) => (ns.enter(bind)?, ns.path()),
+    };
+    ports.map_err(|source| Error::Io {
+        what: "bind free loopback ports in",
+        path: place,
         source,
-    })?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|source| Error::Io {
-            what: "read the free port of",
-            path: "127.0.0.1".into(),
-            source,
-        })
+    })
 }
 
 /// An etcd server on loopback with a temporary data directory (removed on
-/// drop). [`Etcd::stop`] and [`Etcd::start`] keep the data, for fault tests.
+/// drop): the root namespace's loopback ([`Lab::etcd`](crate::Lab::etcd)), or
+/// a lab namespace's ([`Lab::etcd_in`](crate::Lab::etcd_in)), where only
+/// processes in that namespace reach it. [`Etcd::stop`] and [`Etcd::start`]
+/// keep the data, for fault tests.
 #[derive(Debug)]
 pub struct Etcd {
     process: Mutex<Option<Process>>,
     slot: Shared,
     data: tempfile::TempDir,
+    netns: Option<Netns>,
     client_port: u16,
     peer_port: u16,
 }
@@ -159,7 +173,9 @@ pub struct Etcd {
 const ETCD_READY: Duration = Duration::from_secs(20);
 
 impl Etcd {
-    pub(crate) fn start_new() -> Result<Self> {
+    /// A new server listening on the loopback of `netns` (the root namespace
+    /// when `None`), started and healthy.
+    pub(crate) fn start_new(netns: Option<Netns>) -> Result<Self> {
         if !cmd::have("etcd") {
             return Err(Error::Invalid("etcd is not installed".into()));
         }
@@ -171,25 +187,56 @@ impl Etcd {
                 path: std::env::temp_dir(),
                 source,
             })?;
+        let [client_port, peer_port] = free_loopback_ports(netns.as_ref())?;
         let etcd = Self {
             process: Mutex::new(None),
             slot: Arc::new(Mutex::new(None)),
             data,
-            client_port: free_loopback_port()?,
-            peer_port: free_loopback_port()?,
+            netns,
+            client_port,
+            peer_port,
         };
         etcd.start()?;
         Ok(etcd)
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>`, valid in the server's
+    /// namespace ([`Etcd::netns`]).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    /// The client address.
+    /// The client address (in the server's namespace).
     pub fn client_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    /// The namespace the server listens in; `None` for the root namespace.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    /// The data directory (removed when this handle is dropped).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Process::pid)
+    }
+
+    /// Where the server is, for messages: `http://127.0.0.1:<port>` plus the
+    /// namespace when it is not the root one.
+    fn place(&self) -> String {
+        match &self.netns {
+            None => self.endpoint(),
+            Some(ns) => format!("{} in netns {}", self.endpoint(), ns.name()),
+        }
     }
 
     /// (Re)starts the server on the same ports and data; returns once healthy.
@@ -202,38 +249,42 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let cluster = format!("calinet-test={peer}");
         let data_dir = self.data.path().to_string_lossy().into_owned();
-        let process = Process::spawn_in(
-            self.slot.clone(),
-            "etcd",
-            &[
-                "--name",
-                "calinet-test",
-                "--data-dir",
-                &data_dir,
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &cluster,
-            ],
-            &[],
-        )?;
-        let addr = self.client_addr();
+        let etcd_args = [
+            "--name",
+            "calinet-test",
+            "--data-dir",
+            &data_dir,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &cluster,
+        ];
+        let process = match &self.netns {
+            None => Process::spawn_in(self.slot.clone(), "etcd", &etcd_args, &[])?,
+            Some(ns) => {
+                // `ip netns exec` execs etcd in place: same pid, same group.
+                let mut argv = vec!["netns", "exec", ns.name(), "etcd"];
+                argv.extend_from_slice(&etcd_args);
+                Process::spawn_in(self.slot.clone(), "ip", &argv, &[])?
+            }
+        };
+        let place = self.place();
         wait_for(
-            &format!("etcd at {client} to be healthy"),
+            &format!("etcd at {place} to be healthy"),
             ETCD_READY,
             || {
                 if !process.is_running() {
                     return Err(Error::Invalid(format!(
-                        "etcd at {client} exited during start-up (data dir {data_dir})"
+                        "etcd at {place} exited during start-up (data dir {data_dir})"
                     )));
                 }
-                Ok(healthy(addr))
+                Ok(self.is_healthy())
             },
         )?;
         *guard = Some(process);
@@ -252,9 +303,27 @@ impl Etcd {
         }
     }
 
-    /// Whether the server answers its health check now.
+    /// Whether the server answers its health check now (asked from its
+    /// namespace).
     pub fn is_healthy(&self) -> bool {
-        healthy(self.client_addr())
+        let addr = self.client_addr();
+        match &self.netns {
+            None => healthy(addr),
+            // A namespace already deleted (lab torn down) is not healthy.
+            Some(ns) => ns.enter(move || healthy(addr)).unwrap_or(false),
+        }
+    }
+
+    /// Runs `etcdctl --endpoints <endpoint> <args>` from the server's
+    /// namespace; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let endpoint = self.endpoint();
+        let mut argv = vec!["etcdctl", "--endpoints", &endpoint];
+        argv.extend_from_slice(args);
+        match &self.netns {
+            None => cmd::run(argv[0], &argv[1..]),
+            Some(ns) => ns.run(&argv),
+        }
     }
 
     pub(crate) fn shared(&self) -> Shared {

@@ -321,3 +321,93 @@ fn etcd_starts_stops_and_restarts_with_its_data() {
     .unwrap();
     assert_eq!(got.trim(), "v1");
 }
+
+/// An etcd inside a lab namespace: served on that namespace's loopback only,
+/// data kept across stop/start, process and data gone on drop, and stopped by
+/// the lab's teardown before its namespace is deleted.
+#[test]
+fn etcd_in_a_namespace_serves_only_that_namespace() {
+    testlab::require_root!();
+    testlab::require!(Feature::Etcd);
+    let lab = Lab::new("etcd_in").expect("lab");
+    let ns = lab.netns("etcdhost").unwrap();
+    let etcd = lab.etcd_in(&ns).unwrap();
+    assert_eq!(etcd.netns(), Some(&ns));
+    assert!(etcd.is_healthy());
+    etcd.ctl(&["put", "/calinet/probe", "v1"]).unwrap();
+    let got = ns
+        .run(&[
+            "etcdctl",
+            "--endpoints",
+            &etcd.endpoint(),
+            "get",
+            "--print-value-only",
+            "/calinet/probe",
+        ])
+        .unwrap();
+    assert_eq!(got.trim(), "v1");
+    // The root namespace's loopback is another one: nothing answers there.
+    let from_root = testlab::cmd::run(
+        "etcdctl",
+        &[
+            "--endpoints",
+            &etcd.endpoint(),
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+            "get",
+            "/calinet/probe",
+        ],
+    );
+    assert!(
+        from_root.is_err(),
+        "reached from the root namespace: {from_root:?}"
+    );
+
+    etcd.stop();
+    assert!(!etcd.is_healthy());
+    assert_eq!(etcd.pid(), None);
+    etcd.start().unwrap();
+    let got = etcd
+        .ctl(&["get", "--print-value-only", "/calinet/probe"])
+        .unwrap();
+    assert_eq!(got.trim(), "v1", "data kept across stop/start");
+
+    let pid = etcd.pid().expect("running");
+    let data = etcd.data_dir().to_path_buf();
+    drop(etcd);
+    // SAFETY: signal 0 only checks existence.
+    assert!(
+        unsafe { libc_kill(pid as i32, 0) } != 0,
+        "etcd {pid} survived drop"
+    );
+    assert!(!data.exists(), "data dir {} left", data.display());
+
+    // The lab's teardown stops a server whose handle is still alive.
+    let etcd = lab.etcd_in(&ns).unwrap();
+    let pid = etcd.pid().expect("running");
+    drop(lab);
+    // SAFETY: as above.
+    assert!(
+        unsafe { libc_kill(pid as i32, 0) } != 0,
+        "etcd {pid} survived the lab"
+    );
+    assert!(!etcd.is_healthy());
+    let data = etcd.data_dir().to_path_buf();
+    drop(etcd);
+    assert!(!data.exists(), "data dir {} left", data.display());
+}
+
+#[test]
+fn etcd_in_refuses_a_namespace_of_another_lab() {
+    testlab::require_root!();
+    let lab = Lab::new("etcd_in_foreign").expect("lab");
+    let other = Lab::new("etcd_in_other").expect("lab");
+    let ns = other.netns("elsewhere").unwrap();
+    let err = lab.etcd_in(&ns).unwrap_err().to_string();
+    assert!(
+        err.contains(ns.name()) && err.contains(lab.prefix()),
+        "{err}"
+    );
+}

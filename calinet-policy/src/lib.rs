@@ -6,7 +6,7 @@
 //! and conversion ([`model`]); the policy semantics ([`semantics`]); the compiler
 //! ([`compile`]) to an nftables IR ([`ir`]) with a reference packet evaluator; and
 //! two backends for the IR, an `nft` script ([`nft`]) and a netlink transaction
-//! through `nftnl` ([`netlink`]). Behind the `ipam` feature, calinet-ipam's
+//! ([`netlink`], encoded directly; tested against libnftnl's encoding). Behind the `ipam` feature, calinet-ipam's
 //! node-selector evaluator; behind `proptest`, strategies for downstream tests.
 //!
 //! Does not own: address allocation, routing, or the workload interfaces

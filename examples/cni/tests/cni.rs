@@ -39,6 +39,72 @@ fn cali_links(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
+/// Checks a full plugin's ADD result for `container` (CNI 1.0.0, Calico's
+/// shape) and that the kernel agrees with it: the host veth (name, MAC, MTU
+/// 1400, up), the pod's `eth0` with the /32, the pod's routes via
+/// `169.254.1.1`, and the node's link-scope route to the pod. Returns the
+/// address and the host interface.
+fn assert_plumbed(node: &Node, pod: &Netns, container: &str, r: &Value) -> (IpAddr, String) {
+    schema::assert_valid(schema::result(r, false), r);
+    assert_eq!(r["cniVersion"], "1.0.0");
+    let ip = result_ip(r);
+    let host_if = IfName::calico_workload("default", container).to_string();
+    assert_eq!(r["interfaces"][0]["name"], host_if.as_str());
+    assert_eq!(r["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
+    assert_eq!(r["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        r["interfaces"][1]["sandbox"],
+        pod.path().display().to_string()
+    );
+    assert_eq!(r["ips"][0]["address"], format!("{ip}/32"));
+    assert_eq!(r["ips"][0]["interface"], 1);
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
+
+    // The kernel agrees with the result.
+    let link = node.link(&host_if).unwrap().expect("host veth exists");
+    assert_eq!(link.kind(), Some("veth"));
+    assert_eq!(link.mtu, Some(1400));
+    assert_eq!(link.address.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+    assert!(link.is_up());
+    let pod_link = pod.link("eth0").unwrap().expect("pod eth0 exists");
+    assert_eq!(pod_link.mtu, Some(1400));
+    assert_eq!(
+        pod_link.address.as_deref(),
+        r["interfaces"][1]["mac"].as_str()
+    );
+    let addrs = pod.addrs().unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.ifname == "eth0" && a.local == ip.to_string() && a.prefixlen == 32),
+        "{addrs:?}"
+    );
+    let pod_routes = pod.routes().unwrap();
+    assert!(pod_routes.iter().any(|r| r.dst == "default"
+        && r.gateway.as_deref() == Some("169.254.1.1")
+        && r.dev.as_deref() == Some("eth0")));
+    assert!(
+        pod_routes
+            .iter()
+            .any(|r| r.dst == "169.254.1.1" && r.scope.as_deref() == Some("link"))
+    );
+    let host_routes = node.routes().unwrap();
+    let to_pod = testlab::ipjson::routes_to(&host_routes, &ip.to_string());
+    assert_eq!(to_pod.len(), 1, "{host_routes:?}");
+    assert_eq!(to_pod[0].dev.as_deref(), Some(host_if.as_str()));
+    assert_eq!(to_pod[0].scope.as_deref(), Some("link"));
+    (ip, host_if)
+}
+
+/// After DEL: no workload veth on the node, no `eth0` in the pod, no route
+/// to the pod's address.
+fn assert_unplumbed(node: &Node, pod: &Netns, ip: IpAddr) {
+    assert!(cali_links(node).is_empty());
+    assert!(pod.link("eth0").unwrap().is_none());
+    assert!(testlab::ipjson::routes_to(&node.routes().unwrap(), &ip.to_string()).is_empty());
+}
+
 /// As root: a lab node to run the plugin in, so that a plugin that went on
 /// despite bad input would leave a link there for the test to find. Without
 /// root the plugin runs in the caller's namespace (and could create nothing).
@@ -276,55 +342,7 @@ fn add_check_del_in_lab_namespaces() {
     let out = add.exec(CALINET, Some(&host));
     out.ok();
     let r = out.json();
-    schema::assert_valid(schema::result(&r, false), &r);
-    assert_eq!(r["cniVersion"], "1.0.0");
-    let ip = result_ip(&r);
-    let host_if = IfName::calico_workload("default", "web-0").to_string();
-    assert_eq!(r["interfaces"][0]["name"], host_if.as_str());
-    assert_eq!(r["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
-    assert_eq!(r["interfaces"][1]["name"], "eth0");
-    assert_eq!(
-        r["interfaces"][1]["sandbox"],
-        pod.path().display().to_string()
-    );
-    assert_eq!(r["ips"][0]["address"], format!("{ip}/32"));
-    assert_eq!(r["ips"][0]["interface"], 1);
-    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
-    assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
-
-    // The kernel agrees with the result.
-    let link = node.link(&host_if).unwrap().expect("host veth exists");
-    assert_eq!(link.kind(), Some("veth"));
-    assert_eq!(link.mtu, Some(1400));
-    assert_eq!(link.address.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
-    assert!(link.is_up());
-    let pod_link = pod.link("eth0").unwrap().expect("pod eth0 exists");
-    assert_eq!(pod_link.mtu, Some(1400));
-    assert_eq!(
-        pod_link.address.as_deref(),
-        r["interfaces"][1]["mac"].as_str()
-    );
-    let addrs = pod.addrs().unwrap();
-    assert!(
-        addrs
-            .iter()
-            .any(|a| a.ifname == "eth0" && a.local == ip.to_string() && a.prefixlen == 32),
-        "{addrs:?}"
-    );
-    let pod_routes = pod.routes().unwrap();
-    assert!(pod_routes.iter().any(|r| r.dst == "default"
-        && r.gateway.as_deref() == Some("169.254.1.1")
-        && r.dev.as_deref() == Some("eth0")));
-    assert!(
-        pod_routes
-            .iter()
-            .any(|r| r.dst == "169.254.1.1" && r.scope.as_deref() == Some("link"))
-    );
-    let host_routes = node.routes().unwrap();
-    let to_pod = testlab::ipjson::routes_to(&host_routes, &ip.to_string());
-    assert_eq!(to_pod.len(), 1, "{host_routes:?}");
-    assert_eq!(to_pod[0].dev.as_deref(), Some(host_if.as_str()));
-    assert_eq!(to_pod[0].scope.as_deref(), Some("link"));
+    let (ip, host_if) = assert_plumbed(&node, &pod, "web-0", &r);
     assert!(
         node.ping(ip, Duration::from_secs(3)),
         "node cannot ping pod {ip}"
@@ -350,9 +368,7 @@ fn add_check_del_in_lab_namespaces() {
         let out = add.with_command("DEL").exec(CALINET, Some(&host));
         assert_eq!(out.ok(), "", "DEL prints nothing");
     }
-    assert!(cali_links(&node).is_empty());
-    assert!(pod.link("eth0").unwrap().is_none());
-    assert!(testlab::ipjson::routes_to(&node.routes().unwrap(), &ip.to_string()).is_empty());
+    assert_unplumbed(&node, &pod, ip);
     let report = ipam_check(&db, &[]);
     assert!(
         report.is_clean() && report.addresses_in_use == 0,
@@ -793,23 +809,11 @@ fn ipam_plugin_on_a_real_etcd() {
     }
     let again = Call::new("ADD", "a", netns, &cfg).exec(CALINET_IPAM, None);
     assert!(ips.contains(&result_ip(&again.json())));
-    let keys = std::process::Command::new("etcdctl")
-        .args([
-            "--endpoints",
-            &endpoint,
-            "get",
-            "--prefix",
-            "--keys-only",
-            "/calico/ipam/v2/handle/",
-        ])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    let keys = String::from_utf8_lossy(&keys.stdout);
+    let keys = etcd_handle_keys(&etcd);
     for id in ["a", "b"] {
         assert!(
-            keys.contains(&format!("/calico/ipam/v2/handle/k8s-pod-network.{id}")),
-            "{keys}"
+            keys.contains(&format!("{HANDLES_PREFIX}k8s-pod-network.{id}")),
+            "{keys:?}"
         );
     }
     let report = calinet_ipam::report::check(&store(), Some(&live(&["a", "b"]))).unwrap();
@@ -836,6 +840,178 @@ fn ipam_plugin_on_a_real_etcd() {
             .ok();
     }
     let report = calinet_ipam::report::check(&store(), Some(&live(&[]))).unwrap();
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+}
+
+/// Calico's etcd prefix of IPAM handles.
+#[cfg(feature = "etcd")]
+const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
+
+/// The handle keys in `etcd` (`etcdctl get --prefix --keys-only`, run in the
+/// server's namespace).
+#[cfg(feature = "etcd")]
+fn etcd_handle_keys(etcd: &testlab::Etcd) -> Vec<String> {
+    etcd.ctl(&["get", "--prefix", "--keys-only", HANDLES_PREFIX])
+        .expect("etcdctl get handles")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `ipam check` of the datastore in `etcd` with `live` as the live
+/// containers, from the server's namespace (the client's runtime and its
+/// connections are made on a thread inside it).
+#[cfg(feature = "etcd")]
+fn etcd_check(etcd: &testlab::Etcd, live: &[&str]) -> calinet_ipam::report::CheckReport {
+    let endpoint = etcd.endpoint();
+    let live: HashSet<calinet_ipam::HandleId> = live.iter().map(|c| common::handle(c)).collect();
+    let check = move || {
+        let store = calinet_ipam::EtcdStore::connect(calinet_ipam::EtcdConfig::new([endpoint]))
+            .expect("etcd client");
+        calinet_ipam::report::check(&store, Some(&live)).expect("ipam check on etcd")
+    };
+    match etcd.netns() {
+        Some(ns) => ns.enter(check).expect("enter the etcd's namespace"),
+        None => check(),
+    }
+}
+
+/// The block in `etcd` holding `ip` (Calico's JSON, read with `etcdctl`): its
+/// affinity and the handle its allocation of `ip` carries.
+#[cfg(feature = "etcd")]
+fn etcd_block_owner(etcd: &testlab::Etcd, ip: IpAddr) -> (String, String) {
+    let out = etcd
+        .ctl(&["get", "--prefix", "/calico/ipam/v2/assignment/ipv4/block/"])
+        .expect("etcdctl get blocks");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    for pair in lines.chunks(2) {
+        let block: Value = serde_json::from_str(pair[1]).expect("block value is JSON");
+        let cidr: ipnet::IpNet = block["cidr"].as_str().unwrap().parse().unwrap();
+        if !cidr.contains(&ip) {
+            continue;
+        }
+        let (IpAddr::V4(ip4), IpAddr::V4(net4)) = (ip, cidr.network()) else {
+            panic!("IPv4 block {cidr} for {ip}");
+        };
+        let ordinal = (u32::from(ip4) - u32::from(net4)) as usize;
+        let attr = block["allocations"][ordinal]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{ip} not allocated in {}: {block}", pair[0]));
+        let handle = block["attributes"][attr as usize]["handle_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let affinity = block["affinity"].as_str().unwrap_or_default().to_owned();
+        return (affinity, handle);
+    }
+    panic!("no block holds {ip}: {out}");
+}
+
+/// The full plugin, exec'd in the node's namespace as a runtime does, with
+/// `datastore_type: etcdv3` in its ipam section and a real etcd the lab runs
+/// inside that namespace (so `127.0.0.1` is the node's loopback, as for a
+/// plugin talking to a local etcd): ADD allocates in etcd and plumbs the pod,
+/// a retried ADD keeps the address, CHECK passes, DEL releases and unplumbs
+/// (twice), and with etcd down ADD is code 11 naming etcd, with nothing left
+/// behind.
+#[cfg(feature = "etcd")]
+#[test]
+fn full_plugin_on_a_real_etcd_in_the_node_namespace() {
+    testlab::require_root!();
+    testlab::require!(testlab::Feature::Etcd);
+    let lab = Lab::new("cni_full_etcd").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("db-0").unwrap();
+    let etcd = lab.etcd_in(&node).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool: ipnet::IpNet = "172.16.11.0/24".parse().unwrap();
+    let cfg = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calinet", "mtu": 1400,
+        "nodename": "node-1",
+        "ipam": {"type": "calinet-ipam", "ipv4_pools": [pool.to_string()],
+                 "datastore_type": "etcdv3", "etcd_endpoints": etcd.endpoint(),
+                 "ipam_lock_file": dir.path().join("ipam.lock")}
+    })
+    .to_string();
+    let host = node.path();
+    let add = Call::new("ADD", "db-0", &pod.path(), &cfg);
+
+    let out = add.exec(CALINET, Some(&host));
+    out.ok();
+    let r = out.json();
+    let (ip, host_if) = assert_plumbed(&node, &pod, "db-0", &r);
+    assert!(pool.contains(&ip), "{ip} not from {pool}");
+    assert!(
+        node.ping(ip, Duration::from_secs(3)),
+        "node cannot ping pod {ip}"
+    );
+
+    // The allocation is in etcd under Calico's keys: the handle, and the
+    // address in a block affine to this node carrying that handle.
+    let handle_key = format!("{HANDLES_PREFIX}k8s-pod-network.db-0");
+    assert_eq!(etcd_handle_keys(&etcd), std::slice::from_ref(&handle_key));
+    let (affinity, owner) = etcd_block_owner(&etcd, ip);
+    assert_eq!(affinity, "host:node-1");
+    assert_eq!(owner, "k8s-pod-network.db-0");
+    let report = etcd_check(&etcd, &["db-0"]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 1,
+        "{report:?}"
+    );
+
+    // A runtime's retry: same address, still one interface and one allocation.
+    let again = add.exec(CALINET, Some(&host));
+    again.ok();
+    assert_eq!(result_ip(&again.json()), ip);
+    assert_eq!(cali_links(&node), std::slice::from_ref(&host_if));
+    assert_eq!(etcd_check(&etcd, &["db-0"]).addresses_in_use, 1);
+
+    let check = add.with_command("CHECK").with_prev_result(&r);
+    assert_eq!(check.exec(CALINET, Some(&host)).ok(), "");
+
+    // DEL releases in etcd and removes the interface; a second DEL succeeds.
+    for _ in 0..2 {
+        let out = add.with_command("DEL").exec(CALINET, Some(&host));
+        assert_eq!(out.ok(), "", "DEL prints nothing");
+    }
+    assert_unplumbed(&node, &pod, ip);
+    assert!(etcd_handle_keys(&etcd).is_empty(), "handle left in etcd");
+    let report = etcd_check(&etcd, &[]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 0,
+        "{report:?}"
+    );
+
+    // etcd down: a spec error naming the datastore, and no interface.
+    etcd.stop();
+    let pod2 = lab.pod("db-1").unwrap();
+    let down = Call::new("ADD", "db-1", &pod2.path(), &cfg).exec(CALINET, Some(&host));
+    let msg = down.err(11);
+    println!("ADD with etcd stopped: {}", down.stdout);
+    let lower = msg.to_lowercase();
+    assert!(
+        lower.contains("etcd") || lower.contains("datastore"),
+        "{msg}"
+    );
+    // `details` says which etcd could not be reached.
+    let details = down.json()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(details.contains(&etcd.endpoint()), "{details}");
+    assert!(cali_links(&node).is_empty(), "interface left behind");
+    assert!(pod2.link("eth0").unwrap().is_none(), "pod side left behind");
+    etcd.start().unwrap();
+    assert!(
+        etcd_handle_keys(&etcd).is_empty(),
+        "handle of the failed ADD"
+    );
+    let report = etcd_check(&etcd, &[]);
     assert!(
         report.is_clean() && report.addresses_in_use == 0,
         "{report:?}"

@@ -411,3 +411,36 @@ fn etcd_in_refuses_a_namespace_of_another_lab() {
         "{err}"
     );
 }
+
+/// A test that panics with an etcd running in a lab namespace leaves neither
+/// the process, nor its data, nor the namespace.
+#[test]
+fn etcd_in_a_namespace_is_gone_after_a_panic() {
+    testlab::require_root!();
+    testlab::require!(Feature::Etcd);
+    let made = std::panic::catch_unwind(|| {
+        let lab = Lab::new("etcd_panics").expect("lab");
+        let ns = lab.netns("etcdhost").unwrap();
+        let etcd = lab.etcd_in(&ns).unwrap();
+        let pid = etcd.pid().expect("running");
+        std::panic::panic_any((pid, etcd.data_dir().to_path_buf(), ns.name().to_owned()));
+    });
+    let (pid, data, ns) = *made
+        .expect_err("the closure panics")
+        .downcast::<(u32, std::path::PathBuf, String)>()
+        .expect("pid, data dir and namespace as payload");
+    // SAFETY: signal 0 only checks existence.
+    assert!(
+        unsafe { libc_kill(pid as i32, 0) } != 0,
+        "etcd {pid} survived the panic"
+    );
+    assert!(
+        !data.exists(),
+        "data dir {} survived the panic",
+        data.display()
+    );
+    assert!(
+        !leftover_namespaces().contains(&ns),
+        "{ns} survived the panic"
+    );
+}

@@ -464,19 +464,22 @@ impl Ruleset {
     /// name, so hot sets (shared port sets, dispatch maps) early make a big
     /// transaction markedly cheaper to load.
     pub fn set_order(&self) -> Vec<&String> {
-        let mut refs: BTreeMap<&String, usize> = self.sets.keys().map(|k| (k, 0)).collect();
+        // Counted in a hash map over borrowed names (no allocation per rule):
+        // this runs on every full apply, over every rule.
+        let mut refs: std::collections::HashMap<&str, (usize, &String)> =
+            self.sets.keys().map(|k| (k.as_str(), (0, k))).collect();
         for c in self.chains.values() {
             for r in &c.rules {
-                for s in rule_sets(r) {
-                    if let Some(n) = refs.get_mut(s) {
+                for s in rule_set_refs(r) {
+                    if let Some((n, _)) = refs.get_mut(s.as_str()) {
                         *n += 1;
                     }
                 }
             }
         }
-        let mut v: Vec<(&String, usize)> = refs.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        v.into_iter().map(|(k, _)| k).collect()
+        let mut v: Vec<(usize, &String)> = refs.into_values().collect();
+        v.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        v.into_iter().map(|(_, k)| k).collect()
     }
 
     /// Number of rules in all chains.
@@ -487,8 +490,16 @@ impl Ruleset {
 
 /// Sets a rule refers to.
 pub fn rule_sets(r: &Rule) -> Vec<&String> {
-    let mut v: Vec<&String> = r
-        .matches
+    rule_set_refs(r).collect()
+}
+
+/// The sets and maps a rule refers to, without collecting them.
+fn rule_set_refs(r: &Rule) -> impl Iterator<Item = &String> {
+    let map = match &r.stmt {
+        Stmt::Dispatch { map, .. } => Some(map),
+        _ => None,
+    };
+    r.matches
         .iter()
         .filter_map(|m| match m {
             Match::Addr { set, .. }
@@ -496,11 +507,7 @@ pub fn rule_sets(r: &Rule) -> Vec<&String> {
             | Match::AddrProtoPort { set, .. } => Some(set),
             _ => None,
         })
-        .collect();
-    if let Stmt::Dispatch { map, .. } = &r.stmt {
-        v.push(map);
-    }
-    v
+        .chain(map)
 }
 
 /// What happened to a packet in one hook.

@@ -265,7 +265,9 @@ impl Encoder {
     /// interface names; a stray NUL is dropped rather than cutting the name).
     fn strz(&mut self, ty: u16, s: &str) {
         let b = s.as_bytes();
-        if b.contains(&0) {
+        // A branch-free scan: names are short, and a memchr call per string was
+        // a tenth of the build.
+        if b.iter().fold(false, |nul, &c| nul | (c == 0)) {
             let clean: Vec<u8> = b.iter().copied().filter(|&c| c != 0).collect();
             return self.strz_bytes(ty, &clean);
         }

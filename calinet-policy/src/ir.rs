@@ -466,7 +466,7 @@ impl Ruleset {
     pub fn set_order(&self) -> Vec<&String> {
         // Counted in a hash map over borrowed names (no allocation per rule):
         // this runs on every full apply, over every rule.
-        let mut refs: std::collections::HashMap<&str, (usize, &String)> =
+        let mut refs: std::collections::HashMap<&str, (usize, &String), Fnv> =
             self.sets.keys().map(|k| (k.as_str(), (0, k))).collect();
         for c in self.chains.values() {
             for r in &c.rules {
@@ -487,6 +487,30 @@ impl Ruleset {
         self.chains.values().map(|c| c.rules.len()).sum()
     }
 }
+
+/// FNV-1a: a fast hash for short, trusted keys (set names counted on every
+/// full apply; SipHash's DoS resistance buys nothing there).
+#[derive(Default)]
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
 
 /// Sets a rule refers to.
 pub fn rule_sets(r: &Rule) -> Vec<&String> {

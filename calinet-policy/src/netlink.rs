@@ -40,9 +40,19 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    fn new(e: Encoder) -> Transaction {
-        let (bytes, messages) = e.finish();
-        Transaction { bytes, messages }
+    fn new(e: Encoder, table: &str) -> Result<Transaction, Error> {
+        let (bytes, messages) = e.finish().map_err(|name| Error::Netlink {
+            operation: format!("nf_tables batch for table {table:?}"),
+            errno: 0,
+            detail: format!("name {name:?} holds a NUL byte"),
+        })?;
+        Ok(Transaction { bytes, messages })
+    }
+
+    /// The batch's buffer, to encode the next transaction into (its pages are
+    /// already mapped: a full load is several megabytes).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// The encoded batch (batch begin, messages, batch end), as sent.
@@ -96,13 +106,19 @@ impl Transaction {
 
 /// The batch that replaces the whole table (create if missing, delete, define).
 pub fn full_transaction(rs: &Ruleset) -> Result<Transaction, Error> {
+    full_transaction_in(rs, Vec::new())
+}
+
+/// [`full_transaction`], encoded into `buf` (a previous transaction's, from
+/// [`Transaction::into_buffer`]) instead of a fresh allocation.
+pub fn full_transaction_in(rs: &Ruleset, buf: Vec<u8>) -> Result<Transaction, Error> {
     let elems: usize = rs.sets.values().map(|s| s.len()).sum();
     // Interval sets send up to two keys per element.
     let capacity = 1024
         + rs.rule_count() * RULE_BYTES
         + (rs.chains.len() + rs.sets.len()) * OBJECT_BYTES
         + elems * 2 * ELEM_BYTES;
-    let mut e = Encoder::new(capacity);
+    let mut e = Encoder::new(buf, capacity);
     let table = rs.table.as_str();
     e.table(table, true);
     e.table(table, false);
@@ -116,12 +132,17 @@ pub fn full_transaction(rs: &Ruleset) -> Result<Transaction, Error> {
     for (name, c) in &rs.chains {
         e.add_rules(table, name, c)?;
     }
-    Ok(Transaction::new(e))
+    Transaction::new(e, table)
 }
 
 /// The batch applying `d` to the installed table `table` (same order as
 /// [`crate::nft::render_diff`]).
 pub fn diff_transaction(table: &str, d: &Diff) -> Result<Transaction, Error> {
+    diff_transaction_in(table, d, Vec::new())
+}
+
+/// [`diff_transaction`], encoded into `buf` (see [`full_transaction_in`]).
+pub fn diff_transaction_in(table: &str, d: &Diff, buf: Vec<u8>) -> Result<Transaction, Error> {
     let rules: usize = d
         .add_chains
         .values()
@@ -142,6 +163,7 @@ pub fn diff_transaction(table: &str, d: &Diff) -> Result<Transaction, Error> {
         + d.replace_chains.len()
         + d.del_chains.len();
     let mut e = Encoder::new(
+        buf,
         1024 + rules * RULE_BYTES + objects * 2 * OBJECT_BYTES + elems * 2 * ELEM_BYTES,
     );
     for (name, s) in &d.add_sets {
@@ -172,7 +194,7 @@ pub fn diff_transaction(table: &str, d: &Diff) -> Result<Transaction, Error> {
     for name in &d.del_sets {
         e.del_set(table, name);
     }
-    Ok(Transaction::new(e))
+    Transaction::new(e, table)
 }
 
 /// A netfilter netlink socket, bound to the network namespace it was opened in.
@@ -374,6 +396,8 @@ fn last_seq(bytes: &[u8]) -> u32 {
 pub struct NetlinkBackend {
     sock: NetlinkSocket,
     installed: Option<Ruleset>,
+    /// The last transaction's buffer, reused by the next.
+    buf: Vec<u8>,
 }
 
 /// What one apply did.
@@ -393,6 +417,7 @@ impl NetlinkBackend {
         NetlinkBackend {
             sock,
             installed: None,
+            buf: Vec::new(),
         }
     }
 
@@ -408,17 +433,24 @@ impl NetlinkBackend {
                         touched_rules: false,
                     });
                 }
-                (diff_transaction(&rs.table, &d)?, d.touches_rules())
+                let buf = std::mem::take(&mut self.buf);
+                (diff_transaction_in(&rs.table, &d, buf)?, d.touches_rules())
             }
-            _ => (full_transaction(rs)?, true),
+            _ => (
+                full_transaction_in(rs, std::mem::take(&mut self.buf))?,
+                true,
+            ),
         };
-        self.sock.send(&tx)?;
-        self.installed = Some(rs.clone());
-        Ok(ApplyStats {
+        let sent = self.sock.send(&tx);
+        let stats = ApplyStats {
             messages: tx.messages,
             bytes: tx.len(),
             touched_rules: touched,
-        })
+        };
+        self.buf = tx.into_buffer();
+        sent?;
+        self.installed = Some(rs.clone());
+        Ok(stats)
     }
 
     /// Forgets what was installed, so the next apply replaces the whole table.

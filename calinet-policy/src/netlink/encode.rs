@@ -152,8 +152,6 @@ const IFNAMSIZ: usize = 16;
 const COMMENT_MAXLEN: usize = 128;
 /// Expression payloads (compared data, masks) are at most one 128-bit register.
 const DATA_MAX: usize = 16;
-/// Longest string attribute written (the kernel's own limits are lower).
-const STR_MAX: usize = 255;
 
 /// One nf_tables batch being written: `BATCH_BEGIN`, the messages, `BATCH_END`,
 /// back to back in one buffer.
@@ -163,6 +161,8 @@ pub(super) struct Encoder {
     seq: u32,
     messages: usize,
     set_id: u32,
+    /// The first name or string attribute seen holding a NUL byte.
+    nul_name: Option<String>,
 }
 
 /// Where a message or a nested attribute starts, to patch its length when it
@@ -178,14 +178,18 @@ pub(super) enum ElemOp {
 }
 
 impl Encoder {
-    /// A batch for about `capacity` bytes (growing if needed), opened with
-    /// `BATCH_BEGIN`.
-    pub(super) fn new(capacity: usize) -> Encoder {
+    /// A batch written into `buf` (emptied first; its allocation is reused),
+    /// with room for about `capacity` bytes reserved up front so a big batch
+    /// does not grow and copy, opened with `BATCH_BEGIN`.
+    pub(super) fn new(mut buf: Vec<u8>, capacity: usize) -> Encoder {
+        buf.clear();
+        buf.reserve(capacity);
         let mut e = Encoder {
-            buf: Vec::with_capacity(capacity),
+            buf,
             seq: 1,
             messages: 0,
             set_id: 0,
+            nul_name: None,
         };
         e.batch_marker(NFNL_MSG_BATCH_BEGIN, 0);
         e
@@ -194,10 +198,13 @@ impl Encoder {
     /// Closes the batch with `BATCH_END`, the one message the kernel acknowledges
     /// (no per-message acknowledgements: errors still come back, each naming its
     /// message's sequence number). Returns the bytes and the message count
-    /// (batch begin/end excluded).
-    pub(super) fn finish(mut self) -> (Vec<u8>, usize) {
+    /// (batch begin/end excluded), or the name that holds a NUL byte.
+    pub(super) fn finish(mut self) -> Result<(Vec<u8>, usize), String> {
+        if let Some(name) = self.nul_name {
+            return Err(name);
+        }
         self.batch_marker(NFNL_MSG_BATCH_END, NLM_F_ACK);
-        (self.buf, self.messages)
+        Ok((self.buf, self.messages))
     }
 
     fn batch_marker(&mut self, ty: u16, flags: u16) {
@@ -261,21 +268,21 @@ impl Encoder {
         self.buf.extend_from_slice(&a);
     }
 
-    /// A NUL-terminated string (names come from the compiler or are validated
-    /// interface names; a stray NUL is dropped rather than cutting the name).
+    /// A NUL-terminated string. Names come from the compiler or are validated
+    /// interface names; one holding a NUL fails the transaction.
     fn strz(&mut self, ty: u16, s: &str) {
         let b = s.as_bytes();
-        // A branch-free scan: names are short, and a memchr call per string was
-        // a tenth of the build.
-        if b.iter().fold(false, |nul, &c| nul | (c == 0)) {
-            let clean: Vec<u8> = b.iter().copied().filter(|&c| c != 0).collect();
-            return self.strz_bytes(ty, &clean);
+        if has_nul(b) && self.nul_name.is_none() {
+            // The kernel would read a different name (cut at the NUL, or not
+            // matching the object): refused when the batch is finished.
+            self.nul_name = Some(s.to_owned());
         }
         self.strz_bytes(ty, b);
     }
 
+    /// Too long a name is not cut here: the kernel refuses it (a cut name could
+    /// name another object).
     fn strz_bytes(&mut self, ty: u16, b: &[u8]) {
-        let b = &b[..b.len().min(STR_MAX)];
         self.attr_header(ty, b.len() + 1);
         self.buf.extend_from_slice(b);
         self.buf.push(0);
@@ -828,6 +835,25 @@ fn set_shape(e: &SetElems) -> (u32, u32, u32) {
         SetElems::AddrProtoPort6(_) => (concat(TYPE_IP6ADDR), 24, 0),
         SetElems::IfGoto(_) => (TYPE_IFNAME, IFNAMSIZ as u32, NFT_SET_MAP),
     }
+}
+
+/// Whether `b` holds a NUL byte, eight bytes at a time: names are short, and a
+/// `memchr` call per string was a tenth of the build.
+pub(super) fn has_nul(b: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let v = u64::from_ne_bytes(a);
+        // Sets the high bit of a byte that was zero (and only then, if no
+        // earlier byte was).
+        if v.wrapping_sub(LOW) & !v & HIGH != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&0)
 }
 
 fn op(negate: bool) -> u32 {

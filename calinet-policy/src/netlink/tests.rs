@@ -386,6 +386,38 @@ fn large_sets_split_into_messages_like_libnftnl() {
 }
 
 #[test]
+fn a_name_holding_a_nul_byte_is_refused_and_named() {
+    let mut rs = sample();
+    rs.chains
+        .get_mut("to-web")
+        .unwrap()
+        .rules
+        .push(Rule::new(vec![], Stmt::Jump("to\0-db".into())));
+    let err = super::full_transaction(&rs).unwrap_err().to_string();
+    assert!(err.contains(r#"name "to\0-db" holds a NUL byte"#), "{err}");
+    assert!(err.contains("calinet"), "{err}");
+    let mut d = crate::ir::Diff::default();
+    d.del_sets.insert("a\0".into());
+    let err = super::diff_transaction("calinet", &d)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NUL"), "{err}");
+}
+
+#[test]
+fn nul_bytes_in_comments_are_dropped_like_libnftnl() {
+    let mut rs = sample();
+    rs.chains
+        .get_mut("to-web")
+        .unwrap()
+        .rules
+        .push(Rule::new(vec![], Stmt::Accept).comment("a\0b"));
+    let ours = super::full_transaction(&rs).unwrap();
+    let (oracle, _) = nftnl_oracle::full_transaction(&rs).unwrap();
+    assert_same_bytes(ours.bytes(), &oracle, "NUL in a comment");
+}
+
+#[test]
 fn comment_length_limit_is_libnftnl_s() {
     for len in [0, 1, 100, 124, 125, 126, 127, 200] {
         let mut rs = sample();
@@ -507,4 +539,39 @@ msg len 20 type 0x0011 flags 0x0005 seq 4 pid 0 nfgen 0000000a
         tx.message_kinds(),
         [("NEWCHAIN", 1), ("NEWRULE", 1)].into_iter().collect()
     );
+}
+
+#[test]
+fn nul_bytes_are_found_anywhere_in_a_name() {
+    for len in 0..40 {
+        let clean = "x".repeat(len);
+        assert!(!super::encode::has_nul(clean.as_bytes()), "{len}");
+        for at in 0..len {
+            let mut b = clean.clone().into_bytes();
+            b[at] = 0;
+            assert!(super::encode::has_nul(&b), "{len} {at}");
+        }
+    }
+    // High bytes (UTF-8) next to zeros are not confused for them.
+    assert!(!super::encode::has_nul("ééééé".as_bytes()));
+}
+
+#[test]
+fn a_reused_buffer_gives_the_same_batch() {
+    let rs = sample();
+    let fresh = super::full_transaction(&rs).unwrap();
+    // A dirty, larger buffer from an earlier, bigger transaction.
+    let mut big = sample();
+    big.sets.insert(
+        "many".into(),
+        SetElems::Addr4((0..2000u32).map(std::net::Ipv4Addr::from).collect()),
+    );
+    let old = super::full_transaction(&big).unwrap().into_buffer();
+    let reused = super::full_transaction_in(&rs, old).unwrap();
+    assert_eq!(reused.bytes(), fresh.bytes());
+    let d = rs.diff(&big);
+    let a = super::diff_transaction("calinet", &d).unwrap();
+    let b = super::diff_transaction_in("calinet", &d, reused.into_buffer()).unwrap();
+    assert_eq!(a.bytes(), b.bytes());
+    assert_eq!(a.messages, b.messages);
 }

@@ -74,34 +74,81 @@ impl Transaction {
     /// `NEWSETELEM`, ...), batch begin/end excluded: what a transaction touches.
     pub fn message_kinds(&self) -> std::collections::BTreeMap<&'static str, usize> {
         let mut out = std::collections::BTreeMap::new();
-        let mut off = 0;
-        while off + 16 <= self.bytes.len() {
-            let b = &self.bytes;
-            let len = u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]) as usize;
-            if len < 16 {
-                break;
-            }
-            let ty = u16::from_ne_bytes([b[off + 4], b[off + 5]]);
-            if ty >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {
-                let kind = match i32::from(ty & 0xff) {
-                    libc::NFT_MSG_NEWTABLE => "NEWTABLE",
-                    libc::NFT_MSG_DELTABLE => "DELTABLE",
-                    libc::NFT_MSG_NEWCHAIN => "NEWCHAIN",
-                    libc::NFT_MSG_DELCHAIN => "DELCHAIN",
-                    libc::NFT_MSG_NEWRULE => "NEWRULE",
-                    libc::NFT_MSG_DELRULE => "DELRULE",
-                    libc::NFT_MSG_NEWSET => "NEWSET",
-                    libc::NFT_MSG_DELSET => "DELSET",
-                    libc::NFT_MSG_NEWSETELEM => "NEWSETELEM",
-                    libc::NFT_MSG_DELSETELEM => "DELSETELEM",
-                    _ => "other",
-                };
+        for (_, ty, _) in self.messages() {
+            if let Some(kind) = kind_name(ty) {
                 *out.entry(kind).or_insert(0) += 1;
             }
-            off += (len + 3) & !3;
         }
         out
     }
+
+    /// The messages: sequence number, type, attributes.
+    fn messages(&self) -> impl Iterator<Item = (u32, u16, &[u8])> {
+        let b = &self.bytes;
+        let mut off = 0;
+        std::iter::from_fn(move || {
+            if off + 20 > b.len() {
+                return None;
+            }
+            let len = u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]) as usize;
+            if len < 20 || off + len > b.len() {
+                return None;
+            }
+            let ty = u16::from_ne_bytes([b[off + 4], b[off + 5]]);
+            let seq = u32::from_ne_bytes([b[off + 8], b[off + 9], b[off + 10], b[off + 11]]);
+            let attrs = &b[off + 20..off + len];
+            off += (len + 3) & !3;
+            Some((seq, ty, attrs))
+        })
+    }
+
+    /// `": NEWRULE, chain fw-x"`: what the message `seq` of this batch does, to
+    /// name the request the kernel refused.
+    fn describe(&self, seq: u32) -> Option<String> {
+        let (_, ty, attrs) = self.messages().find(|(s, _, _)| *s == seq)?;
+        let kind = kind_name(ty)?;
+        // The attribute naming the object (chain of a rule, set of elements).
+        let (label, want) = match kind {
+            "NEWTABLE" | "DELTABLE" => ("table", 1),
+            "NEWCHAIN" | "DELCHAIN" => ("chain", 3),
+            "NEWRULE" | "DELRULE" => ("chain", 2),
+            _ => ("set", 2),
+        };
+        let mut off = 0;
+        while off + 4 <= attrs.len() {
+            let len = u16::from_ne_bytes([attrs[off], attrs[off + 1]]) as usize;
+            let at = u16::from_ne_bytes([attrs[off + 2], attrs[off + 3]]);
+            if len < 4 || off + len > attrs.len() {
+                break;
+            }
+            if at == want {
+                let v = &attrs[off + 4..off + len];
+                let name = String::from_utf8_lossy(v.strip_suffix(&[0]).unwrap_or(v));
+                return Some(format!(": {kind}, {label} {name}"));
+            }
+            off += (len + 3) & !3;
+        }
+        Some(format!(": {kind}"))
+    }
+}
+
+fn kind_name(ty: u16) -> Option<&'static str> {
+    if ty >> 8 != libc::NFNL_SUBSYS_NFTABLES as u16 {
+        return None;
+    }
+    Some(match i32::from(ty & 0xff) {
+        libc::NFT_MSG_NEWTABLE => "NEWTABLE",
+        libc::NFT_MSG_DELTABLE => "DELTABLE",
+        libc::NFT_MSG_NEWCHAIN => "NEWCHAIN",
+        libc::NFT_MSG_DELCHAIN => "DELCHAIN",
+        libc::NFT_MSG_NEWRULE => "NEWRULE",
+        libc::NFT_MSG_DELRULE => "DELRULE",
+        libc::NFT_MSG_NEWSET => "NEWSET",
+        libc::NFT_MSG_DELSET => "DELSET",
+        libc::NFT_MSG_NEWSETELEM => "NEWSETELEM",
+        libc::NFT_MSG_DELSETELEM => "DELSETELEM",
+        _ => "other",
+    })
 }
 
 /// The batch that replaces the whole table (create if missing, delete, define).
@@ -357,8 +404,9 @@ impl NetlinkSocket {
                     let code =
                         i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or([0; 4]));
                     if code != 0 && first_error.is_none() {
+                        let what = tx.describe(seq).unwrap_or_default();
                         first_error = Some(Error::Netlink {
-                            operation: format!("nf_tables transaction (message seq {seq})"),
+                            operation: format!("nf_tables transaction (message seq {seq}{what})"),
                             errno: -code,
                             detail: std::io::Error::from_raw_os_error(-code).to_string(),
                         });

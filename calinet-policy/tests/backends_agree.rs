@@ -139,6 +139,9 @@ fn a_failing_transaction_changes_nothing_and_names_the_errno() {
     }
     let err = nl.apply(&broken).unwrap_err().to_string();
     assert!(err.contains("errno 2") || err.contains("errno 22"), "{err}");
+    // The error names the request the kernel refused: the first bad message of
+    // the batch is the rule jumping nowhere.
+    assert!(err.contains("NEWRULE, chain forward"), "{err}");
     assert_eq!(
         listing(&view),
         before,

@@ -575,3 +575,24 @@ fn a_reused_buffer_gives_the_same_batch() {
     assert_eq!(a.bytes(), b.bytes());
     assert_eq!(a.messages, b.messages);
 }
+
+#[test]
+fn a_message_is_described_by_kind_and_object() {
+    let tx = super::full_transaction(&sample()).unwrap();
+    // seq 1 is the batch begin; then NEWTABLE, DELTABLE, NEWTABLE, the chains
+    // in name order (forward first), ...
+    assert_eq!(tx.describe(1), None);
+    assert_eq!(tx.describe(2).as_deref(), Some(": NEWTABLE, table calinet"));
+    assert_eq!(tx.describe(5).as_deref(), Some(": NEWCHAIN, chain forward"));
+    assert_eq!(tx.describe(9).as_deref(), Some(": NEWSET, set dispatch"));
+    assert_eq!(
+        tx.describe(10).as_deref(),
+        Some(": NEWSETELEM, set dispatch")
+    );
+    let last_rule = 1 + tx.messages as u32;
+    assert_eq!(
+        tx.describe(last_rule).as_deref(),
+        Some(": NEWRULE, chain to-web")
+    );
+    assert_eq!(tx.describe(10_000), None);
+}

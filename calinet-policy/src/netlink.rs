@@ -37,16 +37,22 @@ pub struct Transaction {
     bytes: Vec<u8>,
     /// Messages inside the batch (batch begin and end excluded).
     pub messages: usize,
+    /// Sequence number of the batch end, the message the kernel acknowledges.
+    end_seq: u32,
 }
 
 impl Transaction {
     fn new(e: Encoder, table: &str) -> Result<Transaction, Error> {
-        let (bytes, messages) = e.finish().map_err(|name| Error::Netlink {
+        let (bytes, messages, end_seq) = e.finish().map_err(|name| Error::Netlink {
             operation: format!("nf_tables batch for table {table:?}"),
             errno: 0,
             detail: format!("name {name:?} holds a NUL byte"),
         })?;
-        Ok(Transaction { bytes, messages })
+        Ok(Transaction {
+            bytes,
+            messages,
+            end_seq,
+        })
     }
 
     /// The batch's buffer, to encode the next transaction into (its pages are
@@ -364,7 +370,9 @@ impl NetlinkSocket {
         if n < 0 {
             return Err(nl_err("sendto(nf_tables batch)", errno()));
         }
-        let end_seq = last_seq(&tx.bytes);
+        // Kept from encoding: finding it in the bytes walks every message header
+        // of a multi-megabyte batch (~2 ms of cache misses for a full load).
+        let end_seq = tx.end_seq;
         let mut buf = vec![0u8; 1 << 16];
         let mut first_error: Option<Error> = None;
         loop {
@@ -422,20 +430,6 @@ impl NetlinkSocket {
             }
         }
     }
-}
-
-fn last_seq(bytes: &[u8]) -> u32 {
-    let mut off = 0;
-    let mut seq = 0;
-    while off + 16 <= bytes.len() {
-        let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-        if len < 16 {
-            break;
-        }
-        seq = u32::from_ne_bytes(bytes[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-        off += (len + 3) & !3;
-    }
-    seq
 }
 
 /// Applies rulesets through netlink: remembers what it installed, so each update

@@ -198,13 +198,15 @@ impl Encoder {
     /// Closes the batch with `BATCH_END`, the one message the kernel acknowledges
     /// (no per-message acknowledgements: errors still come back, each naming its
     /// message's sequence number). Returns the bytes and the message count
-    /// (batch begin/end excluded), or the name that holds a NUL byte.
-    pub(super) fn finish(mut self) -> Result<(Vec<u8>, usize), String> {
+    /// (batch begin/end excluded) and the batch end's sequence number, or the
+    /// name that holds a NUL byte.
+    pub(super) fn finish(mut self) -> Result<(Vec<u8>, usize, u32), String> {
         if let Some(name) = self.nul_name {
             return Err(name);
         }
+        let end_seq = self.seq;
         self.batch_marker(NFNL_MSG_BATCH_END, NLM_F_ACK);
-        Ok((self.buf, self.messages))
+        Ok((self.buf, self.messages, end_seq))
     }
 
     fn batch_marker(&mut self, ty: u16, flags: u16) {

@@ -596,3 +596,17 @@ fn a_message_is_described_by_kind_and_object() {
     );
     assert_eq!(tx.describe(10_000), None);
 }
+
+#[test]
+fn the_acknowledged_sequence_number_is_the_batch_end_s() {
+    let tx = super::full_transaction(&sample()).unwrap();
+    let dumped = dump(tx.bytes());
+    let last = dumped.lines().rfind(|l| l.starts_with("msg")).unwrap();
+    assert!(last.contains("type 0x0011 flags 0x0005"), "{last}");
+    assert!(
+        last.contains(&format!(" seq {} ", tx.end_seq)),
+        "{last} vs {}",
+        tx.end_seq
+    );
+    assert_eq!(tx.end_seq, tx.messages as u32 + 2);
+}

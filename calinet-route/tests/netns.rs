@@ -1,5 +1,6 @@
-//! Root tests of `Netns::run`: the thread is skipped only when the caller is
-//! already in the target namespace.
+//! Root tests of `Netns::run`: it runs on the calling thread, inside the target
+//! namespace, and the thread is back in its own namespace afterwards, also
+//! after a panic.
 
 use calinet_route::Netns;
 use testlab::Lab;
@@ -38,15 +39,48 @@ fn run_in_another_namespace_enters_it_and_leaves_the_caller_alone() {
     let (thread, inode) = target
         .run(|| (std::thread::current().id(), ns_inode()))
         .unwrap();
-    assert_ne!(thread, caller);
+    assert_eq!(thread, caller, "no thread is spawned");
     assert_eq!(inode, want);
     assert_eq!(ns_inode(), here, "caller's thread changed namespace");
-    // The same `Netns`, used from a thread that is inside it, runs in place.
-    let nested = target
+    // Nested: inside the target already, then into the caller's namespace and
+    // back; each level returns to where it was.
+    let home = Netns::current().unwrap();
+    let (inner, outer) = target
         .run(|| {
-            let t = std::thread::current().id();
-            target.run(|| std::thread::current().id()).unwrap() == t
+            let inner = home.run(ns_inode).unwrap();
+            (inner, ns_inode())
         })
         .unwrap();
-    assert!(nested, "ran on a second thread although already inside");
+    assert_eq!(inner, here);
+    assert_eq!(outer, want);
+    assert_eq!(ns_inode(), here);
+}
+
+#[test]
+fn a_panic_inside_run_leaves_the_thread_in_its_own_namespace() {
+    testlab::require_root!();
+    let lab = Lab::new("run_panics").unwrap();
+    let other = lab.netns("x").unwrap();
+    let target = Netns::open(other.path()).unwrap();
+    let here = ns_inode();
+    let caught =
+        std::panic::catch_unwind(|| target.run(|| panic!("inside the other namespace")).unwrap());
+    assert!(caught.is_err(), "the panic reaches the caller");
+    assert_eq!(ns_inode(), here, "thread left in the other namespace");
+}
+
+#[test]
+fn a_socket_made_inside_stays_in_that_namespace() {
+    testlab::require_root!();
+    let lab = Lab::new("run_socket").unwrap();
+    let other = lab.netns("x").unwrap();
+    let target = Netns::open(other.path()).unwrap();
+    let sock = target
+        .run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    // The port is taken in the other namespace only: binding it here succeeds.
+    let here = std::net::UdpSocket::bind(addr);
+    assert!(here.is_ok(), "{addr} also bound in the caller's namespace");
 }

@@ -127,14 +127,14 @@ pub mod types;
 pub use error::{Error, Result};
 pub use ipam::{Assigned, AssignedAddr, AutoAssignRequest, GcReport, Ipam, IpamOptions, Snapshot};
 pub use selector::{AllOnlySelector, NodeSelectorEvaluator};
-#[cfg(feature = "sqlite")]
-pub use store::SqliteStore;
 pub use store::{
     CountingStore, KeyValue, MemStore, Revision, RoundTrips, Store, StoreError, TxnOp,
 };
 #[cfg(feature = "etcd")]
 pub use store::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
 pub use store::{Listing, WatchError, WatchEvent, Watcher};
+#[cfg(feature = "sqlite")]
+pub use store::{SqliteOpenOptions, SqliteStore};
 pub use types::{
     AffinityState, AllocationAttribute, AllowedUse, AssignmentMode, Attributes, BlockAffinity,
     BlockCidr, EncapMode, Family, HandleId, IpPool, IpPoolSpec, IpReservation, IpReservationSpec,

@@ -40,7 +40,7 @@ pub use counting::{CountingStore, RoundTrips};
 pub use etcd::{Credentials, EtcdConfig, EtcdError, EtcdStore, RetryPolicy, TlsFiles};
 pub use mem::MemStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{OpenOptions as SqliteOpenOptions, SqliteStore};
 pub use watch::{Listing, WatchError, WatchEvent, WatchSource, Watcher};
 
 /// A store revision (etcd's mod revision). Strictly positive for stored keys.

@@ -33,6 +33,8 @@ pub struct SqliteStore {
     busy_timeout: Duration,
     watch_history: Revision,
     watch_poll: Duration,
+    /// With [`OpenOptions::one_shot`]: checkpoint on drop only past this WAL size.
+    wal_limit: Option<u64>,
 }
 
 fn backend(op: &'static str, key: &str, e: rusqlite::Error) -> StoreError {
@@ -68,10 +70,57 @@ fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// The schema this code writes, kept in SQLite's `user_version`: a file
+/// already at it is opened without running any DDL (no write lock, no schema
+/// statements to parse), which is most of the cost of opening for processes that
+/// do one operation and exit.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How [`SqliteStore::open_with`] opens the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOptions {
+    busy_timeout: Duration,
+    wal_limit: Option<u64>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            busy_timeout: Duration::from_secs(10),
+            wal_limit: None,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// SQLite's behaviour with a 10 s busy timeout: closing the last connection
+    /// to the file checkpoints the WAL into it and deletes the WAL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a writer waits for another.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// For processes that open the store, do an operation or two and exit
+    /// (a CNI plugin): closing does not checkpoint the WAL (four `fsync`s, which
+    /// would dominate such a process), unless the WAL has grown past
+    /// `wal_limit` bytes, and then without waiting for other processes. Every
+    /// process that opens the file reads the whole WAL once, so the limit bounds
+    /// that cost too; 512 KiB balances the two on our machines.
+    pub fn one_shot(mut self, wal_limit: u64) -> Self {
+        self.wal_limit = Some(wal_limit);
+        self
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the store at `path` with a 10 s busy timeout.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
-        Self::open_with_timeout(path, Duration::from_secs(10))
+        Self::open_with(path, &OpenOptions::new())
     }
 
     /// Open with a given busy timeout (how long a writer waits for another).
@@ -79,11 +128,23 @@ impl SqliteStore {
         path: impl AsRef<Path>,
         busy_timeout: Duration,
     ) -> StoreResult<SqliteStore> {
+        Self::open_with(path, &OpenOptions::new().busy_timeout(busy_timeout))
+    }
+
+    /// Open (creating if needed) the store at `path`.
+    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> StoreResult<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let ps = path.display().to_string();
         let mut conn = Connection::open(&path).map_err(|e| backend("open", &ps, e))?;
-        conn.busy_timeout(busy_timeout)
+        conn.busy_timeout(options.busy_timeout)
             .map_err(|e| backend("open", &ps, e))?;
+        if options.wal_limit.is_some() {
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(|e| backend("open", &ps, e))?;
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(|e| backend("open", &ps, e))?;
@@ -96,31 +157,27 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| backend("open", &ps, e))?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| backend("open", &ps, e))?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS kv (
-                 key TEXT PRIMARY KEY NOT NULL,
-                 value BLOB NOT NULL,
-                 mod_revision INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS meta (
-                 id INTEGER PRIMARY KEY CHECK (id = 0),
-                 revision INTEGER NOT NULL
-             );
-             INSERT OR IGNORE INTO meta (id, revision) VALUES (0, 0);",
-        )
-        .map_err(|e| backend("open", &ps, e))?;
-        tx.commit().map_err(|e| backend("open", &ps, e))?;
-        create_history_tables(&mut conn).map_err(|e| backend("open", &ps, e))?;
+        if version != SCHEMA_VERSION {
+            create_tables(&mut conn).map_err(|e| backend("open", &ps, e))?;
+        }
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
-            busy_timeout,
+            busy_timeout: options.busy_timeout,
             watch_history: Self::DEFAULT_WATCH_HISTORY,
             watch_poll: Duration::from_millis(10),
+            wal_limit: options.wal_limit,
         })
+    }
+
+    /// The WAL file next to the store file.
+    fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push("-wal");
+        PathBuf::from(p)
     }
 
     /// Revisions of watch history kept by default: a watcher more than this
@@ -263,12 +320,40 @@ impl SqliteStore {
     }
 }
 
-/// The watch history tables; a store file made before them starts its
-/// history at its current revision.
-fn create_history_tables(conn: &mut Connection) -> rusqlite::Result<()> {
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let Some(limit) = self.wal_limit else {
+            return;
+        };
+        let big = std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > limit);
+        if big {
+            // Best effort and without waiting: while other processes use the
+            // file the checkpoint gives up at once (TRUNCATE would wait for
+            // them), and a later process's close checkpoints instead.
+            let conn = self.lock();
+            let _ = conn.busy_timeout(Duration::ZERO);
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
+}
+
+/// Creates what is missing (a file made by an older version may lack the watch
+/// history tables; its history starts at its current revision) and records
+/// [`SCHEMA_VERSION`], all in one transaction.
+fn create_tables(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS history (
+        "CREATE TABLE IF NOT EXISTS kv (
+             key TEXT PRIMARY KEY NOT NULL,
+             value BLOB NOT NULL,
+             mod_revision INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS meta (
+             id INTEGER PRIMARY KEY CHECK (id = 0),
+             revision INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO meta (id, revision) VALUES (0, 0);
+         CREATE TABLE IF NOT EXISTS history (
              revision INTEGER NOT NULL,
              seq INTEGER NOT NULL,
              key TEXT NOT NULL,
@@ -282,6 +367,7 @@ fn create_history_tables(conn: &mut Connection) -> rusqlite::Result<()> {
          INSERT OR IGNORE INTO history_meta (id, compacted)
              SELECT 0, revision FROM meta WHERE id = 0;",
     )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
 }
 
@@ -538,11 +624,95 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
 
     #[test]
     fn prefix_end_increments_last_byte() {
         assert_eq!(prefix_end("/a/b/"), Some(b"/a/b0".to_vec()));
         assert_eq!(prefix_end(""), None);
+    }
+
+    fn wal_len(db: &Path) -> u64 {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-wal");
+        std::fs::metadata(PathBuf::from(p)).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn opening_a_current_file_does_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        drop(SqliteStore::open(&db).unwrap());
+        // Another process is in the middle of a write transaction.
+        let writer = Connection::open(&db).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // Before the schema version, every open ran its DDL under a write lock
+        // and so waited (here: failed at once) for that writer.
+        let store =
+            SqliteStore::open_with(&db, &OpenOptions::new().busy_timeout(Duration::ZERO)).unwrap();
+        assert_eq!(store.get("/nothing").unwrap(), None);
+        writer.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
+    fn a_file_from_before_the_schema_version_is_completed_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("old.db");
+        {
+            // The tables of the first version, without history and user_version.
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL,
+                                  mod_revision INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 0), revision INTEGER NOT NULL);
+                 INSERT INTO meta VALUES (0, 7);
+                 INSERT INTO kv VALUES ('/k', x'01', 7);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&db).unwrap();
+        assert_eq!(store.get("/k").unwrap().unwrap().mod_revision, 7);
+        let rev = store.create("/k2", b"v").unwrap();
+        assert_eq!(rev, 8);
+        let version: i64 = store
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn one_shot_keeps_a_small_wal_on_close_and_checkpoints_a_large_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let options = OpenOptions::new().one_shot(64 * 1024);
+        {
+            let store = SqliteStore::open_with(&db, &options).unwrap();
+            store.create("/a", &[1; 100]).unwrap();
+        }
+        let small = wal_len(&db);
+        assert!(
+            small > 0 && small <= 64 * 1024,
+            "WAL kept on close: {small}"
+        );
+        {
+            let store = SqliteStore::open_with(&db, &options).unwrap();
+            // The next process sees the first one's write.
+            assert!(store.get("/a").unwrap().is_some());
+            let mut i = 0;
+            while wal_len(&db) <= 64 * 1024 {
+                store.create(&format!("/b{i}"), &[2; 3000]).unwrap();
+                i += 1;
+                assert!(i < 10_000, "WAL never grew");
+            }
+        }
+        assert_eq!(wal_len(&db), 0, "checkpointed and truncated on close");
+        let store = SqliteStore::open(&db).unwrap();
+        store.integrity_check().unwrap();
+        assert!(store.get("/a").unwrap().is_some());
+        // SQLite's default close (no one_shot) deletes the WAL.
+        drop(store);
+        assert_eq!(wal_len(&db), 0);
     }
 }

@@ -5,7 +5,8 @@
 //! IPAM plugins alone: `calinet-ipam` vs `host-local`.
 //!
 //! Run: `cargo bench -p calinet-cni --bench add` (root; otherwise it reports
-//! SKIPPED).
+//! SKIPPED), or `bash scripts/bench-cni.sh`, which also builds the static
+//! plugin (`scripts/build-cni.sh`) and measures both builds in the same run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,6 +33,46 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// One plugin build under test: where its two binaries are.
+struct Build {
+    label: &'static str,
+    plugin: String,
+    ipam: String,
+}
+
+/// The builds to measure: the one cargo built for this bench and, when
+/// `CALINET_CNI_STATIC_DIR` names a directory holding them, the static builds
+/// `scripts/build-cni.sh` makes (how the plugin is meant to be installed).
+fn builds() -> Vec<Build> {
+    let mut b = vec![Build {
+        label: "calinet (cargo build, dynamic)",
+        plugin: CALINET.to_owned(),
+        ipam: CALINET_IPAM.to_owned(),
+    }];
+    if let Some(dir) = std::env::var_os("CALINET_CNI_STATIC_DIR") {
+        let dir = Path::new(&dir);
+        let (plugin, ipam) = (dir.join("calinet"), dir.join("calinet-ipam"));
+        assert!(
+            plugin.exists() && ipam.exists(),
+            "CALINET_CNI_STATIC_DIR={} lacks calinet or calinet-ipam",
+            dir.display()
+        );
+        b.push(Build {
+            label: "calinet (static, scripts/build-cni.sh)",
+            plugin: plugin.to_str().expect("utf-8 path").to_owned(),
+            ipam: ipam.to_str().expect("utf-8 path").to_owned(),
+        });
+    }
+    b
+}
+
+#[derive(Default)]
+struct Samples {
+    add: Vec<Duration>,
+    cpu: Vec<Duration>,
+    ipam: Vec<Duration>,
+}
+
 fn main() {
     if !testlab::skip::is_root() {
         testlab::skip::skip("CNI ADD benchmark needs root (network namespaces)");
@@ -45,6 +86,7 @@ fn main() {
     let ptp = ptp.to_str().expect("utf-8 path");
     let host_local = Path::new(REFERENCE_DIR).join("host-local");
     let host_local = host_local.to_str().expect("utf-8 path");
+    let builds = builds();
 
     let lab = testlab::Lab::new("cni_bench").expect("lab");
     let seg = lab.segment("198.51.100.0/24").expect("segment");
@@ -53,18 +95,27 @@ fn main() {
         .expect("node");
     let host = node.path();
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("ipam.db");
-    let calinet_cfg = calinet_config(&db, "172.16.0.0/16", r#","ipv4_block_size":26"#);
+    // Each build gets its own datastore and pool, so they never share state.
+    let configs: Vec<(String, String)> = (0..builds.len())
+        .map(|b| {
+            let full = calinet_config(
+                &dir.path().join(format!("ipam-{b}.db")),
+                &format!("172.{}.0.0/16", 16 + b),
+                r#","ipv4_block_size":26"#,
+            );
+            let ipam_only = format!(
+                r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ptp","nodename":"node-1",
+                    "ipam":{{"type":"calinet-ipam","datastore_path":"{}","ipv4_pools":["172.{}.0.0/16"]}}}}"#,
+                dir.path().join(format!("ipam-only-{b}.db")).display(),
+                20 + b
+            );
+            (full, ipam_only)
+        })
+        .collect();
     let ptp_cfg = format!(
         r#"{{"cniVersion":"1.0.0","name":"bench-ptp","type":"ptp","mtu":1400,
             "ipam":{{"type":"host-local","subnet":"172.31.0.0/16","dataDir":"{}"}}}}"#,
         dir.path().join("host-local").display()
-    );
-    let ipam_db = dir.path().join("ipam-only.db");
-    let ipam_cfg = format!(
-        r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ptp","nodename":"node-1",
-            "ipam":{{"type":"calinet-ipam","datastore_path":"{}","ipv4_pools":["172.17.0.0/16"]}}}}"#,
-        ipam_db.display()
     );
     let hl_cfg = format!(
         r#"{{"cniVersion":"1.0.0","name":"bench-hl","type":"ptp",
@@ -72,93 +123,126 @@ fn main() {
         dir.path().join("host-local-only").display()
     );
 
-    let (mut cal, mut refr, mut cal_ipam, mut ref_ipam) = (vec![], vec![], vec![], vec![]);
-    let (mut cal_cpu, mut ref_cpu, mut floor) = (vec![], vec![], vec![]);
+    let mut ours: Vec<Samples> = builds.iter().map(|_| Samples::default()).collect();
+    let mut reference = Samples::default();
+    let mut floor = Vec::new();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     for i in 0..WARMUP + RUNS {
         // Fresh pod namespaces (not timed), one per plugin.
-        let p1 = lab.pod(&format!("c{i}")).expect("pod");
-        let p2 = lab.pod(&format!("r{i}")).expect("pod");
-        let a = Call::new("ADD", &format!("cal{i}"), &p1.path(), &calinet_cfg);
-        let b = Call::new("ADD", &format!("ref{i}"), &p2.path(), &ptp_cfg);
-        let c = Call::new("ADD", &format!("ipam{i}"), &p1.path(), &ipam_cfg);
-        let d = Call::new("ADD", &format!("hl{i}"), &p2.path(), &hl_cfg);
-        // Alternate which goes first, so neither always runs on a warmer cache.
-        let (ta, tb) = if i % 2 == 0 {
-            let ta = a.exec(CALINET, Some(&host));
-            (ta, b.exec(ptp, Some(&host)))
-        } else {
-            let tb = b.exec(ptp, Some(&host));
-            (a.exec(CALINET, Some(&host)), tb)
-        };
-        ta.ok();
-        tb.ok();
+        let pods: Vec<_> = (0..=builds.len())
+            .map(|b| lab.pod(&format!("p{b}-{i}")).expect("pod"))
+            .collect();
+        // Each plugin's ADD, in an order that rotates, so none always runs on
+        // a warmer (or colder) cache; the reference is the last slot.
+        let n = builds.len() + 1;
+        let mut adds: Vec<Option<(Call, common::Outcome)>> = (0..n).map(|_| None).collect();
+        for k in 0..n {
+            let slot = (i + k) % n;
+            let call = if slot < builds.len() {
+                Call::new(
+                    "ADD",
+                    &format!("c{slot}-{i}"),
+                    &pods[slot].path(),
+                    &configs[slot].0,
+                )
+            } else {
+                Call::new("ADD", &format!("ref{i}"), &pods[slot].path(), &ptp_cfg)
+            };
+            let bin = builds.get(slot).map_or(ptp, |b| b.plugin.as_str());
+            let out = call.exec(bin, Some(&host));
+            out.ok();
+            adds[slot] = Some((call, out));
+        }
         // The exec path itself: /bin/true spawned the same way (setns, env, stdin).
-        let tt = a.exec("/bin/true", Some(&host));
-        let tc = c.exec(CALINET_IPAM, None);
-        let td = d.exec(host_local, None);
-        tc.ok();
+        let (first, _) = adds[0].as_ref().expect("ran");
+        let tt = first.exec("/bin/true", Some(&host));
+        // The IPAM plugins alone.
+        let ipam_calls: Vec<_> = (0..builds.len())
+            .map(|b| Call::new("ADD", &format!("i{b}-{i}"), &pods[b].path(), &configs[b].1))
+            .collect();
+        let ipam_outs: Vec<_> = ipam_calls
+            .iter()
+            .zip(&builds)
+            .map(|(c, b)| c.exec(&b.ipam, None))
+            .collect();
+        let hl = Call::new(
+            "ADD",
+            &format!("hl{i}"),
+            &pods[builds.len()].path(),
+            &hl_cfg,
+        );
+        let td = hl.exec(host_local, None);
         td.ok();
         if i >= WARMUP {
-            cal.push(ta.elapsed);
-            refr.push(tb.elapsed);
-            cal_cpu.push(ta.cpu);
+            for (b, s) in ours.iter_mut().enumerate() {
+                let (_, out) = adds[b].as_ref().expect("ran");
+                s.add.push(out.elapsed);
+                s.cpu.push(out.cpu);
+                ipam_outs[b].ok();
+                s.ipam.push(ipam_outs[b].elapsed);
+            }
+            let (_, out) = adds[builds.len()].as_ref().expect("ran");
+            reference.add.push(out.elapsed);
+            reference.cpu.push(out.cpu);
+            reference.ipam.push(td.elapsed);
             floor.push(tt.elapsed);
-            ref_cpu.push(tb.cpu);
-            cal_ipam.push(tc.elapsed);
-            ref_ipam.push(td.elapsed);
         }
         // Not timed: DEL everything so each run starts from the same state.
-        a.with_command("DEL").exec(CALINET, Some(&host)).ok();
-        b.with_command("DEL").exec(ptp, Some(&host)).ok();
-        c.with_command("DEL").exec(CALINET_IPAM, None).ok();
-        d.with_command("DEL").exec(host_local, None).ok();
+        for (slot, a) in adds.iter().enumerate() {
+            let (call, _) = a.as_ref().expect("ran");
+            let bin = builds.get(slot).map_or(ptp, |b| b.plugin.as_str());
+            call.with_command("DEL").exec(bin, Some(&host)).ok();
+        }
+        for (c, b) in ipam_calls.iter().zip(&builds) {
+            c.with_command("DEL").exec(&b.ipam, None).ok();
+        }
+        hl.with_command("DEL").exec(host_local, None).ok();
     }
 
-    let (mc, mr) = (median(&mut cal), median(&mut refr));
-    let (mi, mh) = (median(&mut cal_ipam), median(&mut ref_ipam));
+    let mr = median(&mut reference.add);
+    let rc = median(&mut reference.cpu);
+    let mh = median(&mut reference.ipam);
+    let mf = median(&mut floor);
     println!("CNI ADD by exec, {RUNS} runs each (after {WARMUP} warm-up), fresh pod netns each:");
     println!(
-        "  calinet (IPAM + veth + routes)         median {}  p90 {}",
-        ms(mc),
-        ms(p90(&mut cal))
-    );
-    println!(
-        "  ptp + host-local (reference)           median {}  p90 {}",
+        "  {:<44} median {}  p90 {}  CPU {}",
+        "ptp + host-local (reference)",
         ms(mr),
-        ms(p90(&mut refr))
+        ms(p90(&mut reference.add)),
+        ms(rc)
     );
     println!(
-        "  ratio calinet / reference: {:.2} (target <= 0.33)",
-        mc.as_secs_f64() / mr.as_secs_f64()
+        "  {:<44} median {}",
+        "exec floor (/bin/true, same spawn path)",
+        ms(mf)
     );
-    let (cc, rc) = (median(&mut cal_cpu), median(&mut ref_cpu));
-    println!(
-        "  CPU time (user+sys, incl. children): calinet {} vs reference {}: ratio {:.2}",
-        ms(cc),
-        ms(rc),
-        cc.as_secs_f64() / rc.as_secs_f64()
-    );
-    println!(
-        "  calinet-ipam alone (SQLite)            median {}  p90 {}",
-        ms(mi),
-        ms(p90(&mut cal_ipam))
-    );
-    println!(
-        "  host-local alone (files)               median {}  p90 {}",
-        ms(mh),
-        ms(p90(&mut ref_ipam))
-    );
-    println!(
-        "  ratio calinet-ipam / host-local: {:.2}",
-        mi.as_secs_f64() / mh.as_secs_f64()
-    );
-    let mf = median(&mut floor);
-    println!(
-        "  exec floor (/bin/true, same spawn path): median {}; ratio with it subtracted: {:.2}",
-        ms(mf),
-        (mc.as_secs_f64() - mf.as_secs_f64()) / (mr.as_secs_f64() - mf.as_secs_f64())
-    );
+    for (b, s) in builds.iter().zip(&mut ours) {
+        let (mc, cc) = (median(&mut s.add), median(&mut s.cpu));
+        println!(
+            "  {:<44} median {}  p90 {}  CPU {}",
+            b.label,
+            ms(mc),
+            ms(p90(&mut s.add)),
+            ms(cc)
+        );
+        println!(
+            "    ratio to the reference: {:.2} wall (target <= 0.33), {:.2} CPU; with the exec floor subtracted from both: {:.2}",
+            mc.as_secs_f64() / mr.as_secs_f64(),
+            cc.as_secs_f64() / rc.as_secs_f64(),
+            (mc.as_secs_f64() - mf.as_secs_f64()) / (mr.as_secs_f64() - mf.as_secs_f64())
+        );
+    }
+    println!("IPAM plugin alone by exec:");
+    println!("  {:<44} median {}", "host-local (files)", ms(mh));
+    for (b, s) in builds.iter().zip(&mut ours) {
+        let mi = median(&mut s.ipam);
+        println!(
+            "  {:<44} median {}  ratio to host-local {:.2}",
+            b.label.replace("calinet", "calinet-ipam"),
+            ms(mi),
+            mi.as_secs_f64() / mh.as_secs_f64()
+        );
+    }
     println!(
         "  load average before / after: {} / {}",
         load_before.trim(),

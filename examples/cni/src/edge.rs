@@ -59,81 +59,25 @@ impl HostLock {
     }
 }
 
-/// A second connection to the SQLite datastore, closed after the store's own,
-/// that replaces SQLite's checkpoint-on-close by a checkpoint when the WAL has
-/// grown past [`WalKeeper::CHECKPOINT_BYTES`].
+/// WAL size past which a plugin process checkpoints the SQLite datastore when
+/// it closes it ([`calinet_ipam::SqliteOpenOptions::one_shot`]).
 ///
 /// Why: every plugin process is usually the only one with the file open, so
-/// closing the store would checkpoint the WAL into the database and delete it
-/// on every ADD and DEL: an `fsync` of the WAL and of the database, an unlink,
-/// and an `fsync` of the WAL and its directory when the next process creates
-/// it again. Under I/O load those four `fsync`s were most of an ADD's time
-/// (BENCHMARKS.md). Never checkpointing is no better: each new process
-/// rebuilds the WAL index by reading the whole WAL, so open time grows with
-/// it. This keeper holds WAL mode's shared lock (so the store's close is not
-/// the last), turns its own checkpoint-on-close off, and checkpoints
-/// (TRUNCATE, with SQLite's normal syncs) once the WAL is large: one sync-heavy
-/// close per few dozen operations, and a small WAL to read at open. Crash
-/// safety is WAL mode's either way: committed transactions are in the WAL.
-#[derive(Debug)]
-pub struct WalKeeper {
-    conn: rusqlite::Connection,
-    wal: PathBuf,
-}
+/// SQLite's default close would checkpoint the WAL into the database and delete
+/// it on every ADD and DEL: an `fsync` of the WAL and of the database, an unlink,
+/// and an `fsync` of the WAL and its directory when the next process creates it
+/// again. Under I/O load those four `fsync`s were most of an ADD's time
+/// (BENCHMARKS.md). Never checkpointing is no better: each new process rebuilds
+/// the WAL index by reading the whole WAL, so open time grows with it. So: one
+/// sync-heavy close per few dozen operations, and a small WAL to read at open.
+/// Crash safety is WAL mode's either way: committed transactions are in the WAL.
+pub const WAL_CHECKPOINT_BYTES: u64 = 512 * 1024;
 
-impl WalKeeper {
-    /// Opens the keeper on an existing WAL-mode database file.
-    pub fn open(path: &Path) -> Result<WalKeeper> {
-        let err = |e: rusqlite::Error| Error::Ipam {
-            operation: format!("opening datastore {}", path.display()),
-            source: calinet_ipam::StoreError::Backend {
-                op: "open",
-                key: path.display().to_string(),
-                source: Box::new(e),
-            }
-            .into(),
-        };
-        let conn = rusqlite::Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(err)?;
-        // One read takes the shared lock that WAL-mode connections keep.
-        conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
-            .map_err(err)?;
-        Ok(WalKeeper {
-            conn,
-            wal: wal_path(path),
-        })
-    }
-
-    /// WAL size above which the keeper checkpoints when it closes.
-    pub const CHECKPOINT_BYTES: u64 = 512 * 1024;
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
-}
-
-impl Drop for WalKeeper {
-    fn drop(&mut self) {
-        let big = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > Self::CHECKPOINT_BYTES);
-        if big {
-            // Best effort and without waiting: when other processes are using
-            // the file the checkpoint gives up at once (a TRUNCATE checkpoint
-            // would otherwise wait for them), the WAL stays a little longer
-            // and a later close checkpoints it.
-            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
-    }
+/// Opens the SQLite datastore the way a plugin process uses it: one operation,
+/// then exit (see [`WAL_CHECKPOINT_BYTES`]).
+pub fn open_sqlite(path: &Path) -> calinet_ipam::Result<calinet_ipam::SqliteStore> {
+    let options = calinet_ipam::SqliteOpenOptions::new().one_shot(WAL_CHECKPOINT_BYTES);
+    Ok(calinet_ipam::SqliteStore::open_with(path, &options)?)
 }
 
 /// calinet-ipam's allocator on a store, behind an optional host lock.
@@ -141,8 +85,6 @@ impl Drop for WalKeeper {
 pub struct StoreIpam<S> {
     ipam: Ipam<S>,
     lock: Option<PathBuf>,
-    // Declared after `ipam`: dropped (closed) after the store.
-    keeper: Option<WalKeeper>,
 }
 
 fn ipam_err(operation: impl Into<String>) -> impl FnOnce(calinet_ipam::Error) -> Error {
@@ -166,14 +108,7 @@ impl<S: Store> StoreIpam<S> {
         StoreIpam {
             ipam: Ipam::new(store),
             lock,
-            keeper: None,
         }
-    }
-
-    /// Keeps `keeper` open until after the store is closed (see [`WalKeeper`]).
-    pub fn with_keeper(mut self, keeper: WalKeeper) -> Self {
-        self.keeper = Some(keeper);
-        self
     }
 
     /// The allocator.
@@ -522,16 +457,14 @@ mod tests {
     }
 
     fn open(db: &Path) -> StoreIpam<SqliteStore> {
-        let store = SqliteStore::open(db).unwrap();
-        StoreIpam::new(store, Some(db.with_extension("lock")))
-            .with_keeper(WalKeeper::open(db).unwrap())
+        StoreIpam::new(open_sqlite(db).unwrap(), Some(db.with_extension("lock")))
     }
 
     #[test]
-    fn the_keeper_keeps_a_small_wal_and_checkpoints_a_large_one() {
+    fn a_plugin_process_keeps_a_small_wal_and_checkpoints_a_large_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ipam.db");
-        let wal = wal_path(&db);
+        let wal = dir.path().join("ipam.db-wal");
         {
             let mut ipam = open(&db);
             let got = ipam.assign(&params("a")).unwrap();
@@ -539,13 +472,13 @@ mod tests {
         }
         // Closed without a checkpoint: the WAL (holding the commit) stays.
         let small = std::fs::metadata(&wal).unwrap().len();
-        assert!(small > 0 && small <= WalKeeper::CHECKPOINT_BYTES, "{small}");
+        assert!(small > 0 && small <= WAL_CHECKPOINT_BYTES, "{small}");
         {
             let mut ipam = open(&db);
             // The next process sees the first one's allocation.
             assert_eq!(ipam.held(&params("a").handle).unwrap().len(), 1);
             let mut i = 0;
-            while std::fs::metadata(&wal).unwrap().len() <= WalKeeper::CHECKPOINT_BYTES {
+            while std::fs::metadata(&wal).unwrap().len() <= WAL_CHECKPOINT_BYTES {
                 let p = params(&format!("b{i}"));
                 ipam.assign(&p).unwrap();
                 ipam.release(&p.handle).unwrap();

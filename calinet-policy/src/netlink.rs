@@ -9,8 +9,10 @@
 //! how this backend started, and it was measured: building a full load (18,000
 //! rules, 20,000 set elements) allocated and freed libnftnl rule, expression and
 //! element objects one by one and took ~50 ms, a quarter of the apply. Writing
-//! the messages directly is the extension chosen instead; the libnftnl builder
-//! is kept in the tests as the oracle the encoder must match byte for byte.
+//! the messages directly is the extension chosen instead (~4 ms for the same
+//! batch, the kernel's ~150 ms now being nearly all of an apply); the libnftnl
+//! builder is kept in the tests as the oracle the encoder must match byte for
+//! byte, for fixed and for randomly compiled rulesets.
 //!
 //! The expressions mirror, register by register, the bytecode `nft` generates
 //! for the script backend's text, so both backends produce the same kernel

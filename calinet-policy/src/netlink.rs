@@ -45,10 +45,10 @@ pub struct Transaction {
 
 impl Transaction {
     fn new(e: Encoder, table: &str) -> Result<Transaction, Error> {
-        let (bytes, messages, end_seq) = e.finish().map_err(|name| Error::Netlink {
+        let (bytes, messages, end_seq) = e.finish().map_err(|detail| Error::Netlink {
             operation: format!("nf_tables batch for table {table:?}"),
             errno: 0,
-            detail: format!("name {name:?} holds a NUL byte"),
+            detail,
         })?;
         Ok(Transaction {
             bytes,

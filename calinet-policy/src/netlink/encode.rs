@@ -161,8 +161,9 @@ pub(super) struct Encoder {
     seq: u32,
     messages: usize,
     set_id: u32,
-    /// The first name or string attribute seen holding a NUL byte.
-    nul_name: Option<String>,
+    /// Why the batch cannot be sent (the first problem seen: a name holding a
+    /// NUL byte, an attribute too long for its 16-bit length).
+    invalid: Option<String>,
 }
 
 /// Where a message or a nested attribute starts, to patch its length when it
@@ -189,7 +190,7 @@ impl Encoder {
             seq: 1,
             messages: 0,
             set_id: 0,
-            nul_name: None,
+            invalid: None,
         };
         e.batch_marker(NFNL_MSG_BATCH_BEGIN, 0);
         e
@@ -198,11 +199,11 @@ impl Encoder {
     /// Closes the batch with `BATCH_END`, the one message the kernel acknowledges
     /// (no per-message acknowledgements: errors still come back, each naming its
     /// message's sequence number). Returns the bytes and the message count
-    /// (batch begin/end excluded) and the batch end's sequence number, or the
-    /// name that holds a NUL byte.
+    /// (batch begin/end excluded) and the batch end's sequence number, or why
+    /// the batch is invalid.
     pub(super) fn finish(mut self) -> Result<(Vec<u8>, usize, u32), String> {
-        if let Some(name) = self.nul_name {
-            return Err(name);
+        if let Some(why) = self.invalid {
+            return Err(why);
         }
         let end_seq = self.seq;
         self.batch_marker(NFNL_MSG_BATCH_END, NLM_F_ACK);
@@ -243,8 +244,19 @@ impl Encoder {
         self.buf[m.0..m.0 + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    fn refuse(&mut self, why: impl FnOnce() -> String) {
+        if self.invalid.is_none() {
+            self.invalid = Some(why());
+        }
+    }
+
     fn attr_header(&mut self, ty: u16, payload_len: usize) {
-        let len = (NLA_HDRLEN + payload_len) as u16;
+        let Ok(len) = u16::try_from(NLA_HDRLEN + payload_len) else {
+            self.refuse(|| {
+                format!("an attribute of {payload_len} bytes does not fit netlink's 16-bit length")
+            });
+            return self.buf.extend_from_slice(&[0; 4]);
+        };
         let mut h = [0u8; 4];
         h[..2].copy_from_slice(&len.to_ne_bytes());
         h[2..].copy_from_slice(&ty.to_ne_bytes());
@@ -274,10 +286,10 @@ impl Encoder {
     /// interface names; one holding a NUL fails the transaction.
     fn strz(&mut self, ty: u16, s: &str) {
         let b = s.as_bytes();
-        if has_nul(b) && self.nul_name.is_none() {
+        if has_nul(b) {
             // The kernel would read a different name (cut at the NUL, or not
             // matching the object): refused when the batch is finished.
-            self.nul_name = Some(s.to_owned());
+            self.refuse(|| format!("name {s:?} holds a NUL byte"));
         }
         self.strz_bytes(ty, b);
     }
@@ -298,7 +310,12 @@ impl Encoder {
     }
 
     fn nest_end(&mut self, m: Mark) {
-        let len = (self.buf.len() - m.0) as u16;
+        let Ok(len) = u16::try_from(self.buf.len() - m.0) else {
+            let n = self.buf.len() - m.0;
+            return self.refuse(|| {
+                format!("a nested attribute of {n} bytes does not fit netlink's 16-bit length")
+            });
+        };
         self.buf[m.0..m.0 + 2].copy_from_slice(&len.to_ne_bytes());
     }
 

@@ -611,6 +611,36 @@ fn the_acknowledged_sequence_number_is_the_batch_end_s() {
     assert_eq!(tx.end_seq, tx.messages as u32 + 2);
 }
 
+#[test]
+fn an_attribute_too_long_for_netlink_is_refused_not_wrapped() {
+    let mut rs = sample();
+    rs.chains
+        .get_mut("to-web")
+        .unwrap()
+        .rules
+        .push(Rule::new(vec![], Stmt::Jump("x".repeat(70_000))));
+    let err = super::full_transaction(&rs).unwrap_err().to_string();
+    assert!(
+        err.contains("does not fit netlink's 16-bit length"),
+        "{err}"
+    );
+    // A rule whose expression list outgrows 64 KiB.
+    let mut rs = sample();
+    let matches = (0..3000)
+        .map(|_| Match::L4Proto {
+            proto: 6,
+            negate: false,
+        })
+        .collect();
+    rs.chains
+        .get_mut("to-web")
+        .unwrap()
+        .rules
+        .push(Rule::new(matches, Stmt::Accept));
+    let err = super::full_transaction(&rs).unwrap_err().to_string();
+    assert!(err.contains("nested attribute"), "{err}");
+}
+
 #[cfg(feature = "proptest")]
 mod props {
     use proptest::prelude::*;

@@ -1,6 +1,12 @@
 //! The previous netlink batch builder, on libnftnl objects (`nftnl` and
 //! `nftnl-sys`), kept as the oracle of the hand-written encoder: for the same IR
 //! both must produce the same bytes. Tests only.
+//!
+//! Three changes from the builder as it shipped, made in both: set ids count
+//! from 1 in each transaction (they were a process-wide counter), a DELSET
+//! carries only table and name (it carried a dummy set description), and
+//! elements added to or removed from an existing set carry no set id (the
+//! kernel finds the set by name).
 
 use std::ffi::{CStr, CString, c_void};
 use std::os::raw::c_char;

@@ -449,6 +449,15 @@ impl<S: Store> Ipam<S> {
         })
     }
 
+    /// Pools, configuration and reservations as operations see them: the
+    /// cached copy while younger than [`IpamOptions::config_ttl`], else read
+    /// (and cached). Callers that look pools up before assigning share the
+    /// read the assignment then makes.
+    pub fn cached_snapshot(&self, now: SystemTime) -> Result<Arc<Snapshot>> {
+        let mut c = self.lock();
+        self.snapshot(&mut c, now)
+    }
+
     fn snapshot(&self, c: &mut Cache, now: SystemTime) -> Result<Arc<Snapshot>> {
         if let Some(s) = &c.snapshot {
             let age = now.duration_since(s.loaded_at).unwrap_or(Duration::ZERO);

@@ -133,7 +133,7 @@ impl<S: Store> StoreIpam<S> {
                 PoolRef::Name(n) => {
                     let snap = self
                         .ipam
-                        .load_snapshot(now)
+                        .cached_snapshot(now)
                         .map_err(ipam_err("reading pools"))?;
                     if !snap.pools.iter().any(|p| p.name() == n) {
                         return Err(Error::InvalidConfig {
@@ -151,18 +151,18 @@ impl<S: Store> StoreIpam<S> {
     }
 
     fn pool_for(&self, cidr: IpNet, block_size: Option<u8>, now: SystemTime) -> Result<String> {
-        let find = || -> Result<Option<String>> {
-            let snap = self
-                .ipam
-                .load_snapshot(now)
-                .map_err(ipam_err("reading pools"))?;
-            Ok(snap
-                .pools
+        let find = |snap: &calinet_ipam::Snapshot| {
+            snap.pools
                 .iter()
                 .find(|p| p.spec.cidr == cidr)
-                .map(|p| p.name().to_owned()))
+                .map(|p| p.name().to_owned())
         };
-        if let Some(n) = find()? {
+        // Cached: the assignment that follows uses the same read.
+        let snap = self
+            .ipam
+            .cached_snapshot(now)
+            .map_err(ipam_err("reading pools"))?;
+        if let Some(n) = find(&snap) {
             return Ok(n);
         }
         let mut spec = IpPoolSpec::with_cidr(cidr);
@@ -170,10 +170,10 @@ impl<S: Store> StoreIpam<S> {
         let pool = IpPool::new(&pool_name(&cidr), spec);
         match self.ipam.put_pool(&pool) {
             Ok(()) => Ok(pool.name().to_owned()),
-            Err(e) => match find()? {
-                // Another host created it between our read and write.
-                Some(n) => Ok(n),
-                None => Err(ipam_err(format!("creating IPPool for {cidr}"))(e)),
+            // Another host may have created it between our read and write.
+            Err(e) => match self.ipam.load_snapshot(now).map(|s| find(&s)) {
+                Ok(Some(n)) => Ok(n),
+                _ => Err(ipam_err(format!("creating IPPool for {cidr}"))(e)),
             },
         }
     }
@@ -531,5 +531,27 @@ mod tests {
             pool_name(&"fd00:10::/64".parse().unwrap()),
             "calinet-fd00-10---64"
         );
+    }
+
+    /// A plugin process starts with empty caches: its ADD must still read the
+    /// pools once (not once for the pool lookup and again for the
+    /// assignment) and write once.
+    #[test]
+    fn a_fresh_process_assigns_with_five_reads_and_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ipam.db");
+        let counted = |db: &Path| {
+            StoreIpam::new(
+                calinet_ipam::CountingStore::new(open_sqlite(db).unwrap()),
+                None,
+            )
+        };
+        // The first process creates the pool and claims a block.
+        counted(&db).assign(&params("a")).unwrap();
+        let mut ipam = counted(&db);
+        ipam.assign(&params("b")).unwrap();
+        let trips = ipam.ipam().store().round_trips();
+        assert_eq!(trips.writes(), 1, "{trips:?}");
+        assert!(trips.reads() <= 5, "{trips:?}");
     }
 }

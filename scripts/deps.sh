@@ -10,11 +10,12 @@ packages=(
   etcd-server etcd-client
   protobuf-compiler
   containernetworking-plugins
+  musl-tools
 )
 # A command each package provides, to tell whether it is installed.
 probes=(ip sysctl ping tcpdump openssl nft /usr/include/libnftnl/table.h
         /usr/include/libmnl/libmnl.h pkg-config wireguard-go wg etcd etcdctl protoc
-        /usr/lib/cni/host-local)
+        /usr/lib/cni/host-local musl-gcc)
 
 missing=0
 for probe in "${probes[@]}"; do

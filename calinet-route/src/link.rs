@@ -185,7 +185,7 @@ pub async fn addresses(conn: &mut Conn, index: Option<u32>) -> Result<Vec<Observ
     Ok(out)
 }
 
-fn address_message(index: u32, net: IpNet, nodad: bool) -> AddressMessage {
+pub(crate) fn address_message(index: u32, net: IpNet, nodad: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = match net {
         IpNet::V4(_) => netlink_packet_route::AddressFamily::Inet,

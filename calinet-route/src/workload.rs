@@ -175,37 +175,73 @@ async fn host_link_local(host: &mut Conn, index: u32, wait: Duration) -> Result<
 }
 
 /// Sends routes as replacements and fails on the first rejection.
-async fn replace_routes(conn: &mut Conn, routes: &[RouteSpec], links: &LinkIndex) -> Result<()> {
-    let mut reqs = Vec::with_capacity(routes.len());
-    for r in routes {
-        let oif = match &r.device {
-            Some(d) => Some(
-                links
-                    .by_name(d)
-                    .ok_or_else(|| Error::LinkNotFound {
-                        name: d.to_string(),
-                        netns: conn.netns().to_string(),
-                    })?
-                    .index,
-            ),
-            None => None,
-        };
-        reqs.push((
-            RouteNetlinkMessage::NewRoute(route_message(&r.normalized(), oif, RouteMsgKind::New)),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        ));
+/// One write of a pipelined batch, with what to name it in an error.
+struct Request {
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    what: String,
+}
+
+fn up_request(index: u32, name: &IfName) -> Request {
+    Request {
+        msg: RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
+        flags: 0,
+        what: format!("link set {name} up"),
     }
-    let out = conn.execute(&reqs, "workload routes").await?;
-    for (r, o) in routes.iter().zip(out) {
-        if let Some(n) = o {
-            return Err(Error::Netlink {
-                request: format!("route replace {r}"),
-                errno: n.errno,
-                message: n.describe(),
-            });
-        }
+}
+
+/// `route replace` requests for `routes`, devices resolved through `links`.
+fn route_requests(conn: &Conn, routes: &[RouteSpec], links: &LinkIndex) -> Result<Vec<Request>> {
+    routes
+        .iter()
+        .map(|r| {
+            let oif = match &r.device {
+                Some(d) => Some(
+                    links
+                        .by_name(d)
+                        .ok_or_else(|| Error::LinkNotFound {
+                            name: d.to_string(),
+                            netns: conn.netns().to_string(),
+                        })?
+                        .index,
+                ),
+                None => None,
+            };
+            Ok(Request {
+                msg: RouteNetlinkMessage::NewRoute(route_message(
+                    &r.normalized(),
+                    oif,
+                    RouteMsgKind::New,
+                )),
+                flags: NLM_F_CREATE | NLM_F_REPLACE,
+                what: format!("route replace {r}"),
+            })
+        })
+        .collect()
+}
+
+/// Sends `batch` as one pipelined write; the first rejected request is the
+/// error (the kernel still applies the others, which the caller's rollback
+/// removes with the link).
+async fn execute_all(conn: &mut Conn, batch: Vec<Request>) -> Result<()> {
+    let (reqs, whats): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|r| ((r.msg, r.flags), r.what))
+        .unzip();
+    let what = whats.join(", ");
+    let out = conn.execute(&reqs, &what).await?;
+    match out
+        .into_iter()
+        .zip(whats)
+        .find_map(|(o, w)| o.map(|n| (n, w)))
+    {
+        Some((n, request)) => Err(Error::Netlink {
+            request,
+            errno: n.errno,
+            message: n.describe(),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether the pod's namespace holds an interface named `name` that may be
@@ -395,62 +431,59 @@ async fn finish_setup(
             .and_then(|l| l.mac);
     }
 
-    // Pod side: up, addresses, routes.
     let pod_link = link::get_link(pod, &spec.pod_ifname)
         .await?
         .ok_or_else(|| Error::LinkNotFound {
             name: spec.pod_ifname.to_string(),
             netns: pod_ns.to_string(),
         })?;
-    link::set_link(
-        pod,
-        pod_link.index,
-        &spec.pod_ifname,
-        &LinkChange {
-            up: Some(true),
-            ..LinkChange::default()
-        },
-    )
-    .await?;
-    for a in pod_addresses(spec) {
-        link::add_address(pod, pod_link.index, &spec.pod_ifname, a, true).await?;
-    }
-
-    // Host side up; with both ends up the carrier comes and IPv6 assigns the
-    // link-local address the pod's IPv6 default route uses.
-    link::set_link(
-        host,
-        host_link.index,
-        &spec.host_ifname,
-        &LinkChange {
-            up: Some(true),
-            ..LinkChange::default()
-        },
-    )
-    .await?;
-    let host_ll = if spec.ipv6.is_some() {
-        let ll = host_link_local(host, host_link.index, LINK_LOCAL_WAIT).await?;
-        if ll.is_none() {
-            return Err(Error::NotConverged {
-                what: "host-side IPv6 link-local address",
-                name: spec.host_ifname.to_string(),
-                detail: format!("none appeared within {LINK_LOCAL_WAIT:?}"),
-            });
-        }
-        ll
-    } else {
-        None
-    };
-
     let pod_links = LinkIndex::new([crate::kernel::LinkState {
         up: true,
         ..pod_link.clone()
     }]);
-    replace_routes(pod, &pod_routes(spec, host_ll), &pod_links).await?;
-    let host_links = LinkIndex::new([host_link]);
-    replace_routes(host, &spec.host_routes(protocol), &host_links).await?;
+    let host_routes = spec.host_routes(protocol);
+    let host_links = LinkIndex::new([host_link.clone()]);
 
-    Ok((host_ll, mac_attempts, pod_link.mac))
+    // Pipelined writes: each batch is one send and one wait, and the kernel
+    // applies its requests in order (a link comes up before routes through
+    // it). Host side first, so the pod's link has a carrier when it comes up.
+    // IPv4 only: everything goes in these two batches. With IPv6 the pod's
+    // routes wait for the host side's link-local address (their gateway).
+    let ipv4_only = spec.ipv6.is_none();
+    let mut host_batch = vec![up_request(host_link.index, &spec.host_ifname)];
+    if ipv4_only {
+        host_batch.extend(route_requests(host, &host_routes, &host_links)?);
+    }
+    execute_all(host, host_batch).await?;
+    let mut pod_batch = vec![up_request(pod_link.index, &spec.pod_ifname)];
+    for a in pod_addresses(spec) {
+        pod_batch.push(Request {
+            msg: RouteNetlinkMessage::NewAddress(link::address_message(pod_link.index, a, true)),
+            flags: NLM_F_CREATE | NLM_F_REPLACE,
+            what: format!("addr replace {a} dev {}", spec.pod_ifname),
+        });
+    }
+    if ipv4_only {
+        pod_batch.extend(route_requests(pod, &pod_routes(spec, None), &pod_links)?);
+    }
+    execute_all(pod, pod_batch).await?;
+    if ipv4_only {
+        return Ok((None, mac_attempts, pod_link.mac));
+    }
+
+    let ll = host_link_local(host, host_link.index, LINK_LOCAL_WAIT).await?;
+    let Some(host_ll) = ll else {
+        return Err(Error::NotConverged {
+            what: "host-side IPv6 link-local address",
+            name: spec.host_ifname.to_string(),
+            detail: format!("none appeared within {LINK_LOCAL_WAIT:?}"),
+        });
+    };
+    let batch = route_requests(pod, &pod_routes(spec, Some(host_ll)), &pod_links)?;
+    execute_all(pod, batch).await?;
+    let batch = route_requests(host, &host_routes, &host_links)?;
+    execute_all(host, batch).await?;
+    Ok((Some(host_ll), mac_attempts, pod_link.mac))
 }
 
 fn diff(

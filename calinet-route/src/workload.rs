@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
@@ -342,10 +342,14 @@ pub async fn setup_workload(
         link::delete_link(&mut pod, &spec.pod_ifname).await?;
     }
 
-    // The veth pair, peer created directly in the pod's namespace.
+    // The veth pair, peer created directly in the pod's namespace, with a MAC
+    // chosen here (random, locally administered, as the kernel would pick) so
+    // that nothing has to ask the pod's namespace for it afterwards.
+    let pod_mac = random_mac()?;
     let pod_fd = std::os::fd::AsRawFd::as_raw_fd(pod_ns.file());
     let peer = LinkUnspec::new_with_name(spec.pod_ifname.as_str())
         .mtu(spec.mtu)
+        .address(pod_mac.0.to_vec())
         .setns_by_fd(pod_fd)
         .build();
     let veth = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(
@@ -356,17 +360,33 @@ pub async fn setup_workload(
     .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
     .append_extra_attribute(LinkAttribute::Address(MacAddr::WORKLOAD_HOST.0.to_vec()))
     .build();
-    link::create_link(
-        host,
-        veth,
-        &format!(
-            "link add {} type veth peer name {} netns {}",
-            spec.host_ifname, spec.pod_ifname, pod_ns
-        ),
-    )
-    .await?;
+    let what = format!(
+        "link add {} type veth peer name {} netns {}",
+        spec.host_ifname, spec.pod_ifname, pod_ns
+    );
+    // NLM_F_ECHO: the kernel (6.2+) answers with the new host link, peer index
+    // included, which saves asking for both ends again.
+    let replies = host
+        .request(
+            &RouteNetlinkMessage::NewLink(veth),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            &what,
+        )
+        .await?
+        .map_err(|n| Error::Netlink {
+            request: what.clone(),
+            errno: n.errno,
+            message: n.describe(),
+        })?;
+    let created = replies.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => {
+            let state = crate::kernel::link_from_message(l)?;
+            (state.name == spec.host_ifname).then(|| (state, peer_index(l)))
+        }
+        _ => None,
+    });
     // From here on a failure must not leave a half-plumbed workload behind.
-    match finish_setup(host, &mut pod, &pod_ns, spec, protocol).await {
+    match finish_setup(host, &mut pod, &pod_ns, spec, protocol, created, pod_mac).await {
         Ok((host_ll, mac_attempts, pod_mac)) => Ok(SetupReport {
             changed: true,
             rebuilt_because,
@@ -382,20 +402,55 @@ pub async fn setup_workload(
     }
 }
 
+/// A random, locally administered unicast MAC (what the kernel's
+/// `eth_random_addr` makes).
+fn random_mac() -> Result<MacAddr> {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(Error::Transport {
+            context: "getrandom for the pod interface's MAC".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    Ok(MacAddr(b))
+}
+
+/// `IFLA_LINK` of a veth end: its peer's index (in the peer's namespace).
+fn peer_index(m: &netlink_packet_route::link::LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
+}
+
 /// The steps after the veth pair exists: sysctls, MAC, addresses, up, routes.
+/// `created` is the host link the kernel echoed with its peer's index (asked
+/// for again when missing: kernels before 6.2 do not echo), `pod_mac` the MAC
+/// the pod side was created with.
 async fn finish_setup(
     host: &mut Conn,
     pod: &mut Conn,
     pod_ns: &Netns,
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
+    created: Option<(crate::kernel::LinkState, Option<u32>)>,
+    pod_mac: MacAddr,
 ) -> Result<(Option<IpAddr>, u32, Option<MacAddr>)> {
-    let host_link = link::get_link(host, &spec.host_ifname)
-        .await?
-        .ok_or_else(|| Error::LinkNotFound {
-            name: spec.host_ifname.to_string(),
-            netns: host.netns().to_string(),
-        })?;
+    let (host_link, peer) = match created {
+        Some(c) => c,
+        None => (
+            link::get_link(host, &spec.host_ifname)
+                .await?
+                .ok_or_else(|| Error::LinkNotFound {
+                    name: spec.host_ifname.to_string(),
+                    netns: host.netns().to_string(),
+                })?,
+            None,
+        ),
+    };
 
     // Sysctls before the link comes up (accept_dad / accept_ra matter at up time).
     host.netns()
@@ -431,12 +486,27 @@ async fn finish_setup(
             .and_then(|l| l.mac);
     }
 
-    let pod_link = link::get_link(pod, &spec.pod_ifname)
-        .await?
-        .ok_or_else(|| Error::LinkNotFound {
-            name: spec.pod_ifname.to_string(),
-            netns: pod_ns.to_string(),
-        })?;
+    let pod_link = match peer {
+        // What the pod side is, from its creation: no need to ask.
+        Some(index) => crate::kernel::LinkState {
+            index,
+            name: spec.pod_ifname.clone(),
+            up: false,
+            lower_up: false,
+            loopback: false,
+            mtu: spec.mtu,
+            mac: Some(pod_mac),
+            kind: Some("veth".into()),
+            vxlan: None,
+            ipip: None,
+        },
+        None => link::get_link(pod, &spec.pod_ifname)
+            .await?
+            .ok_or_else(|| Error::LinkNotFound {
+                name: spec.pod_ifname.to_string(),
+                netns: pod_ns.to_string(),
+            })?,
+    };
     let pod_links = LinkIndex::new([crate::kernel::LinkState {
         up: true,
         ..pod_link.clone()

@@ -14,9 +14,9 @@
 //! (`calinet-ipam`), policy rules (`calinet-policy`), or `ip rule`s.
 //!
 //! Every kernel operation names the namespace it works in: a [`Netns`] (an open
-//! `/run/netns/NAME` or `/proc/PID/ns/net`). Sockets are created on a short-lived
-//! thread that entered that namespace, and stay bound to it; the caller's threads
-//! never switch namespace.
+//! `/run/netns/NAME` or `/proc/PID/ns/net`). Sockets are created by the calling
+//! thread while [`Netns::run`] has it inside that namespace, and stay bound to
+//! it; the thread is back in its own namespace before `run` returns.
 //!
 //! # Example: plan, apply, converge (runs without root)
 //!

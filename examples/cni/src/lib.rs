@@ -54,6 +54,7 @@ pub mod error;
 pub mod plugin;
 pub mod result;
 pub mod run;
+mod sqlite_memory;
 pub mod version;
 
 pub use error::{Error, Result};

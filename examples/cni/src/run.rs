@@ -177,9 +177,9 @@ fn dispatch(
 fn configure_sqlite_for_one_operation() {
     use rusqlite::ffi;
     use std::os::raw::{c_int, c_void};
+    crate::sqlite_memory::install();
     // SAFETY: sqlite3_config before any connection exists, with the argument
     // types these two options take (SQLite docs, "Configuration Options").
-    crate::sqlite_memory::install();
     unsafe {
         ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, 0 as c_int, 0 as c_int);
         ffi::sqlite3_config(

@@ -15,16 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernel::{self, LinkIndex, LinkState};
-use crate::nl::{Conn, Nack};
+use crate::nl::Conn;
 use crate::spec::{IfName, LinkKind, LinkSpec, MacAddr};
-
-fn nack(request: String, n: Nack) -> Error {
-    Error::Netlink {
-        request,
-        errno: n.errno,
-        message: n.describe(),
-    }
-}
 
 /// All links of the connection's namespace.
 pub async fn dump_links(conn: &mut Conn) -> Result<LinkIndex> {
@@ -58,7 +50,7 @@ pub async fn get_link(conn: &mut Conn, name: &IfName) -> Result<Option<LinkState
             _ => None,
         })),
         Err(n) if n.errno == libc::ENODEV => Ok(None),
-        Err(n) => Err(nack(format!("link show {name}"), n)),
+        Err(n) => Err(n.into_error(format!("link show {name}"))),
     }
 }
 
@@ -71,7 +63,7 @@ pub async fn create_link(conn: &mut Conn, msg: LinkMessage, what: &str) -> Resul
     )
     .await?
     .map(|_| ())
-    .map_err(|n| nack(what.to_string(), n))
+    .map_err(|n| n.into_error(what.to_string()))
 }
 
 /// Deletes the link named `name`. Returns `false` when it did not exist.
@@ -84,7 +76,7 @@ pub async fn delete_link(conn: &mut Conn, name: &IfName) -> Result<bool> {
     {
         Ok(_) => Ok(true),
         Err(n) if n.errno == libc::ENODEV => Ok(false),
-        Err(n) => Err(nack(what, n)),
+        Err(n) => Err(n.into_error(what)),
     }
 }
 
@@ -130,7 +122,7 @@ pub async fn set_link(
     conn.request(&RouteNetlinkMessage::SetLink(b.build()), 0, &what)
         .await?
         .map(|_| ())
-        .map_err(|n| nack(what, n))
+        .map_err(|n| n.into_error(what))
 }
 
 /// An address on a link as observed.
@@ -220,7 +212,7 @@ pub async fn add_address(
     )
     .await?
     .map(|_| ())
-    .map_err(|n| nack(what, n))
+    .map_err(|n| n.into_error(what))
 }
 
 /// Removes `net` from the link with `index`.
@@ -233,7 +225,7 @@ pub async fn del_address(conn: &mut Conn, index: u32, name: &IfName, net: IpNet)
     )
     .await?
     .map(|_| ())
-    .map_err(|n| nack(what, n))
+    .map_err(|n| n.into_error(what))
 }
 
 /// What [`reconcile_link`] did.

@@ -67,6 +67,15 @@ impl Nack {
             None => base,
         }
     }
+
+    /// The crate's error for this rejection of `request`.
+    pub(crate) fn into_error(self, request: String) -> crate::error::Error {
+        crate::error::Error::Netlink {
+            request,
+            errno: self.errno,
+            message: self.describe(),
+        }
+    }
 }
 
 /// One netlink socket inside one namespace.

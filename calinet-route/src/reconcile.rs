@@ -86,14 +86,6 @@ pub struct Reconciler<B> {
     pending: Vec<Pending<RouteSpec>>,
 }
 
-fn nack_error(request: String, n: Nack) -> Error {
-    Error::Netlink {
-        request,
-        errno: n.errno,
-        message: n.describe(),
-    }
-}
-
 fn is_device_errno(errno: i32) -> Option<PendingReason> {
     match errno {
         libc::ENODEV => Some(PendingReason::DeviceMissing),
@@ -207,7 +199,7 @@ impl<B: Backend> Reconciler<B> {
                 }
                 // Already gone (the kernel flushed it with its device): fine.
                 (RouteOp::Delete(_), _) if nack.errno == libc::ESRCH => {}
-                _ => failures.push(nack_error(op.to_string(), nack)),
+                _ => failures.push(nack.into_error(op.to_string())),
             }
         }
         self.pending = pending.clone();
@@ -318,7 +310,7 @@ where
             {
                 return None;
             }
-            Some(nack_error(op.to_string(), n))
+            Some(n.into_error(op.to_string()))
         })
         .collect()
 }

@@ -235,11 +235,7 @@ async fn execute_all(conn: &mut Conn, batch: Vec<Request>) -> Result<()> {
         .zip(whats)
         .find_map(|(o, w)| o.map(|n| (n, w)))
     {
-        Some((n, request)) => Err(Error::Netlink {
-            request,
-            errno: n.errno,
-            message: n.describe(),
-        }),
+        Some((n, request)) => Err(n.into_error(request)),
         None => Ok(()),
     }
 }
@@ -261,13 +257,7 @@ async fn pod_leftover(pod: &mut Conn, name: &IfName) -> Result<bool> {
     {
         Ok(r) => r,
         Err(n) if n.errno == libc::ENODEV => return Ok(false),
-        Err(n) => {
-            return Err(Error::Netlink {
-                request: what,
-                errno: n.errno,
-                message: n.describe(),
-            });
-        }
+        Err(n) => return Err(n.into_error(what)),
     };
     let Some(msg) = replies.iter().find_map(|m| match m {
         RouteNetlinkMessage::NewLink(l) => Some(l),
@@ -310,15 +300,12 @@ pub async fn setup_workload(
 ) -> Result<SetupReport> {
     spec.validate()?;
     let mut rebuilt_because = Vec::new();
-    if link::get_link(host, &spec.host_ifname).await?.is_some() {
+    if let Some(existing) = link::get_link(host, &spec.host_ifname).await? {
         let (diffs, pod_mac) = check_and_pod_mac(host, spec, protocol).await?;
         if diffs.is_empty() {
-            let idx = link::get_link(host, &spec.host_ifname)
-                .await?
-                .map(|l| l.index)
-                .unwrap_or(0);
+            // Unchanged, so the index read above still holds.
             let ll = if spec.ipv6.is_some() {
-                host_link_local(host, idx, Duration::ZERO).await?
+                host_link_local(host, existing.index, Duration::ZERO).await?
             } else {
                 None
             };
@@ -373,11 +360,7 @@ pub async fn setup_workload(
             &what,
         )
         .await?
-        .map_err(|n| Error::Netlink {
-            request: what.clone(),
-            errno: n.errno,
-            message: n.describe(),
-        })?;
+        .map_err(|n| n.into_error(what.clone()))?;
     let created = replies.iter().find_map(|m| match m {
         RouteNetlinkMessage::NewLink(l) => {
             let state = crate::kernel::link_from_message(l)?;

@@ -135,8 +135,9 @@ pub struct SetupReport {
     pub host_link_local: Option<IpAddr>,
     /// Attempts needed until the host MAC read back as `ee:ee:ee:ee:ee:ee`.
     pub mac_attempts: u32,
-    /// The pod side's MAC as the kernel reported it (the CNI result's sandbox
-    /// interface), so that callers need not ask the pod's namespace again.
+    /// The pod side's MAC (the CNI result's sandbox interface): the one it was
+    /// created with, or the kernel's when the workload was found unchanged, so
+    /// that callers need not ask the pod's namespace again.
     pub pod_mac: Option<MacAddr>,
 }
 

@@ -13,7 +13,7 @@ use calinet_ipam::{
     report,
 };
 use calinet_route::nl::Conn;
-use calinet_route::{IfName, MacAddr, Netns, RouteProtocol, WorkloadSpec, link, workload};
+use calinet_route::{IfName, MacAddr, Netns, RouteProtocol, WorkloadSpec, workload};
 use ipnet::IpNet;
 
 use crate::config::{IpamConfig, PoolRef};
@@ -308,49 +308,6 @@ impl KernelPlumber {
     }
 }
 
-/// The MAC of the veth peer of `host_if`, asked through the host's own
-/// connection: the host side's `IFLA_LINK` (peer index) and
-/// `IFLA_LINK_NETNSID`, then `RTM_GETLINK` of that index with
-/// `IFLA_TARGET_NETNSID`. Saves opening a socket inside the pod's namespace
-/// (a thread that enters it). `None` when the kernel does not say.
-async fn peer_mac(host: &mut Conn, host_if: &IfName) -> calinet_route::Result<Option<MacAddr>> {
-    use netlink_packet_route::RouteNetlinkMessage as M;
-    use netlink_packet_route::link::{LinkAttribute as A, LinkMessage};
-
-    let mut by_name = LinkMessage::default();
-    by_name.attributes.push(A::IfName(host_if.to_string()));
-    let what = format!("link show {host_if}");
-    let Ok(replies) = host.request(&M::GetLink(by_name), 0, &what).await? else {
-        return Ok(None);
-    };
-    let (mut peer, mut nsid) = (None, None);
-    for r in &replies {
-        if let M::NewLink(l) = r {
-            for a in &l.attributes {
-                match a {
-                    A::Link(i) => peer = Some(*i),
-                    A::LinkNetNsId(n) => nsid = Some(*n),
-                    _ => {}
-                }
-            }
-        }
-    }
-    let (Some(peer), Some(nsid)) = (peer, nsid) else {
-        return Ok(None);
-    };
-    let mut by_index = LinkMessage::default();
-    by_index.header.index = peer;
-    by_index.attributes.push(A::IfNetnsId(nsid));
-    let what = format!("link show index {peer} target-netnsid {nsid}");
-    let Ok(replies) = host.request(&M::GetLink(by_index), 0, &what).await? else {
-        return Ok(None);
-    };
-    Ok(replies.iter().find_map(|r| match r {
-        M::NewLink(l) => calinet_route::kernel::link_from_message(l).and_then(|s| s.mac),
-        _ => None,
-    }))
-}
-
 fn plumb_err(what: String) -> impl FnOnce(calinet_route::Error) -> Error {
     move |source| Error::Plumbing { what, source }
 }
@@ -386,25 +343,11 @@ impl Plumber for KernelPlumber {
                 let host_ns = Netns::current()?;
                 let mut host = Conn::open(&host_ns).await?;
                 let report = workload::setup_workload(&mut host, spec, protocol).await?;
-                // setup_workload reports the pod side's MAC; ask the kernel
-                // only when it did not.
-                let pod_mac = match report.pod_mac {
-                    Some(m) => Some(m),
-                    None => match peer_mac(&mut host, &spec.host_ifname).await? {
-                        Some(m) => Some(m),
-                        None => {
-                            // The kernel did not say where the peer is: ask inside.
-                            let pod_ns = Netns::open(&spec.pod_netns)?;
-                            let mut pod = Conn::open(&pod_ns).await?;
-                            link::get_link(&mut pod, &spec.pod_ifname)
-                                .await?
-                                .and_then(|l| l.mac)
-                        }
-                    },
-                };
                 Ok(Plumbed {
                     host_mac: Some(MacAddr::WORKLOAD_HOST.to_string()),
-                    pod_mac: pod_mac.map(|m| m.to_string()),
+                    // setup_workload created the pod side with this MAC, or
+                    // read it when it found the workload unchanged.
+                    pod_mac: report.pod_mac.map(|m| m.to_string()),
                     host_link_local: report.host_link_local,
                 })
             })

@@ -194,6 +194,9 @@ fn main() {
 
     // 2. Full apply: netlink vs nft -f, alternating, same namespace.
     let script = render_full(&rs);
+    if let Some(path) = std::env::var_os("CALINET_POLICY_BENCH_SCRIPT") {
+        std::fs::write(path, &script).unwrap();
+    }
     let mut t_nl = Vec::new();
     let mut t_nft = Vec::new();
     let mut c_nl = Vec::new();

@@ -2,10 +2,15 @@
 //!
 //! Shape of the result (table `inet <name>`):
 //!
-//! - `forward` (hook forward, filter): established/related accepted, invalid
-//!   dropped, traffic from a workload interface jumps to `from-wl`, traffic to one
-//!   jumps to `to-wl`.
-//! - `from-wl` / `to-wl`: clear the mark bits, dispatch by interface through the
+//! - `forward` (hook forward, filter, priority 0): established/related
+//!   accepted, invalid dropped, traffic from a workload interface jumps to
+//!   `from-wl` (the sender's egress policy).
+//! - `forward-to-wl` (hook forward, filter, priority 1): established/related
+//!   accepted, traffic to a workload interface jumps to `to-wl` (the receiver's
+//!   ingress policy). Two base chains let Allow be a plain `accept`: an accept
+//!   ends only its own base chain, so a packet between two local workloads that
+//!   egress allows still meets ingress, with no mark set and tested per policy.
+//! - `from-wl` / `to-wl`: clear the pass bit, dispatch by interface through the
 //!   verdict maps `fw-dispatch` / `tw-dispatch` (O(1)), and drop anything on a
 //!   workload interface the map does not know (fail closed).
 //! - One chain per distinct *endpoint signature* (`fw-*`/`tw-*`): the tiers whose
@@ -14,10 +19,16 @@
 //!   entries and set elements.
 //! - One chain per (tier, applicable policies) (`tier-*`) ending in the tier's
 //!   default action, one per policy and direction (`pol-*`), one per profile and
-//!   direction (`prof-*`). Allow sets mark bit 0x10000 and returns, Pass sets 0x20000.
+//!   direction (`prof-*`). Allow accepts and Deny drops. Pass sets mark bit
+//!   [`MARK_PASS`] and returns; only a tier with a policy that can pass tests
+//!   the bit after that policy, and the signature chain clears it before the
+//!   next tier.
 //! - Named sets: selector address sets (`sel4-*`, `sel6-*`, keyed by the selector,
 //!   so endpoint changes only edit elements), network and port interval sets, and
-//!   `address . protocol . port` sets for named ports.
+//!   `address . protocol . port` sets for named ports. A rule's `nets` that are
+//!   one network per family are matched inline instead (`ip saddr 192.0.2.0/24`):
+//!   they never change without the policy changing, and every set costs the
+//!   kernel a walk of the table's set list to create and to find by name.
 //! - `postrouting` (hook postrouting, nat): masquerade fully-random when the
 //!   source is in a natOutgoing pool and the destination in no pool.
 
@@ -28,8 +39,8 @@ use ipnet::IpNet;
 
 use crate::Error;
 use crate::ir::{
-    BaseChain, Chain, Family, Hook, IfDir, MARK_ACCEPT, MARK_BITS, MARK_PASS, Match, Rule, Ruleset,
-    SetElems, Side, Stmt, ct,
+    BaseChain, Chain, Family, Hook, IfDir, MARK_PASS, Match, Rule, Ruleset, SetElems, Side, Stmt,
+    ct,
 };
 use crate::model::{Action, Port};
 use crate::selector::Selector;
@@ -446,37 +457,43 @@ fn dir_tag(d: Direction) -> &'static str {
 
 impl Compiler<'_> {
     fn base_chains(&mut self) {
-        let wl = self.opts.workload_prefix.clone();
-        self.rs.chains.insert(
-            "forward".into(),
-            Chain {
-                base: Some(BaseChain {
-                    hook: Hook::Forward,
-                    priority: 0,
-                }),
-                rules: vec![
-                    Rule::new(
-                        vec![Match::CtState(ct::ESTABLISHED | ct::RELATED)],
-                        Stmt::Accept,
-                    ),
-                    Rule::new(vec![Match::CtState(ct::INVALID)], Stmt::Drop),
-                    Rule::new(
-                        vec![Match::IfPrefix {
-                            dir: IfDir::In,
-                            prefix: wl.clone(),
-                        }],
-                        Stmt::Jump("from-wl".into()),
-                    ),
-                    Rule::new(
-                        vec![Match::IfPrefix {
-                            dir: IfDir::Out,
-                            prefix: wl,
-                        }],
-                        Stmt::Jump("to-wl".into()),
-                    ),
-                ],
-            },
+        let wl = &self.opts.workload_prefix;
+        let established = || {
+            Rule::new(
+                vec![Match::CtState(ct::ESTABLISHED | ct::RELATED)],
+                Stmt::Accept,
+            )
+        };
+        let to_workload_chain = |dir: IfDir, chain: &str| {
+            Rule::new(
+                vec![Match::IfPrefix {
+                    dir,
+                    prefix: wl.clone(),
+                }],
+                Stmt::Jump(chain.into()),
+            )
+        };
+        let forward = |priority: i32, rules: Vec<Rule>| Chain {
+            base: Some(BaseChain {
+                hook: Hook::Forward,
+                priority,
+            }),
+            rules,
+        };
+        let egress = forward(
+            0,
+            vec![
+                established(),
+                Rule::new(vec![Match::CtState(ct::INVALID)], Stmt::Drop),
+                to_workload_chain(IfDir::In, "from-wl"),
+            ],
         );
+        let ingress = forward(
+            1,
+            vec![established(), to_workload_chain(IfDir::Out, "to-wl")],
+        );
+        self.rs.chains.insert("forward".into(), egress);
+        self.rs.chains.insert("forward-to-wl".into(), ingress);
         for (name, dir, map) in [
             ("from-wl", IfDir::In, "fw-dispatch"),
             ("to-wl", IfDir::Out, "tw-dispatch"),
@@ -486,7 +503,9 @@ impl Compiler<'_> {
                 Chain {
                     base: None,
                     rules: vec![
-                        Rule::new(vec![], Stmt::ClearMark(MARK_BITS)),
+                        // A pass bit left by the other direction's base chain (or
+                        // set outside this table) must not make a tier skip.
+                        Rule::new(vec![], Stmt::ClearMark(MARK_PASS)),
                         Rule::new(
                             vec![],
                             Stmt::Dispatch {
@@ -573,19 +592,24 @@ impl Compiler<'_> {
             }
         }
         let mut key = String::from(dir_tag(dir));
-        let mut rules = vec![Rule::new(vec![], Stmt::ClearMark(MARK_BITS))];
-        for (ti, ps) in &tiers {
+        let mut rules = Vec::new();
+        for (i, (ti, ps)) in tiers.iter().enumerate() {
             let tier_chain = self.tier_chain(dir, *ti, ps);
             key.push_str(&format!("|{tier_chain}"));
             rules.push(Rule::new(vec![], Stmt::Jump(tier_chain)));
-            rules.push(Rule::new(vec![Match::MarkAny(MARK_ACCEPT)], Stmt::Return));
-            rules.push(Rule::new(vec![], Stmt::ClearMark(MARK_BITS)));
+            // A tier that passed returns with the pass bit set; the next tier
+            // tests it, so it starts clear.
+            let can_pass = ps
+                .iter()
+                .any(|&pi| policy_can_pass(&model.tiers[*ti].policies[pi], dir));
+            if can_pass && i + 1 < tiers.len() {
+                rules.push(Rule::new(vec![], Stmt::ClearMark(MARK_PASS)));
+            }
         }
         for prof in &ep.profiles {
             if let Some(pc) = self.profile_chain(prof, dir) {
                 key.push_str(&format!("|{pc}"));
                 rules.push(Rule::new(vec![], Stmt::Jump(pc)));
-                rules.push(Rule::new(vec![Match::MarkAny(MARK_ACCEPT)], Stmt::Return));
             }
         }
         rules.push(Rule::new(vec![], Stmt::Drop).comment("no policy or profile allowed it"));
@@ -612,7 +636,11 @@ impl Compiler<'_> {
             let pc = self.policy_chain(&tier_name, p, dir);
             key.push_str(&format!("|{pc}"));
             rules.push(Rule::new(vec![], Stmt::Jump(pc)));
-            rules.push(Rule::new(vec![Match::MarkAny(MARK_BITS)], Stmt::Return));
+            // Allow and Deny end the hook's chain themselves; only a pass
+            // comes back here needing to skip the rest of the tier.
+            if policy_can_pass(p, dir) {
+                rules.push(Rule::new(vec![Match::MarkAny(MARK_PASS)], Stmt::Return));
+            }
         }
         if default_action != Action::Pass {
             rules.push(Rule::new(vec![], Stmt::Drop).comment(format!("end of tier {tier_name}")));
@@ -723,6 +751,30 @@ impl Compiler<'_> {
             .entry(name.clone())
             .or_insert_with(|| net_elems(&mine, fam));
         name
+    }
+
+    /// The match for a rule's `nets` / `notNets` of one family: a single
+    /// network inline (as nft writes it; nothing for the kernel to find by
+    /// name), several through an interval set.
+    fn nets_match(&mut self, nets: &[IpNet], side: Side, fam: Family, negate: bool) -> Match {
+        let of_family: BTreeSet<IpNet> = nets
+            .iter()
+            .filter(|n| family_of(n) == fam)
+            .map(IpNet::trunc)
+            .collect();
+        match of_family.first() {
+            Some(net) if of_family.len() == 1 && net.prefix_len() > 0 => Match::Prefix {
+                side,
+                net: *net,
+                negate,
+            },
+            _ => Match::Addr {
+                side,
+                family: fam,
+                set: self.net_set(nets, fam),
+                negate,
+            },
+        }
     }
 
     fn port_set(&mut self, ports: &[(u16, u16)]) -> String {
@@ -870,22 +922,10 @@ impl Compiler<'_> {
     ) {
         let Some(f) = fam else { return };
         if !e.nets.is_empty() {
-            let set = self.net_set(&e.nets, f);
-            out.push(Match::Addr {
-                side,
-                family: f,
-                set,
-                negate: false,
-            });
+            out.push(self.nets_match(&e.nets, side, f, false));
         }
         if e.not_nets.iter().any(|n| family_of(n) == f) {
-            let set = self.net_set(&e.not_nets, f);
-            out.push(Match::Addr {
-                side,
-                family: f,
-                set,
-                negate: true,
-            });
+            out.push(self.nets_match(&e.not_nets, side, f, true));
         }
         if let Some(s) = &e.selector {
             let set = self.sel_set(s, f);
@@ -995,9 +1035,17 @@ fn split_ports(ports: &[Port]) -> (Vec<(u16, u16)>, Vec<String>) {
     (num, named)
 }
 
+/// Whether a policy has a Pass rule for the direction.
+fn policy_can_pass(p: &PolicyDef, dir: Direction) -> bool {
+    p.rules(dir)
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.action == Action::Pass)
+}
+
 fn policy_stmt(a: Action, log_prefix: &str) -> Stmt {
     match a {
-        Action::Allow => Stmt::SetMarkReturn(MARK_ACCEPT),
+        Action::Allow => Stmt::Accept,
         Action::Pass => Stmt::SetMarkReturn(MARK_PASS),
         Action::Deny => Stmt::Drop,
         Action::Log => Stmt::Log(log_prefix.to_owned()),
@@ -1161,6 +1209,87 @@ spec:
             HookResult::Accept,
             "not from a pool"
         );
+    }
+
+    /// Egress and ingress run in two base chains; the pass bit the sender's
+    /// egress leaves set must not make the receiver's tier skip its policies.
+    #[test]
+    fn between_local_workloads_egress_then_ingress_apply_with_a_fresh_pass_bit() {
+        let yaml = r#"
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 10}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: web-egress-pass}
+spec:
+  tier: security
+  order: 1
+  selector: app == 'web'
+  types: [Egress]
+  egress:
+  - action: Pass
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: db-ssh-pass}
+spec:
+  tier: security
+  order: 2
+  selector: app == 'db'
+  types: [Ingress]
+  ingress:
+  - action: Pass
+    protocol: TCP
+    destination: {ports: [22]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: db-deny}
+spec:
+  tier: security
+  order: 3
+  selector: app == 'db'
+  types: [Ingress]
+  ingress:
+  - action: Deny
+"#;
+        let mut res = parse_yaml(yaml).unwrap();
+        res.push(AnyResource::Profile(Profile::for_namespace(
+            "a",
+            &BTreeMap::new(),
+        )));
+        let m = PolicyModel::build(&res).unwrap();
+        let eps = Endpoints::new(
+            &m,
+            [
+                ep("a/web", "caliweb", "10.0.0.1", "web"),
+                ep("a/db", "calidb", "10.0.0.2", "db"),
+            ],
+        );
+        let rs = compile(&m, &eps, &[], &Options::default()).unwrap();
+        let tcp = |port| {
+            Packet::tcp(
+                "10.0.0.1".parse().unwrap(),
+                40000,
+                "10.0.0.2".parse().unwrap(),
+                port,
+            )
+        };
+        for (port, want) in [(22, Verdict::Allow), (5432, Verdict::Deny)] {
+            assert_eq!(
+                m.evaluate(&eps, "a/db", Direction::Ingress, &tcp(port)),
+                want
+            );
+            assert_eq!(
+                rs.evaluate_forward(&tcp(port), "caliweb", "calidb")
+                    .unwrap(),
+                want,
+                "web -> db port {port}"
+            );
+        }
     }
 
     #[test]

@@ -8,16 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::semantics::{Direction, Packet, Verdict};
 
-/// Mark bit a policy or profile sets when it allows a packet (Calico's accept bit).
-pub const MARK_ACCEPT: u32 = 0x0001_0000;
-/// Mark bit a policy sets when it passes a packet to the next tier.
+/// Mark bit a policy sets when it passes a packet to the next tier (in Calico's
+/// 0xffff0000 mask). Allow needs no mark: it accepts, and each direction has its
+/// own base chain, so an egress accept still meets the ingress chain.
 pub const MARK_PASS: u32 = 0x0002_0000;
-/// Both bits.
-pub const MARK_BITS: u32 = MARK_ACCEPT | MARK_PASS;
 
 /// conntrack state bits (as the kernel's `ct state`).
 pub mod ct {
@@ -203,6 +201,17 @@ pub enum Match {
         family: Family,
         /// Set name.
         set: String,
+        /// `!=`.
+        negate: bool,
+    },
+    /// `ip|ip6 saddr|daddr [!=] <prefix>`: one network inline, as nft
+    /// compiles it (no set to create and look up by name: a policy's single
+    /// CIDR is static, so it never needs set-element updates).
+    Prefix {
+        /// Which address.
+        side: Side,
+        /// The network (its family is the match's).
+        net: IpNet,
         /// `!=`.
         negate: bool,
     },
@@ -602,13 +611,24 @@ impl Ruleset {
             mark: 0,
             ct_state,
         };
-        for (name, chain) in &self.chains {
-            if chain.base.is_some_and(|b| b.hook == hook) {
-                match self.run_chain(name, &mut ctx, 0)? {
-                    Flow::Final(HookResult::Drop) => return Ok(HookResult::Drop),
-                    Flow::Final(r) => return Ok(r),
-                    Flow::Continue => return Ok(HookResult::Accept),
-                }
+        // Every base chain on the hook runs, lowest priority first: accept (or
+        // the end of a chain, policy accept) only ends that chain; drop ends
+        // the hook. The mark carries over, as the packet's does.
+        let mut bases: Vec<(i32, &String)> = self
+            .chains
+            .iter()
+            .filter_map(|(name, c)| {
+                c.base
+                    .filter(|b| b.hook == hook)
+                    .map(|b| (b.priority, name))
+            })
+            .collect();
+        bases.sort();
+        for (_, name) in bases {
+            match self.run_chain(name, &mut ctx, 0)? {
+                Flow::Final(HookResult::Drop) => return Ok(HookResult::Drop),
+                Flow::Final(HookResult::Masquerade) => return Ok(HookResult::Masquerade),
+                Flow::Final(HookResult::Accept) | Flow::Continue => {}
             }
         }
         Ok(HookResult::Accept)
@@ -626,6 +646,18 @@ impl Ruleset {
             Direction::Egress => (iface, "eth0"),
             Direction::Ingress => ("eth0", iface),
         };
+        self.evaluate_forward(pkt, iif, oif)
+    }
+
+    /// The verdict for a new connection's packet forwarded from interface `iif`
+    /// to `oif`: between two workloads on this node, both the sender's egress
+    /// and the receiver's ingress policy apply.
+    pub fn evaluate_forward(
+        &self,
+        pkt: &Packet,
+        iif: &str,
+        oif: &str,
+    ) -> Result<Verdict, EvalError> {
         Ok(match self.run_hook(Hook::Forward, pkt, iif, oif)? {
             HookResult::Drop => Verdict::Deny,
             _ => Verdict::Allow,
@@ -727,6 +759,17 @@ impl Ruleset {
                     _ => return Err(EvalError::BadSet(name.clone())),
                 };
                 hit != *negate
+            }
+            Match::Prefix { side, net, negate } => {
+                // Like a set match, the payload load depends on the family.
+                let family = match net {
+                    IpNet::V4(_) => Family::V4,
+                    IpNet::V6(_) => Family::V6,
+                };
+                if family != fam {
+                    return Ok(false);
+                }
+                net.contains(&addr(*side)) != *negate
             }
             Match::Port {
                 side,

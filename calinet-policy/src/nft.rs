@@ -2,6 +2,7 @@
 //! for inspection, `nft -c` validation, and as the baseline the netlink backend is
 //! measured against. One script is one transaction.
 
+use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -134,6 +135,24 @@ pub fn rule_text(r: &Rule) -> String {
                 side_addr(*side),
                 neg(*negate)
             ),
+            Match::Prefix { side, net, negate } => {
+                let family = match net {
+                    IpNet::V4(_) => Family::V4,
+                    IpNet::V6(_) => Family::V6,
+                };
+                // nft prints a full-length prefix as a bare address.
+                let net = if net.prefix_len() == net.max_prefix_len() {
+                    net.addr().to_string()
+                } else {
+                    net.to_string()
+                };
+                format!(
+                    "{} {} {}{net}",
+                    ip_kw(family),
+                    side_addr(*side),
+                    neg(*negate)
+                )
+            }
             Match::Port { side, set, negate } => {
                 format!("th {} {}@{set}", side_port(*side), neg(*negate))
             }
@@ -378,7 +397,7 @@ impl NftCli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{MARK_ACCEPT, MARK_BITS};
+    use crate::ir::MARK_PASS;
 
     #[test]
     fn rules_render_as_nft_syntax() {
@@ -401,12 +420,12 @@ mod tests {
                     negate: false,
                 },
             ],
-            Stmt::SetMarkReturn(MARK_ACCEPT),
+            Stmt::SetMarkReturn(MARK_PASS),
         )
         .comment("policy a/b rule 0");
         assert_eq!(
             rule_text(&r),
-            "meta nfproto ipv4 meta l4proto 6 ip saddr != @s th dport @p meta mark set mark | 0x00010000 return comment \"policy a/b rule 0\""
+            "meta nfproto ipv4 meta l4proto 6 ip saddr != @s th dport @p meta mark set mark | 0x00020000 return comment \"policy a/b rule 0\""
         );
         let r = Rule::new(
             vec![Match::Icmp {
@@ -414,11 +433,11 @@ mod tests {
                 code: Some(1),
                 negate: true,
             }],
-            Stmt::ClearMark(MARK_BITS),
+            Stmt::ClearMark(MARK_PASS),
         );
         assert_eq!(
             rule_text(&r),
-            "@th,0,16 != 0x0801 meta mark set mark & 0xfffcffff"
+            "@th,0,16 != 0x0801 meta mark set mark & 0xfffdffff"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use calinet_policy::compile::{Options, Pool, compile};
 use calinet_policy::proptest_support as s;
-use calinet_policy::semantics::{Direction, Endpoints, PolicyModel};
+use calinet_policy::semantics::{Direction, Endpoints, PolicyModel, Verdict};
 use proptest::prelude::*;
 
 proptest! {
@@ -28,12 +28,30 @@ proptest! {
                 }
             }
         }
+        // Between two local workloads both the sender's egress and the
+        // receiver's ingress apply: the two forward base chains in turn.
+        let local: Vec<_> = eps.by_name.values().filter(|e| e.local).collect();
+        for from in &local {
+            for to in local.iter().filter(|to| to.name != from.name) {
+                for p in &pkts {
+                    let egress = model.evaluate(&eps, &from.name, Direction::Egress, p);
+                    let ingress = model.evaluate(&eps, &to.name, Direction::Ingress, p);
+                    let want = if egress == Verdict::Allow && ingress == Verdict::Allow {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Deny
+                    };
+                    let got = rs.evaluate_forward(p, &from.interface, &to.interface).unwrap();
+                    prop_assert_eq!(got, want, "{} -> {} packet {:?}", from.name, to.name, p);
+                }
+            }
+        }
         // Remote endpoints have no dispatch entry: their interface name, were it
         // to appear on this node, is an unknown workload interface and dropped.
         for ep in eps.by_name.values().filter(|e| !e.local) {
             for p in &pkts {
                 prop_assert_eq!(rs.evaluate(p, &ep.interface, Direction::Ingress).unwrap(),
-                    calinet_policy::semantics::Verdict::Deny);
+                    Verdict::Deny);
             }
         }
     }

@@ -4,6 +4,8 @@
 //! byte). Attribute numbers and constants are the kernel's
 //! (`linux/netfilter/nf_tables.h`, `linux/netfilter/nfnetlink.h`).
 
+use ipnet::IpNet;
+
 use crate::Error;
 use crate::ir::{
     Chain as IrChain, Family, Hook, IfDir, Match, Rule as IrRule, SetElems, Side, Stmt,
@@ -464,13 +466,17 @@ impl Encoder {
     }
 
     fn bitwise(&mut self, mask: u32, xor: u32) {
+        // Mask and xor apply to the register as loaded (host order).
+        self.bitwise_bytes(&mask.to_ne_bytes(), &xor.to_ne_bytes());
+    }
+
+    fn bitwise_bytes(&mut self, mask: &[u8], xor: &[u8]) {
         let e = self.expr(b"bitwise\0");
         self.be32(NFTA_BITWISE_SREG, REG_1);
         self.be32(NFTA_BITWISE_DREG, REG_1);
-        self.be32(NFTA_BITWISE_LEN, 4);
-        // Mask and xor apply to the register as loaded (host order).
-        self.data_value(NFTA_BITWISE_MASK, &mask.to_ne_bytes());
-        self.data_value(NFTA_BITWISE_XOR, &xor.to_ne_bytes());
+        self.be32(NFTA_BITWISE_LEN, mask.len() as u32);
+        self.data_value(NFTA_BITWISE_MASK, mask);
+        self.data_value(NFTA_BITWISE_XOR, xor);
         self.expr_end(e);
     }
 
@@ -532,6 +538,14 @@ impl Encoder {
                     let (off, len) = addr_offset(*side, *family);
                     self.payload(NFT_PAYLOAD_NETWORK_HEADER, off, len, REG_1);
                     self.lookup(set, None, *negate);
+                }
+                Match::Prefix { side, net, negate } => {
+                    let p = PrefixLoad::new(*side, net);
+                    self.payload(NFT_PAYLOAD_NETWORK_HEADER, p.offset, p.len, REG_1);
+                    if let Some(mask) = &p.mask {
+                        self.bitwise_bytes(mask, &[0; 16][..mask.len()]);
+                    }
+                    self.cmp(op(*negate), &p.value);
                 }
                 Match::Port { side, set, negate } => {
                     self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, port_offset(*side), 2, REG_1);
@@ -892,6 +906,51 @@ fn addr_offset(side: Side, family: Family) -> (u32, u32) {
         (Family::V4, Side::Dst) => (16, 4),
         (Family::V6, Side::Src) => (8, 16),
         (Family::V6, Side::Dst) => (24, 16),
+    }
+}
+
+/// A prefix match the way nft compiles it: a prefix ending on a byte boundary
+/// loads just its bytes and compares; any other loads the whole address and
+/// masks it first.
+struct PrefixLoad {
+    offset: u32,
+    len: u32,
+    mask: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+impl PrefixLoad {
+    fn new(side: Side, net: &IpNet) -> PrefixLoad {
+        let (family, network, netmask) = match net {
+            IpNet::V4(n) => (
+                Family::V4,
+                n.network().octets().to_vec(),
+                n.netmask().octets().to_vec(),
+            ),
+            IpNet::V6(n) => (
+                Family::V6,
+                n.network().octets().to_vec(),
+                n.netmask().octets().to_vec(),
+            ),
+        };
+        let (offset, full) = addr_offset(side, family);
+        let bits = u32::from(net.prefix_len());
+        if bits.is_multiple_of(8) && bits > 0 {
+            let len = bits / 8;
+            PrefixLoad {
+                offset,
+                len,
+                mask: None,
+                value: network[..len as usize].to_vec(),
+            }
+        } else {
+            PrefixLoad {
+                offset,
+                len: full,
+                mask: Some(netmask),
+                value: network,
+            }
+        }
     }
 }
 

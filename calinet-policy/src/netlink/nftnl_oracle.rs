@@ -251,6 +251,47 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr<'_>> {
                 v.push(payload(NFT_PAYLOAD_NETWORK_HEADER, off, len, REG_1));
                 v.push(lookup(set, *negate));
             }
+            Match::Prefix { side, net, negate } => {
+                // nft: whole bytes of a byte-aligned prefix, compared; otherwise
+                // the whole address, masked, compared.
+                let family = if net.addr().is_ipv4() {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
+                let (off, addr_len) = addr_offset(*side, family);
+                let network: Vec<u8> = match net.network() {
+                    std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                    std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                let bits = net.prefix_len() as usize;
+                if bits > 0 && bits.is_multiple_of(8) {
+                    v.push(payload(
+                        NFT_PAYLOAD_NETWORK_HEADER,
+                        off,
+                        bits as u32 / 8,
+                        REG_1,
+                    ));
+                    v.push(cmp(op(*negate), &network[..bits / 8]));
+                } else {
+                    let mask: Vec<u8> = (0..addr_len as usize)
+                        .map(|i| {
+                            let ones = bits.saturating_sub(i * 8).min(8);
+                            (0xff00u16 >> ones) as u8
+                        })
+                        .collect();
+                    v.push(payload(NFT_PAYLOAD_NETWORK_HEADER, off, addr_len, REG_1));
+                    v.push(
+                        RawExpr::new(c"bitwise")
+                            .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG_1)
+                            .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG_1)
+                            .u32(sys::NFTNL_EXPR_BITWISE_LEN, addr_len)
+                            .data(sys::NFTNL_EXPR_BITWISE_MASK, &mask)
+                            .data(sys::NFTNL_EXPR_BITWISE_XOR, &vec![0; addr_len as usize]),
+                    );
+                    v.push(cmp(op(*negate), &network));
+                }
+            }
             Match::Port { side, set, negate } => {
                 v.push(payload(
                     NFT_PAYLOAD_TRANSPORT_HEADER,

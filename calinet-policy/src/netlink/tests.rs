@@ -130,6 +130,40 @@ pub(super) fn sample() -> Ruleset {
             }],
             Stmt::Log("calico-packet: ".into()),
         ),
+        // Single networks inline: byte-aligned (load the prefix's bytes) and not
+        // (load the address, mask it), both families, both senses.
+        Rule::new(
+            vec![
+                Match::Family(Family::V4),
+                Match::Prefix {
+                    side: Side::Src,
+                    net: "198.51.100.0/24".parse().unwrap(),
+                    negate: true,
+                },
+                Match::Prefix {
+                    side: Side::Dst,
+                    net: "10.0.0.128/25".parse().unwrap(),
+                    negate: false,
+                },
+            ],
+            Stmt::Accept,
+        ),
+        Rule::new(
+            vec![
+                Match::Family(Family::V6),
+                Match::Prefix {
+                    side: Side::Src,
+                    net: "2001:db8::/33".parse().unwrap(),
+                    negate: false,
+                },
+                Match::Prefix {
+                    side: Side::Dst,
+                    net: "2001:db8::7/128".parse().unwrap(),
+                    negate: true,
+                },
+            ],
+            Stmt::Drop,
+        ),
         Rule::new(
             vec![Match::Icmp {
                 icmp_type: 3,

@@ -13,16 +13,17 @@
 //! - `from-wl` / `to-wl`: clear the pass bit, dispatch by interface through the
 //!   verdict maps `fw-dispatch` / `tw-dispatch` (O(1)), and drop anything on a
 //!   workload interface the map does not know (fail closed).
-//! - One chain per distinct *endpoint signature* (`fw-*`/`tw-*`): the tiers whose
-//!   policies apply to the endpoint, then its profiles, then drop. Endpoints with
-//!   the same signature share the chain, so adding such an endpoint only adds map
-//!   entries and set elements.
-//! - One chain per (tier, applicable policies) (`tier-*`) ending in the tier's
-//!   default action, one per policy and direction (`pol-*`), one per profile and
-//!   direction (`prof-*`). Allow accepts and Deny drops. Pass sets mark bit
-//!   [`MARK_PASS`] and returns; only a tier with a policy that can pass tests
-//!   the bit after that policy, and the signature chain clears it before the
-//!   next tier.
+//! - One chain per distinct *endpoint signature* (`fw-*`/`tw-*`): for each tier
+//!   whose policies apply to the endpoint, a jump to each of those policies and
+//!   the tier's default drop (which ends the chain); profiles and a final drop
+//!   only when no tier ends it. Endpoints with the same signature share the
+//!   chain, so adding such an endpoint only adds map entries and set elements.
+//! - One chain per policy and direction (`pol-*`) and per profile and direction
+//!   (`prof-*`): Allow accepts, Deny drops. Pass sets mark bit [`MARK_PASS`] and
+//!   returns, so a tier with a policy that can pass gets a chain of its own
+//!   (`tier-*`, per tier and applicable policies) that tests the bit after that
+//!   policy and returns, skipping the rest of the tier; the signature chain
+//!   clears the bit before the next tier.
 //! - Named sets: selector address sets (`sel4-*`, `sel6-*`, keyed by the selector,
 //!   so endpoint changes only edit elements), network and port interval sets, and
 //!   `address . protocol . port` sets for named ports. A rule's `nets` that are
@@ -593,26 +594,49 @@ impl Compiler<'_> {
         }
         let mut key = String::from(dir_tag(dir));
         let mut rules = Vec::new();
+        let mut ended = false;
         for (i, (ti, ps)) in tiers.iter().enumerate() {
-            let tier_chain = self.tier_chain(dir, *ti, ps);
-            key.push_str(&format!("|{tier_chain}"));
-            rules.push(Rule::new(vec![], Stmt::Jump(tier_chain)));
-            // A tier that passed returns with the pass bit set; the next tier
-            // tests it, so it starts clear.
-            let can_pass = ps
+            let tier = &model.tiers[*ti];
+            if ps
                 .iter()
-                .any(|&pi| policy_can_pass(&model.tiers[*ti].policies[pi], dir));
-            if can_pass && i + 1 < tiers.len() {
-                rules.push(Rule::new(vec![], Stmt::ClearMark(MARK_PASS)));
+                .any(|&pi| policy_can_pass(&tier.policies[pi], dir))
+            {
+                // Only a chain of its own can skip the rest of a tier on Pass.
+                let tier_chain = self.tier_chain(dir, *ti, ps);
+                key.push_str(&format!("|{tier_chain}"));
+                rules.push(Rule::new(vec![], Stmt::Jump(tier_chain)));
+                // A tier that passed returns with the pass bit set; the next
+                // tier tests it, so it starts clear.
+                if i + 1 < tiers.len() {
+                    rules.push(Rule::new(vec![], Stmt::ClearMark(MARK_PASS)));
+                }
+                continue;
             }
-        }
-        for prof in &ep.profiles {
-            if let Some(pc) = self.profile_chain(prof, dir) {
+            // No policy here can pass: call them from this chain. The tier's
+            // default drop then ends it; nothing after would be reachable.
+            for &pi in ps {
+                let pc = self.policy_chain(&tier.name, &tier.policies[pi], dir);
                 key.push_str(&format!("|{pc}"));
                 rules.push(Rule::new(vec![], Stmt::Jump(pc)));
             }
+            if tier.default_action != Action::Pass {
+                key.push_str(&format!("|end {}", tier.name));
+                rules.push(
+                    Rule::new(vec![], Stmt::Drop).comment(format!("end of tier {}", tier.name)),
+                );
+                ended = true;
+                break;
+            }
         }
-        rules.push(Rule::new(vec![], Stmt::Drop).comment("no policy or profile allowed it"));
+        if !ended {
+            for prof in &ep.profiles {
+                if let Some(pc) = self.profile_chain(prof, dir) {
+                    key.push_str(&format!("|{pc}"));
+                    rules.push(Rule::new(vec![], Stmt::Jump(pc)));
+                }
+            }
+            rules.push(Rule::new(vec![], Stmt::Drop).comment("no policy or profile allowed it"));
+        }
         let name = format!(
             "{}-{}",
             if dir == Direction::Egress { "fw" } else { "tw" },

@@ -186,6 +186,7 @@ mod tests {
     use crate::datastore::{apply, read_view};
     use crate::resources::parse_documents;
     use calinet_ipam::MemStore;
+    use calinet_policy::semantics::{Direction, Packet, Verdict};
     use calinet_route::{IfName, WorkloadSpec};
 
     const CLUSTER: &str = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 172.16.0.0/16, natOutgoing: true}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec: {nodeName: a}\n";
@@ -217,11 +218,24 @@ mod tests {
         assert!(text.contains("masquerade"), "{text}");
         assert!(text.contains(&format!("ruleset {hash}")), "{text}");
         assert!(rules > 0);
-        // Same input, same hash; a new policy changes it.
+        // Same input, same hash; a new policy changes it, and the ruleset
+        // enforces it: the namespace profile allowed traffic to the pod, the
+        // policy selecting the pod denies it.
         assert_eq!(ruleset("").1, hash);
-        let (with_policy, other, more) = ruleset(&format!("---\n{DENY}"));
+        let (with_policy, other, _) = ruleset(&format!("---\n{DENY}"));
         assert_ne!(other, hash);
-        assert!(more > rules);
-        assert!(with_policy.chains.len() > rs.chains.len());
+        let iface = IfName::calico_workload("default", "web");
+        let to_pod = Packet::tcp(
+            "198.51.100.7".parse().unwrap(),
+            40000,
+            "172.16.1.1".parse().unwrap(),
+            80,
+        );
+        let verdict = |rs: &Ruleset| {
+            rs.evaluate(&to_pod, iface.as_str(), Direction::Ingress)
+                .unwrap()
+        };
+        assert_eq!(verdict(&rs), Verdict::Allow);
+        assert_eq!(verdict(&with_policy), Verdict::Deny);
     }
 }

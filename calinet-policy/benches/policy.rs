@@ -1,8 +1,10 @@
 //! calinet-policy benchmarks (run as root; the apply benchmarks use a lab netns):
 //!
-//! 1. compile 1,000 policies over 5,000 local endpoints;
+//! 1. compile 1,000 policies over 5,000 local endpoints (IPv4, as
+//!    calinet-agent compiles a cluster whose pool and endpoints are IPv4);
 //! 2. apply the full result through the netlink batch vs `nft -f` of the
-//!    equivalent script (same namespace, same ruleset, same run);
+//!    equivalent script (same namespace, same ruleset, same run), then the same
+//!    for the ruleset with IPv6 rules too (the library's default options);
 //! 3. add one endpoint to the loaded ruleset: compile + diff time, netlink apply
 //!    time and message count, vs `nft -f` of the equivalent diff script.
 //!
@@ -110,9 +112,18 @@ fn pools() -> Vec<Pool> {
     }]
 }
 
-fn build(m: &PolicyModel, n: usize) -> Ruleset {
+/// Options as calinet-agent compiles this cluster: its only pool is IPv4 and
+/// so are its endpoints, so no IPv6 rules (Felix's `ipv6Support` off).
+fn agent_options() -> Options {
+    Options {
+        ipv6: false,
+        ..Options::default()
+    }
+}
+
+fn build(m: &PolicyModel, n: usize, opts: &Options) -> Ruleset {
     let eps = Endpoints::new(m, (0..n).map(endpoint));
-    compile(m, &eps, &pools(), &Options::default()).unwrap()
+    compile(m, &eps, &pools(), opts).unwrap()
 }
 
 /// CPU time (user + system) of this thread or of waited-for children; the
@@ -140,61 +151,14 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn main() {
-    // 1. Compile.
-    let mut t = Vec::new();
-    let mut rs = Ruleset::default();
-    for _ in 0..3 {
-        let start = Instant::now();
-        let m = model();
-        rs = build(&m, ENDPOINTS);
-        t.push(start.elapsed());
-    }
-    let sets: usize = rs.sets.values().map(|s| s.len()).sum();
-    {
-        let start = Instant::now();
-        let y = policies_yaml();
-        let res = parse_yaml(&y).unwrap();
-        let t_parse = start.elapsed();
-        let start = Instant::now();
-        let m = PolicyModel::build(&res).unwrap();
-        let t_model = start.elapsed();
-        let start = Instant::now();
-        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint));
-        let t_eps = start.elapsed();
-        let start = Instant::now();
-        let _ = compile(&m, &eps, &pools(), &Options::default()).unwrap();
-        println!(
-            "  phases: YAML parse {}, model build {}, endpoint labels {}, compile {}",
-            ms(t_parse),
-            ms(t_model),
-            ms(t_eps),
-            ms(start.elapsed())
-        );
-    }
-    println!(
-        "compile {POLICIES} policies x {ENDPOINTS} endpoints (parse YAML + build model + compile): median {} ({} chains, {} rules, {} sets, {} set elements)",
-        ms(median(t)),
-        rs.chains.len(),
-        rs.rule_count(),
-        rs.sets.len(),
-        sets
-    );
-
-    if !testlab::skip::is_root() {
-        println!("SKIPPED: apply benchmarks need root (network namespaces)");
-        return;
-    }
-    let lab = testlab::Lab::new("policy_bench").unwrap();
-    let ns = lab.netns("bench").unwrap();
-    let nft = NftCli {
-        netns: Some(ns.name().to_owned()),
-    };
-    let sock = NetlinkSocket::open_in(&ns.path()).unwrap();
-
-    // 2. Full apply: netlink vs nft -f, alternating, same namespace.
-    let script = render_full(&rs);
+/// Full apply of `rs`: the netlink batch against `nft -f` of the same ruleset
+/// as text, alternating, in the same namespace.
+/// `CALINET_POLICY_BENCH_SCRIPT=<file>` writes the script to `<file>.<tag>`.
+fn full_apply(what: &str, tag: &str, rs: &Ruleset, sock: &NetlinkSocket, nft: &NftCli) {
+    let script = render_full(rs);
     if let Some(path) = std::env::var_os("CALINET_POLICY_BENCH_SCRIPT") {
+        let mut path = path;
+        path.push(format!(".{tag}"));
         std::fs::write(path, &script).unwrap();
     }
     let mut t_nl = Vec::new();
@@ -208,7 +172,7 @@ fn main() {
     let mut buf = Vec::new();
     for _ in 0..5 {
         let (start, c0) = (Instant::now(), cpu(libc::RUSAGE_THREAD));
-        let tx = full_transaction_in(&rs, buf).unwrap();
+        let tx = full_transaction_in(rs, buf).unwrap();
         let (built, c_built) = (start.elapsed(), cpu(libc::RUSAGE_THREAD) - c0);
         sock.send(&tx).unwrap();
         t_nl.push(start.elapsed());
@@ -244,7 +208,7 @@ fn main() {
     let (nl, nf) = (median(t_nl), median(t_nft));
     let (cnl, cnf) = (median(c_nl), median(c_nft));
     println!(
-        "full apply: netlink median {} wall / {} CPU ({messages} messages), nft -f median {} wall / {} CPU ({} script lines); nft/netlink = {:.1}x wall, {:.1}x CPU",
+        "full apply ({what}): netlink median {} wall / {} CPU ({messages} messages), nft -f median {} wall / {} CPU ({} script lines); nft/netlink = {:.2}x wall, {:.2}x CPU",
         ms(nl),
         ms(cnl),
         ms(nf),
@@ -258,13 +222,86 @@ fn main() {
     // the send alone is the ceiling a free batch build would reach.
     let (snl, csnl) = (median(s_nl), median(cs_nl));
     println!(
-        "  netlink split: build median {} CPU, send/ack median {} wall / {} CPU; nft/(netlink send alone) = {:.1}x wall, {:.1}x CPU",
+        "  netlink split: build median {} CPU, send/ack median {} wall / {} CPU; nft/(netlink send alone) = {:.2}x wall, {:.2}x CPU",
         ms(median(b_nl)),
         ms(snl),
         ms(csnl),
         nf.as_secs_f64() / snl.as_secs_f64(),
         cnf.as_secs_f64() / csnl.as_secs_f64()
     );
+}
+
+fn main() {
+    // 1. Compile.
+    let mut t = Vec::new();
+    let mut rs = Ruleset::default();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let m = model();
+        rs = build(&m, ENDPOINTS, &agent_options());
+        t.push(start.elapsed());
+    }
+    let sets: usize = rs.sets.values().map(|s| s.len()).sum();
+    {
+        let start = Instant::now();
+        let y = policies_yaml();
+        let res = parse_yaml(&y).unwrap();
+        let t_parse = start.elapsed();
+        let start = Instant::now();
+        let m = PolicyModel::build(&res).unwrap();
+        let t_model = start.elapsed();
+        let start = Instant::now();
+        let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint));
+        let t_eps = start.elapsed();
+        let start = Instant::now();
+        let _ = compile(&m, &eps, &pools(), &agent_options()).unwrap();
+        println!(
+            "  phases: YAML parse {}, model build {}, endpoint labels {}, compile {}",
+            ms(t_parse),
+            ms(t_model),
+            ms(t_eps),
+            ms(start.elapsed())
+        );
+    }
+    println!(
+        "compile {POLICIES} policies x {ENDPOINTS} endpoints (parse YAML + build model + compile): median {} ({} chains, {} rules, {} sets, {} set elements)",
+        ms(median(t)),
+        rs.chains.len(),
+        rs.rule_count(),
+        rs.sets.len(),
+        sets
+    );
+
+    if !testlab::skip::is_root() {
+        println!("SKIPPED: apply benchmarks need root (network namespaces)");
+        return;
+    }
+    let lab = testlab::Lab::new("policy_bench").unwrap();
+    let ns = lab.netns("bench").unwrap();
+    let nft = NftCli {
+        netns: Some(ns.name().to_owned()),
+    };
+    let sock = NetlinkSocket::open_in(&ns.path()).unwrap();
+
+    // 2. Full apply: netlink vs nft -f, alternating, same namespace; the
+    // ruleset calinet-agent installs for this cluster, then the same policies
+    // with IPv6 rules too (the library's default).
+    full_apply(
+        "IPv4 rules, as calinet-agent compiles this IPv4 cluster",
+        "ipv4",
+        &rs,
+        &sock,
+        &nft,
+    );
+    let dual = build(&model(), ENDPOINTS, &Options::default());
+    println!(
+        "  with IPv6 rules too: {} chains, {} rules, {} sets",
+        dual.chains.len(),
+        dual.rule_count(),
+        dual.sets.len()
+    );
+    full_apply("IPv4 and IPv6 rules", "dual", &dual, &sock, &nft);
+    sock.send(&full_transaction(&rs).unwrap()).unwrap();
 
     // 3. One more endpoint, like existing ones (same labels as pod 0).
     let m = model();
@@ -272,7 +309,7 @@ fn main() {
         m.clone(),
         (0..ENDPOINTS).map(endpoint),
         pools(),
-        Options::default(),
+        agent_options(),
     )
     .unwrap();
     let mut t_full = Vec::new();
@@ -291,7 +328,7 @@ fn main() {
         // Full recompile, for comparison.
         let start = Instant::now();
         let eps = Endpoints::new(&m, (0..ENDPOINTS).map(endpoint).chain([extra.clone()]));
-        let full = compile(&m, &eps, &pools(), &Options::default()).unwrap();
+        let full = compile(&m, &eps, &pools(), &agent_options()).unwrap();
         t_full.push(start.elapsed());
         // Incremental: one endpoint against the existing sets and policies.
         let start = Instant::now();
@@ -326,7 +363,7 @@ fn main() {
     // The stateful backend (diff against what it installed, then send) end to end.
     let mut backend = NetlinkBackend::new(NetlinkSocket::open_in(&ns.path()).unwrap());
     backend.apply(&rs).unwrap();
-    let next = build(&m, ENDPOINTS + 1);
+    let next = build(&m, ENDPOINTS + 1, &agent_options());
     let start = Instant::now();
     let st = backend.apply(&next).unwrap();
     println!(

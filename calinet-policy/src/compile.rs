@@ -65,6 +65,12 @@ pub struct Options {
     pub workload_prefix: String,
     /// Prefix for Log actions.
     pub log_prefix: String,
+    /// Compile IPv6 rules and sets (Felix's `ipv6Support`). Off, no IPv6 rule
+    /// or set is made and IPv6 packets from or to a workload interface are
+    /// dropped (fail closed): for a cluster with no IPv6 pool that removes
+    /// every IPv6 twin of an address match and half the selector sets, which
+    /// would otherwise stay empty.
+    pub ipv6: bool,
 }
 
 impl Default for Options {
@@ -73,6 +79,7 @@ impl Default for Options {
             table: "calinet".into(),
             workload_prefix: "cali".into(),
             log_prefix: "calico-packet: ".into(),
+            ipv6: true,
         }
     }
 }
@@ -499,31 +506,42 @@ impl Compiler<'_> {
             ("from-wl", IfDir::In, "fw-dispatch"),
             ("to-wl", IfDir::Out, "tw-dispatch"),
         ] {
-            self.rs.chains.insert(
-                name.into(),
-                Chain {
-                    base: None,
-                    rules: vec![
-                        // A pass bit left by the other direction's base chain (or
-                        // set outside this table) must not make a tier skip.
-                        Rule::new(vec![], Stmt::ClearMark(MARK_PASS)),
-                        Rule::new(
-                            vec![],
-                            Stmt::Dispatch {
-                                dir,
-                                map: map.into(),
-                            },
-                        ),
-                        Rule::new(vec![], Stmt::Drop).comment("unknown workload interface"),
-                    ],
-                },
-            );
+            let mut rules = Vec::new();
+            if !self.opts.ipv6 {
+                rules.push(
+                    Rule::new(vec![Match::Family(Family::V6)], Stmt::Drop).comment("IPv6 off"),
+                );
+            }
+            rules.extend([
+                // A pass bit left by the other direction's base chain (or set
+                // outside this table) must not make a tier skip.
+                Rule::new(vec![], Stmt::ClearMark(MARK_PASS)),
+                Rule::new(
+                    vec![],
+                    Stmt::Dispatch {
+                        dir,
+                        map: map.into(),
+                    },
+                ),
+                Rule::new(vec![], Stmt::Drop).comment("unknown workload interface"),
+            ]);
+            self.rs
+                .chains
+                .insert(name.into(), Chain { base: None, rules });
+        }
+    }
+
+    fn families(&self) -> &'static [Family] {
+        if self.opts.ipv6 {
+            &[Family::V4, Family::V6]
+        } else {
+            &[Family::V4]
         }
     }
 
     fn nat(&mut self, pools: &[Pool]) {
         let mut rules = Vec::new();
-        for fam in [Family::V4, Family::V6] {
+        for &fam in self.families() {
             let nat: Vec<IpNet> = pools
                 .iter()
                 .filter(|p| p.nat_outgoing && family_of(&p.cidr) == fam)
@@ -883,7 +901,7 @@ impl Compiler<'_> {
             }
             true
         };
-        fams.retain(|f| f.is_none_or(allowed));
+        fams.retain(|f| f.is_none_or(|f| allowed(f) && (self.opts.ipv6 || f == Family::V4)));
         // Without addresses, ipVersion still restricts the family.
         if !family_specific && let Some(v) = r.ip_version {
             fams = vec![Some(if v == 4 { Family::V4 } else { Family::V6 })];

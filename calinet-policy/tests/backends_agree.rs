@@ -107,6 +107,25 @@ fn nft_text_and_netlink_leave_the_same_ruleset() {
         vec!["DELSETELEM"],
         "{kinds:?}"
     );
+
+    // IPv6 rules switched off: IPv6 sets and rules go, IPv6 is dropped.
+    let v4_only = calinet_policy::compile::compile(
+        &m2,
+        &calinet_policy::semantics::Endpoints::new(&m2, common::base_endpoints()),
+        &common::pools(),
+        &calinet_policy::compile::Options {
+            ipv6: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    text.apply(&render_diff("calinet", &rs3.diff(&v4_only)))
+        .unwrap();
+    nl.apply(&v4_only).unwrap();
+    assert_same(&text, &nl_view, "IPv6 rules off");
+    let listed = text.list_table("calinet").unwrap();
+    assert!(listed.contains("meta nfproto ipv6 drop"), "{listed}");
+    assert!(!listed.contains("ip6 saddr"), "{listed}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! direct semantics give, for random policies, endpoints and packets.
 
 use calinet_policy::compile::{Options, Pool, compile};
+use calinet_policy::ir::SetElems;
 use calinet_policy::proptest_support as s;
 use calinet_policy::semantics::{Direction, Endpoints, PolicyModel, Verdict};
 use proptest::prelude::*;
@@ -57,6 +58,44 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// With IPv6 rules off, IPv4 verdicts are the model's and every IPv6
+    /// packet from or to a workload is dropped; no IPv6 set exists.
+    #[test]
+    fn ipv6_off_keeps_ipv4_verdicts_and_drops_ipv6(
+        res in s::resources(),
+        eps in s::endpoints(),
+        pkts in prop::collection::vec(s::packet(), 1..12),
+    ) {
+        let model = PolicyModel::build(&res).expect("generated resources are valid");
+        let eps = Endpoints::new(&model, eps);
+        let pools = [Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
+        let opts = Options { ipv6: false, ..Options::default() };
+        let rs = compile(&model, &eps, &pools, &opts).unwrap();
+        for (name, set) in &rs.sets {
+            prop_assert!(
+                !matches!(set, SetElems::Addr6(_) | SetElems::Net6(_) | SetElems::AddrProtoPort6(_)),
+                "IPv6 set {name}"
+            );
+        }
+        for ep in eps.by_name.values().filter(|e| e.local) {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for p in &pkts {
+                    let want = if p.is_v4() {
+                        model.evaluate(&eps, &ep.name, dir, p)
+                    } else {
+                        Verdict::Deny
+                    };
+                    let got = rs.evaluate(p, &ep.interface, dir).unwrap();
+                    prop_assert_eq!(got, want, "endpoint {} {:?} packet {:?}", ep.name, dir, p);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum EpOp {
     Upsert(usize),
@@ -79,11 +118,12 @@ proptest! {
             (0..5usize).prop_map(EpOp::Remove),
             (0..5usize, s::labels()).prop_map(|(i, l)| EpOp::Relabel(i, l)),
         ], 1..8),
+        ipv6 in any::<bool>(),
     ) {
         use calinet_policy::compile::Incremental;
         let model = PolicyModel::build(&res).unwrap();
         let pools = vec![Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
-        let opts = Options::default();
+        let opts = Options { ipv6, ..Options::default() };
         let mut current: std::collections::BTreeMap<String, calinet_policy::semantics::Endpoint> = pool
             .iter()
             .zip(&initial)

@@ -123,8 +123,14 @@ pub fn desired_ruleset(
             nat_outgoing: p.spec.nat_outgoing.unwrap_or(false),
         })
         .collect();
+    // IPv6 rules only where IPv6 is in use (Felix's ipv6Support): an IPv6 pool,
+    // enabled or not (workloads keep addresses from a disabled pool), or an
+    // endpoint with an IPv6 address.
+    let ipv6 = view.ipam.pools.iter().any(|p| p.spec.cidr.addr().is_ipv6())
+        || eps.iter().flat_map(|e| &e.addrs).any(|a| a.is_ipv6());
     let opts = Options {
         table: TABLE.into(),
+        ipv6,
         ..Options::default()
     };
     let mut rs = compile::compile(&model, &Endpoints::new(&model, eps), &pools, &opts)?;
@@ -237,5 +243,8 @@ mod tests {
         };
         assert_eq!(verdict(&rs), Verdict::Allow);
         assert_eq!(verdict(&with_policy), Verdict::Deny);
+        // An IPv4-only cluster gets no IPv6 rules or sets.
+        assert!(!text.contains("ip6 "), "{text}");
+        assert!(text.contains("meta nfproto ipv6 drop"), "{text}");
     }
 }

@@ -10,20 +10,39 @@ use proptest::prelude::*;
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(192))]
 
+    /// With IPv6 rules off, IPv4 verdicts are still the model's, every IPv6
+    /// packet from or to a workload is dropped, and no IPv6 set exists.
     #[test]
     fn ir_agrees_with_model_semantics(
         res in s::resources(),
         eps in s::endpoints(),
         pkts in prop::collection::vec(s::packet(), 1..12),
+        ipv6 in any::<bool>(),
     ) {
         let model = PolicyModel::build(&res).expect("generated resources are valid");
         let eps = Endpoints::new(&model, eps);
         let pools = [Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
-        let rs = compile(&model, &eps, &pools, &Options::default()).unwrap();
+        let opts = Options { ipv6, ..Options::default() };
+        let rs = compile(&model, &eps, &pools, &opts).unwrap();
+        if !ipv6 {
+            for (name, set) in &rs.sets {
+                prop_assert!(
+                    !matches!(set, SetElems::Addr6(_) | SetElems::Net6(_) | SetElems::AddrProtoPort6(_)),
+                    "IPv6 set {name}"
+                );
+            }
+        }
+        let model_verdict = |ep: &str, dir, p: &calinet_policy::semantics::Packet| {
+            if ipv6 || p.is_v4() {
+                model.evaluate(&eps, ep, dir, p)
+            } else {
+                Verdict::Deny
+            }
+        };
         for ep in eps.by_name.values().filter(|e| e.local) {
             for dir in [Direction::Ingress, Direction::Egress] {
                 for p in &pkts {
-                    let want = model.evaluate(&eps, &ep.name, dir, p);
+                    let want = model_verdict(&ep.name, dir, p);
                     let got = rs.evaluate(p, &ep.interface, dir).unwrap();
                     prop_assert_eq!(got, want, "endpoint {} {:?} packet {:?}", ep.name, dir, p);
                 }
@@ -35,8 +54,8 @@ proptest! {
         for from in &local {
             for to in local.iter().filter(|to| to.name != from.name) {
                 for p in &pkts {
-                    let egress = model.evaluate(&eps, &from.name, Direction::Egress, p);
-                    let ingress = model.evaluate(&eps, &to.name, Direction::Ingress, p);
+                    let egress = model_verdict(&from.name, Direction::Egress, p);
+                    let ingress = model_verdict(&to.name, Direction::Ingress, p);
                     let want = if egress == Verdict::Allow && ingress == Verdict::Allow {
                         Verdict::Allow
                     } else {
@@ -53,44 +72,6 @@ proptest! {
             for p in &pkts {
                 prop_assert_eq!(rs.evaluate(p, &ep.interface, Direction::Ingress).unwrap(),
                     Verdict::Deny);
-            }
-        }
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
-
-    /// With IPv6 rules off, IPv4 verdicts are the model's and every IPv6
-    /// packet from or to a workload is dropped; no IPv6 set exists.
-    #[test]
-    fn ipv6_off_keeps_ipv4_verdicts_and_drops_ipv6(
-        res in s::resources(),
-        eps in s::endpoints(),
-        pkts in prop::collection::vec(s::packet(), 1..12),
-    ) {
-        let model = PolicyModel::build(&res).expect("generated resources are valid");
-        let eps = Endpoints::new(&model, eps);
-        let pools = [Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
-        let opts = Options { ipv6: false, ..Options::default() };
-        let rs = compile(&model, &eps, &pools, &opts).unwrap();
-        for (name, set) in &rs.sets {
-            prop_assert!(
-                !matches!(set, SetElems::Addr6(_) | SetElems::Net6(_) | SetElems::AddrProtoPort6(_)),
-                "IPv6 set {name}"
-            );
-        }
-        for ep in eps.by_name.values().filter(|e| e.local) {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                for p in &pkts {
-                    let want = if p.is_v4() {
-                        model.evaluate(&eps, &ep.name, dir, p)
-                    } else {
-                        Verdict::Deny
-                    };
-                    let got = rs.evaluate(p, &ep.interface, dir).unwrap();
-                    prop_assert_eq!(got, want, "endpoint {} {:?} packet {:?}", ep.name, dir, p);
-                }
             }
         }
     }

@@ -901,10 +901,13 @@ impl Compiler<'_> {
             }
             true
         };
-        fams.retain(|f| f.is_none_or(|f| allowed(f) && (self.opts.ipv6 || f == Family::V4)));
+        fams.retain(|f| f.is_none_or(allowed));
         // Without addresses, ipVersion still restricts the family.
         if !family_specific && let Some(v) = r.ip_version {
             fams = vec![Some(if v == 4 { Family::V4 } else { Family::V6 })];
+        }
+        if !self.opts.ipv6 {
+            fams.retain(|f| *f != Some(Family::V6));
         }
         let mut out = Vec::new();
         for fam in fams {

@@ -2,7 +2,7 @@
 //! direct semantics give, for random policies, endpoints and packets.
 
 use calinet_policy::compile::{Options, Pool, compile};
-use calinet_policy::ir::SetElems;
+use calinet_policy::ir::{Family, Match, SetElems, Stmt};
 use calinet_policy::proptest_support as s;
 use calinet_policy::semantics::{Direction, Endpoints, PolicyModel, Verdict};
 use proptest::prelude::*;
@@ -31,6 +31,12 @@ proptest! {
                     "IPv6 set {name}"
                 );
             }
+            // The only IPv6 rules are the two that drop it.
+            let v6_rules = rs.chains.values().flat_map(|c| &c.rules).filter(|r| {
+                r.matches.iter().any(|m| matches!(m, Match::Family(Family::V6)))
+            });
+            prop_assert!(v6_rules.clone().all(|r| r.stmt == Stmt::Drop), "{:?}", v6_rules.collect::<Vec<_>>());
+            prop_assert_eq!(v6_rules.count(), 2);
         }
         let model_verdict = |ep: &str, dir, p: &calinet_policy::semantics::Packet| {
             if ipv6 || p.is_v4() {

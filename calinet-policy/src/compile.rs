@@ -442,13 +442,6 @@ fn check_interface(ep: &Endpoint, opts: &Options) -> Result<(), Error> {
     }
 }
 
-fn family_of(n: &IpNet) -> Family {
-    match n {
-        IpNet::V4(_) => Family::V4,
-        IpNet::V6(_) => Family::V6,
-    }
-}
-
 fn fam_tag(f: Family) -> &'static str {
     match f {
         Family::V4 => "4",
@@ -544,12 +537,12 @@ impl Compiler<'_> {
         for &fam in self.families() {
             let nat: Vec<IpNet> = pools
                 .iter()
-                .filter(|p| p.nat_outgoing && family_of(&p.cidr) == fam)
+                .filter(|p| p.nat_outgoing && Family::of(&p.cidr) == fam)
                 .map(|p| p.cidr.trunc())
                 .collect();
             let all: Vec<IpNet> = pools
                 .iter()
-                .filter(|p| family_of(&p.cidr) == fam)
+                .filter(|p| Family::of(&p.cidr) == fam)
                 .map(|p| p.cidr.trunc())
                 .collect();
             let t = fam_tag(fam);
@@ -783,7 +776,7 @@ impl Compiler<'_> {
     fn net_set(&mut self, nets: &[IpNet], fam: Family) -> String {
         let mine: Vec<IpNet> = nets
             .iter()
-            .filter(|n| family_of(n) == fam)
+            .filter(|n| Family::of(n) == fam)
             .copied()
             .collect();
         let key: Vec<String> = mine.iter().map(ToString::to_string).collect();
@@ -801,7 +794,7 @@ impl Compiler<'_> {
     fn nets_match(&mut self, nets: &[IpNet], side: Side, fam: Family, negate: bool) -> Match {
         let of_family: BTreeSet<IpNet> = nets
             .iter()
-            .filter(|n| family_of(n) == fam)
+            .filter(|n| Family::of(n) == fam)
             .map(IpNet::trunc)
             .collect();
         match of_family.first() {
@@ -895,7 +888,7 @@ impl Compiler<'_> {
                 return false;
             }
             for e in [&r.src, &r.dst] {
-                if !e.nets.is_empty() && !e.nets.iter().any(|n| family_of(n) == f) {
+                if !e.nets.is_empty() && !e.nets.iter().any(|n| Family::of(n) == f) {
                     return false;
                 }
             }
@@ -969,7 +962,7 @@ impl Compiler<'_> {
         if !e.nets.is_empty() {
             out.push(self.nets_match(&e.nets, side, f, false));
         }
-        if e.not_nets.iter().any(|n| family_of(n) == f) {
+        if e.not_nets.iter().any(|n| Family::of(n) == f) {
             out.push(self.nets_match(&e.not_nets, side, f, true));
         }
         if let Some(s) = &e.selector {

@@ -38,6 +38,16 @@ pub enum Family {
     V6,
 }
 
+impl Family {
+    /// The family of a network.
+    pub fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
 /// Source or destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
@@ -762,11 +772,7 @@ impl Ruleset {
             }
             Match::Prefix { side, net, negate } => {
                 // Like a set match, the payload load depends on the family.
-                let family = match net {
-                    IpNet::V4(_) => Family::V4,
-                    IpNet::V6(_) => Family::V6,
-                };
-                if family != fam {
+                if Family::of(net) != fam {
                     return Ok(false);
                 }
                 net.contains(&addr(*side)) != *negate

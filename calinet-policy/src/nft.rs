@@ -2,7 +2,6 @@
 //! for inspection, `nft -c` validation, and as the baseline the netlink backend is
 //! measured against. One script is one transaction.
 
-use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -136,10 +135,7 @@ pub fn rule_text(r: &Rule) -> String {
                 neg(*negate)
             ),
             Match::Prefix { side, net, negate } => {
-                let family = match net {
-                    IpNet::V4(_) => Family::V4,
-                    IpNet::V6(_) => Family::V6,
-                };
+                let family = Family::of(net);
                 // nft prints a full-length prefix as a bare address.
                 let net = if net.prefix_len() == net.max_prefix_len() {
                     net.addr().to_string()

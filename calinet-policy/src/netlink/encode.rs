@@ -102,53 +102,53 @@ const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 
 // Registers as nft allocates them (128-bit NFT_REG_n and 32-bit NFT_REG32_nn).
-const REG_VERDICT: u32 = 0;
-const REG_1: u32 = 1;
-const REG_2: u32 = 2;
-const REG32_01: u32 = 9;
-const REG32_02: u32 = 10;
-const REG32_05: u32 = 13;
+pub(super) const REG_VERDICT: u32 = 0;
+pub(super) const REG_1: u32 = 1;
+pub(super) const REG_2: u32 = 2;
+pub(super) const REG32_01: u32 = 9;
+pub(super) const REG32_02: u32 = 10;
+pub(super) const REG32_05: u32 = 13;
 
-const NFT_META_MARK: u32 = 3;
-const NFT_META_IIFNAME: u32 = 6;
-const NFT_META_OIFNAME: u32 = 7;
-const NFT_META_NFPROTO: u32 = 15;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_CT_STATE: u32 = 0;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
-const NFT_LOOKUP_F_INV: u32 = 1;
-const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
+pub(super) const NFT_META_MARK: u32 = 3;
+pub(super) const NFT_META_IIFNAME: u32 = 6;
+pub(super) const NFT_META_OIFNAME: u32 = 7;
+pub(super) const NFT_META_NFPROTO: u32 = 15;
+pub(super) const NFT_META_L4PROTO: u32 = 16;
+pub(super) const NFT_CT_STATE: u32 = 0;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(super) const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_NEQ: u32 = 1;
+pub(super) const NFT_LOOKUP_F_INV: u32 = 1;
+pub(super) const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
 
-const NFT_SET_INTERVAL: u32 = 4;
-const NFT_SET_MAP: u32 = 8;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-const NFT_GOTO: i32 = -4;
-const NFT_JUMP: i32 = -3;
-const NFT_RETURN: i32 = -5;
-const NF_ACCEPT: i32 = 1;
-const NF_DROP: i32 = 0;
+pub(super) const NFT_SET_INTERVAL: u32 = 4;
+pub(super) const NFT_SET_MAP: u32 = 8;
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+pub(super) const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+pub(super) const NFT_GOTO: i32 = -4;
+pub(super) const NFT_JUMP: i32 = -3;
+pub(super) const NFT_RETURN: i32 = -5;
+pub(super) const NF_ACCEPT: i32 = 1;
+pub(super) const NF_DROP: i32 = 0;
 
 // nft's datatype ids, for set keys (what `nft list` shows as the set's type).
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_IFNAME: u32 = 41;
-const TYPE_BITS: u32 = 6;
+pub(super) const TYPE_IPADDR: u32 = 7;
+pub(super) const TYPE_IP6ADDR: u32 = 8;
+pub(super) const TYPE_INET_PROTOCOL: u32 = 12;
+pub(super) const TYPE_INET_SERVICE: u32 = 13;
+pub(super) const TYPE_IFNAME: u32 = 41;
+pub(super) const TYPE_BITS: u32 = 6;
 // nft's user-data TLVs (libnftnl `NFTNL_UDATA_*`) and byte orders.
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
 const UDATA_SET_DATABYTEORDER: u8 = 1;
 const UDATA_RULE_COMMENT: u8 = 0;
-const BYTEORDER_INVALID: u32 = 0;
-const BYTEORDER_HOST: u32 = 1;
-const BYTEORDER_BIG_ENDIAN: u32 = 2;
-const IFNAMSIZ: usize = 16;
+pub(super) const BYTEORDER_INVALID: u32 = 0;
+pub(super) const BYTEORDER_HOST: u32 = 1;
+pub(super) const BYTEORDER_BIG_ENDIAN: u32 = 2;
+pub(super) const IFNAMSIZ: usize = 16;
 /// libnftnl's user-data buffer for a rule comment (`NFTNL_UDATA_COMMENT_MAXLEN`),
 /// TLV header and terminating NUL included; nft refuses longer comments too.
 const COMMENT_MAXLEN: usize = 128;
@@ -357,17 +357,27 @@ impl Encoder {
     }
 
     pub(super) fn del_chain(&mut self, table: &str, name: &str) {
-        let m = self.begin(NFT_MSG_DELCHAIN, 0);
-        self.strz(NFTA_CHAIN_TABLE, table);
-        self.strz(NFTA_CHAIN_NAME, name);
-        self.end(m);
+        self.table_and_name(
+            NFT_MSG_DELCHAIN,
+            (NFTA_CHAIN_TABLE, table),
+            (NFTA_CHAIN_NAME, name),
+        );
     }
 
     /// A DELRULE naming only the chain: the kernel deletes all its rules.
     pub(super) fn flush_chain(&mut self, table: &str, name: &str) {
-        let m = self.begin(NFT_MSG_DELRULE, 0);
-        self.strz(NFTA_RULE_TABLE, table);
-        self.strz(NFTA_RULE_CHAIN, name);
+        self.table_and_name(
+            NFT_MSG_DELRULE,
+            (NFTA_RULE_TABLE, table),
+            (NFTA_RULE_CHAIN, name),
+        );
+    }
+
+    /// A message carrying only a table and an object name (deletes and flushes).
+    fn table_and_name(&mut self, msg: u16, table: (u16, &str), name: (u16, &str)) {
+        let m = self.begin(msg, 0);
+        self.strz(table.0, table.1);
+        self.strz(name.0, name.1);
         self.end(m);
     }
 
@@ -678,18 +688,20 @@ impl Encoder {
 
     /// DELSET.
     pub(super) fn del_set(&mut self, table: &str, name: &str) {
-        let m = self.begin(NFT_MSG_DELSET, 0);
-        self.strz(NFTA_SET_TABLE, table);
-        self.strz(NFTA_SET_NAME, name);
-        self.end(m);
+        self.table_and_name(
+            NFT_MSG_DELSET,
+            (NFTA_SET_TABLE, table),
+            (NFTA_SET_NAME, name),
+        );
     }
 
     /// A DELSETELEM without an element list: the kernel flushes the set.
     pub(super) fn flush_set(&mut self, table: &str, name: &str) {
-        let m = self.begin(NFT_MSG_DELSETELEM, 0);
-        self.strz(NFTA_SET_ELEM_LIST_TABLE, table);
-        self.strz(NFTA_SET_ELEM_LIST_SET, name);
-        self.end(m);
+        self.table_and_name(
+            NFT_MSG_DELSETELEM,
+            (NFTA_SET_ELEM_LIST_TABLE, table),
+            (NFTA_SET_ELEM_LIST_SET, name),
+        );
     }
 
     /// Adds or removes the elements `e` of an existing set.
@@ -900,7 +912,7 @@ fn if_key(dir: IfDir) -> u32 {
     }
 }
 
-fn addr_offset(side: Side, family: Family) -> (u32, u32) {
+pub(super) fn addr_offset(side: Side, family: Family) -> (u32, u32) {
     match (family, side) {
         (Family::V4, Side::Src) => (12, 4),
         (Family::V4, Side::Dst) => (16, 4),
@@ -954,7 +966,7 @@ impl PrefixLoad {
     }
 }
 
-fn port_offset(side: Side) -> u32 {
+pub(super) fn port_offset(side: Side) -> u32 {
     match side {
         Side::Src => 0,
         Side::Dst => 2,

@@ -16,54 +16,21 @@ use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, MsgType, NlMsg, ProtoFamily};
 
+// Kernel ABI values, shared with the encoder (the real-kernel tests check them).
+use super::encode::{
+    BYTEORDER_BIG_ENDIAN, BYTEORDER_HOST, BYTEORDER_INVALID, IFNAMSIZ, NF_ACCEPT, NF_DROP,
+    NF_NAT_RANGE_PROTO_RANDOM_FULLY, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_CT_STATE, NFT_DATA_VERDICT,
+    NFT_GOTO, NFT_JUMP, NFT_LOOKUP_F_INV, NFT_META_IIFNAME, NFT_META_L4PROTO, NFT_META_MARK,
+    NFT_META_NFPROTO, NFT_META_OIFNAME, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
+    NFT_RETURN, NFT_SET_ELEM_INTERVAL_END, NFT_SET_INTERVAL, NFT_SET_MAP, REG_1, REG_2,
+    REG_VERDICT, REG32_01, REG32_02, REG32_05, TYPE_BITS, TYPE_IFNAME, TYPE_INET_PROTOCOL,
+    TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR, addr_offset, port_offset,
+};
 use crate::Error;
 use crate::ir::{
-    Chain as IrChain, Diff, Family, Hook, IfDir, Match, Rule as IrRule, Ruleset, SetElems, Side,
-    Stmt, port_ranges, v4_ranges, v6_ranges,
+    Chain as IrChain, Diff, Family, Hook, IfDir, Match, Rule as IrRule, Ruleset, SetElems, Stmt,
+    port_ranges, v4_ranges, v6_ranges,
 };
-
-// Registers as nft allocates them (128-bit NFT_REG_n and 32-bit NFT_REG32_nn).
-const REG_VERDICT: u32 = 0;
-const REG_1: u32 = 1;
-const REG_2: u32 = 2;
-const REG32_01: u32 = 9;
-const REG32_02: u32 = 10;
-const REG32_05: u32 = 13;
-
-const NFT_META_MARK: u32 = 3;
-const NFT_META_IIFNAME: u32 = 6;
-const NFT_META_OIFNAME: u32 = 7;
-const NFT_META_NFPROTO: u32 = 15;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_CT_STATE: u32 = 0;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
-const NFT_LOOKUP_F_INV: u32 = 1;
-const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
-
-const NFT_SET_INTERVAL: u32 = 4;
-const NFT_SET_MAP: u32 = 8;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-const NFT_GOTO: i32 = -4;
-const NFT_JUMP: i32 = -3;
-const NFT_RETURN: i32 = -5;
-const NF_ACCEPT: i32 = 1;
-const NF_DROP: i32 = 0;
-
-// nft's datatype ids, for set keys (what `nft list` shows as the set's type).
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_IFNAME: u32 = 41;
-const TYPE_BITS: u32 = 6;
-const BYTEORDER_INVALID: u32 = 0;
-const BYTEORDER_HOST: u32 = 1;
-const BYTEORDER_BIG_ENDIAN: u32 = 2;
-const IFNAMSIZ: usize = 16;
 
 fn cstring(s: &str) -> CString {
     // Names come from the compiler (hex hashes, fixed words) or validated
@@ -197,22 +164,6 @@ fn verdict(code: i32, chain: Option<&str>) -> RawExpr<'_> {
 
 fn op(negate: bool) -> u32 {
     if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }
-}
-
-fn addr_offset(side: Side, family: Family) -> (u32, u32) {
-    match (family, side) {
-        (Family::V4, Side::Src) => (12, 4),
-        (Family::V4, Side::Dst) => (16, 4),
-        (Family::V6, Side::Src) => (8, 16),
-        (Family::V6, Side::Dst) => (24, 16),
-    }
-}
-
-fn port_offset(side: Side) -> u32 {
-    match side {
-        Side::Src => 0,
-        Side::Dst => 2,
-    }
 }
 
 /// The expressions of one IR rule, in the order nft emits them.

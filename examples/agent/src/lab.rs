@@ -458,10 +458,9 @@ fn is_ours(pid: u32) -> bool {
     String::from_utf8_lossy(&cmdline).contains("calinet-agent") && !stat.contains(") Z")
 }
 
-/// `lab up`: starts `lab hold` in the background (so the namespaces' owner
-/// stays alive, and the test lab's sweep of dead owners leaves them alone),
-/// follows its progress, prints its report.
-fn up_in_background(args: &UpArgs) -> Result<i32> {
+/// Checks before `lab up` builds anything: root, a known mode, no lab already
+/// up in the state directory (which is created).
+fn prepare_state_dir(args: &UpArgs) -> Result<()> {
     require_root()?;
     check_mode(args.mode)?;
     if state_file(&args.state_dir).exists() {
@@ -475,6 +474,14 @@ fn up_in_background(args: &UpArgs) -> Result<i32> {
         path: args.state_dir.clone(),
         source,
     })?;
+    Ok(())
+}
+
+/// `lab up`: starts `lab hold` in the background (so the namespaces' owner
+/// stays alive, and the test lab's sweep of dead owners leaves them alone),
+/// follows its progress, prints its report.
+fn up_in_background(args: &UpArgs) -> Result<i32> {
+    prepare_state_dir(args)?;
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         what: "find the agent binary",
         path: "/proc/self/exe".into(),
@@ -860,19 +867,7 @@ fn stop_agent(agent: &LabAgent) {
 /// Builds the cluster; returns the lab (whose drop removes the namespaces) and
 /// the state.
 fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
-    require_root()?;
-    check_mode(args.mode)?;
-    if state_file(&args.state_dir).exists() {
-        return Err(Error::Usage(format!(
-            "a lab is already up ({} exists); run `lab down` first",
-            state_file(&args.state_dir).display()
-        )));
-    }
-    std::fs::create_dir_all(&args.state_dir).map_err(|source| Error::Io {
-        what: "create the state directory",
-        path: args.state_dir.clone(),
-        source,
-    })?;
+    prepare_state_dir(args)?;
     let datastore = args.state_dir.join("datastore.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", datastore.display()));

@@ -1,30 +1,18 @@
 //! `EtcdStore` against a real etcd (Debian `etcd-server`, started by the test
 //! lab on a loopback port with a temporary data directory).
 
+mod common;
+
 use std::time::Duration;
 
 use calinet_ipam::{EtcdConfig, EtcdStore, RetryPolicy, Store, StoreError, conformance};
-
-/// A store on `endpoint` with short timeouts, so fault tests stay quick.
-fn store(endpoint: &str) -> EtcdStore {
-    EtcdStore::connect(
-        EtcdConfig::new([endpoint])
-            .with_timeouts(Duration::from_secs(1), Duration::from_secs(3))
-            .with_retry(RetryPolicy {
-                attempts: 3,
-                initial_backoff: Duration::from_millis(20),
-                max_backoff: Duration::from_millis(200),
-            }),
-    )
-    .expect("connect")
-}
 
 #[test]
 fn etcd_store_conforms() -> testlab::Result<()> {
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_conf")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     // Every case needs an empty store: wipe the keyspace between cases.
     conformance::run_all(|| {
         for kv in s.list("").expect("list all") {
@@ -65,7 +53,7 @@ fn etcd_down_is_a_typed_retryable_error_naming_endpoint_and_key() -> testlab::Re
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_down")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     let r = s.create("/calico/ipam/v2/handle/a", b"1").expect("create");
     etcd.stop();
     let key = "/calico/ipam/v2/handle/a";
@@ -125,7 +113,7 @@ fn etcdctl_reads_calico_layout_written_by_the_allocator() -> testlab::Result<()>
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_layout")?;
     let etcd = lab.etcd()?;
-    let ipam = Ipam::new(store(&etcd.endpoint()));
+    let ipam = Ipam::new(common::store(&etcd.endpoint()));
     let mut spec = IpPoolSpec::with_cidr("172.16.0.0/16".parse().expect("cidr"));
     spec.block_size = Some(26);
     ipam.put_pool(&IpPool::new("default-ipv4-ippool", spec))

@@ -7,6 +7,8 @@
 //! `CALINET_ETCD_ROLE` set: the test that started them is re-run in worker
 //! mode (`--exact <name>`), does its part and writes its result to a file.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use calinet_ipam::report::check;
 use calinet_ipam::{
-    AutoAssignRequest, Error, EtcdConfig, EtcdStore, HandleId, IpPool, IpPoolSpec, Ipam,
-    RetryPolicy, Store, StoreError, WatchError, WatchEvent, keys,
+    AutoAssignRequest, Error, EtcdStore, HandleId, IpPool, IpPoolSpec, Ipam, Store, StoreError,
+    WatchError, WatchEvent, keys,
 };
 
 const ROLE: &str = "CALINET_ETCD_ROLE";
@@ -25,19 +27,6 @@ const OUT: &str = "CALINET_ETCD_OUT";
 const WORKERS: usize = 4;
 const NODES_PER_WORKER: usize = 2;
 const ADDRESSES: usize = 5_000;
-
-fn store(endpoint: &str) -> EtcdStore {
-    EtcdStore::connect(
-        EtcdConfig::new([endpoint])
-            .with_timeouts(Duration::from_secs(1), Duration::from_secs(3))
-            .with_retry(RetryPolicy {
-                attempts: 3,
-                initial_backoff: Duration::from_millis(20),
-                max_backoff: Duration::from_millis(200),
-            }),
-    )
-    .expect("connect")
-}
 
 /// Start this test again as worker `id` of `role`.
 fn spawn_worker(test: &str, role: &str, id: usize, endpoint: &str, out: &Path) -> Child {
@@ -116,7 +105,7 @@ fn retry_unavailable<T>(
 fn alloc_worker(id: usize) {
     let endpoint = std::env::var(ENDPOINT).expect("endpoint");
     let out = PathBuf::from(std::env::var(OUT).expect("out"));
-    let s = Arc::new(store(&endpoint));
+    let s = Arc::new(common::store(&endpoint));
     let per_node = ADDRESSES / (WORKERS * NODES_PER_WORKER);
     let results: Vec<(Vec<String>, Vec<String>, u64)> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..NODES_PER_WORKER)
@@ -242,7 +231,7 @@ fn etcd_four_processes_eight_nodes_5000_addresses() -> testlab::Result<()> {
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_stress")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     setup_pool(&s);
     let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
@@ -287,7 +276,7 @@ fn etcd_stopped_mid_run_then_restarted() -> testlab::Result<()> {
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_fault")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     setup_pool(&s);
     let dir = tempfile::tempdir().expect("tempdir");
     let children = (0..WORKERS)
@@ -350,7 +339,7 @@ fn etcd_stopped_mid_run_then_restarted() -> testlab::Result<()> {
 /// 1 to `n` (each a CAS update), retrying through outages.
 fn counter_writer(n: u64) {
     let endpoint = std::env::var(ENDPOINT).expect("endpoint");
-    let s = store(&endpoint);
+    let s = common::store(&endpoint);
     let key = "/calinet-test/counter";
     let mut i = 1;
     while i <= n {
@@ -398,7 +387,7 @@ fn etcd_watch_sees_other_process_in_order_across_restart() -> testlab::Result<()
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_watch")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     let start = s
         .create("/calinet-test/counter", b"0")
         .expect("create counter");
@@ -444,7 +433,7 @@ fn etcd_watch_reports_compaction() -> testlab::Result<()> {
     testlab::require!(testlab::Feature::Etcd);
     let lab = testlab::Lab::new("etcd_compact")?;
     let etcd = lab.etcd()?;
-    let s = store(&etcd.endpoint());
+    let s = common::store(&etcd.endpoint());
     let first = s.create("/c/a", b"1").expect("create");
     let mut rev = first;
     for i in 2..10 {

@@ -124,7 +124,7 @@ pub(super) const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
 
-pub(super) const NFT_SET_INTERVAL: u32 = 4;
+const NFT_SET_INTERVAL: u32 = 4;
 pub(super) const NFT_SET_MAP: u32 = 8;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 pub(super) const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
@@ -135,12 +135,12 @@ pub(super) const NF_ACCEPT: i32 = 1;
 pub(super) const NF_DROP: i32 = 0;
 
 // nft's datatype ids, for set keys (what `nft list` shows as the set's type).
-pub(super) const TYPE_IPADDR: u32 = 7;
-pub(super) const TYPE_IP6ADDR: u32 = 8;
-pub(super) const TYPE_INET_PROTOCOL: u32 = 12;
-pub(super) const TYPE_INET_SERVICE: u32 = 13;
-pub(super) const TYPE_IFNAME: u32 = 41;
-pub(super) const TYPE_BITS: u32 = 6;
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_IFNAME: u32 = 41;
+const TYPE_BITS: u32 = 6;
 // nft's user-data TLVs (libnftnl `NFTNL_UDATA_*`) and byte orders.
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
 const UDATA_SET_DATABYTEORDER: u8 = 1;
@@ -867,7 +867,7 @@ fn intervals<T: Copy, const N: usize>(
 }
 
 /// Key type, key length, flags of a set.
-fn set_shape(e: &SetElems) -> (u32, u32, u32) {
+pub(super) fn set_shape(e: &SetElems) -> (u32, u32, u32) {
     let concat =
         |a: u32| (((a << TYPE_BITS) | TYPE_INET_PROTOCOL) << TYPE_BITS) | TYPE_INET_SERVICE;
     match e {

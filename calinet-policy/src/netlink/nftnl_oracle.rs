@@ -22,9 +22,8 @@ use super::encode::{
     NF_NAT_RANGE_PROTO_RANDOM_FULLY, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_CT_STATE, NFT_DATA_VERDICT,
     NFT_GOTO, NFT_JUMP, NFT_LOOKUP_F_INV, NFT_META_IIFNAME, NFT_META_L4PROTO, NFT_META_MARK,
     NFT_META_NFPROTO, NFT_META_OIFNAME, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
-    NFT_RETURN, NFT_SET_ELEM_INTERVAL_END, NFT_SET_INTERVAL, NFT_SET_MAP, REG_1, REG_2,
-    REG_VERDICT, REG32_01, REG32_02, REG32_05, TYPE_BITS, TYPE_IFNAME, TYPE_INET_PROTOCOL,
-    TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR, addr_offset, port_offset,
+    NFT_RETURN, NFT_SET_ELEM_INTERVAL_END, NFT_SET_MAP, REG_1, REG_2, REG_VERDICT, REG32_01,
+    REG32_02, REG32_05, addr_offset, port_offset, set_shape,
 };
 use crate::Error;
 use crate::ir::{
@@ -344,22 +343,6 @@ fn rule_exprs(r: &IrRule) -> Vec<RawExpr<'_>> {
         }
     }
     v
-}
-
-/// Key type, key length, flags of a set.
-fn set_shape(e: &SetElems) -> (u32, u32, u32) {
-    let concat =
-        |a: u32| (((a << TYPE_BITS) | TYPE_INET_PROTOCOL) << TYPE_BITS) | TYPE_INET_SERVICE;
-    match e {
-        SetElems::Addr4(_) => (TYPE_IPADDR, 4, 0),
-        SetElems::Addr6(_) => (TYPE_IP6ADDR, 16, 0),
-        SetElems::Net4(_) => (TYPE_IPADDR, 4, NFT_SET_INTERVAL),
-        SetElems::Net6(_) => (TYPE_IP6ADDR, 16, NFT_SET_INTERVAL),
-        SetElems::Ports(_) => (TYPE_INET_SERVICE, 2, NFT_SET_INTERVAL),
-        SetElems::AddrProtoPort4(_) => (concat(TYPE_IPADDR), 12, 0),
-        SetElems::AddrProtoPort6(_) => (concat(TYPE_IP6ADDR), 24, 0),
-        SetElems::IfGoto(_) => (TYPE_IFNAME, IFNAMSIZ as u32, NFT_SET_MAP),
-    }
 }
 
 /// One element as the kernel stores it: key, flags, and a goto target for maps.

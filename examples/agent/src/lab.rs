@@ -360,20 +360,7 @@ fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
     let (state_dir, datastore, exe) = (&state.state_dir, &state.datastore, &state.agent_bin);
     let log = state_dir.join(format!("agent-{}.log", node.name));
     // Appended: a restarted agent's log follows its predecessor's.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|source| Error::Io {
-            what: "create the agent log",
-            path: log.clone(),
-            source,
-        })?;
-    let err = file.try_clone().map_err(|source| Error::Io {
-        what: "open the agent log",
-        path: log.clone(),
-        source,
-    })?;
+    let (file, err) = append_log(&log)?;
     let child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
         .arg(exe)
@@ -617,6 +604,27 @@ fn datastore_args(state: &LabState, datastore: &Path) -> Vec<std::ffi::OsString>
     }
 }
 
+/// `log` opened for appending (created if missing), twice: a child's stdout
+/// and stderr.
+fn append_log(log: &Path) -> Result<(std::fs::File, std::fs::File)> {
+    let io = |what| {
+        move |source| Error::Io {
+            what,
+            path: log.to_path_buf(),
+            source,
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io("open the log for appending"))?;
+    let err = file
+        .try_clone()
+        .map_err(io("duplicate the log's file handle"))?;
+    Ok((file, err))
+}
+
 /// The lab's router address on the first segment: etcd listens there.
 fn etcd_endpoint() -> String {
     let router = testlab::seed::LAN1.hosts().next().expect("a /24 has hosts");
@@ -632,20 +640,7 @@ fn spawn_etcd(state: &LabState, data_dir: &Path) -> Result<LabEtcd> {
     }
     let endpoint = etcd_endpoint();
     let log = state.state_dir.join("etcd.log");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|source| Error::Io {
-            what: "open",
-            path: log.clone(),
-            source,
-        })?;
-    let err = file.try_clone().map_err(|source| Error::Io {
-        what: "open",
-        path: log.clone(),
-        source,
-    })?;
+    let (file, err) = append_log(&log)?;
     let child = Command::new("ip")
         .args([
             "netns",

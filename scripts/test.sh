@@ -5,7 +5,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/deps.sh || exit 1
+# As root, install what is missing (and fail if it still is). As another user,
+# nothing can be installed: say what is missing and go on; the kernel tests
+# report SKIPPED, and a build step that needs a missing package fails with the
+# package named above.
+if [[ "$(id -u)" == 0 ]]; then
+  bash scripts/deps.sh || exit 1
+elif ! CALINET_DEPS_CHECK_ONLY=1 bash scripts/deps.sh; then
+  echo "calinet: not root: running what can run without the packages above"
+fi
 
 step() { echo; echo "==> $*"; }
 fail=0

@@ -22,12 +22,15 @@ step "cargo fmt --check"
 cargo fmt --all -- --check || fail=1
 
 step "cargo clippy (all targets, default features and all features, -D warnings)"
-cargo clippy --workspace --all-targets --quiet -- -D warnings || fail=1
-cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings || fail=1
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings || fail=1
+cargo clippy --locked --workspace --all-targets --all-features --quiet -- -D warnings || fail=1
 
 step "cargo doc (-D warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet || fail=1
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet || fail=1
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet || fail=1
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features --quiet || fail=1
+
+step "downstream check (the library crates next to older serde, tokio, proptest)"
+bash scripts/downstream-check.sh || fail=1
 
 if [[ "$(id -u)" != 0 ]]; then
   echo "calinet: not root: kernel tests will report SKIPPED (run with sudo to include them)"
@@ -39,7 +42,7 @@ testlog=$(mktemp)
 trap 'rm -f "$skiplog" "$testlog"' EXIT
 lab_procs() { { pgrep -x wireguard-go; pgrep -x etcd; } | sort || true; }
 before_procs=$(lab_procs)
-CALINET_SKIP_LOG="$skiplog" cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$testlog"
+CALINET_SKIP_LOG="$skiplog" cargo test --locked --workspace --all-features --no-fail-fast 2>&1 | tee "$testlog"
 test_status=${PIPESTATUS[0]}
 [[ "$test_status" == 0 ]] || fail=1
 

@@ -260,15 +260,26 @@ fn scan_dump(
     Ok(None)
 }
 
+/// Registers an owned netlink socket with tokio's reactor.
+///
+/// `AsyncFd::new` is deprecated from tokio 1.53.3 on because a type that only
+/// borrows its fd could close it while registered; `Socket` owns its fd, and the
+/// AsyncFd owns the `Socket`, so the fd stays open and unchanged for the whole
+/// registration. Its replacement, `AsyncFd::register`, exists only from 1.53.3,
+/// and downstream projects on tokio's 1.47 LTS must still be able to use this
+/// crate (scripts/downstream-check.sh builds it with tokio 1.41.1).
+#[allow(deprecated)]
+fn register(sock: Socket) -> std::io::Result<AsyncFd<Socket>> {
+    AsyncFd::new(sock)
+}
+
 impl Conn {
     /// Opens a socket inside `netns`. Must be called inside a tokio runtime.
     pub async fn open(netns: &Netns) -> Result<Self> {
         let sock = open_socket(netns)?;
-        // SAFETY: the socket owns its fd, which stays open and unchanged until the
-        // AsyncFd (which owns the socket) is dropped.
-        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Transport {
+        let fd = register(sock).map_err(|e| Error::Transport {
             context: format!("registering netlink socket of netns {netns} with tokio"),
-            source: std::io::Error::from(e),
+            source: e,
         })?;
         Ok(Conn {
             netns: netns.clone(),
@@ -670,10 +681,9 @@ impl LinkEvents {
                 .map_err(|e| transport("O_NONBLOCK", e))?;
             Ok(s)
         })??;
-        // SAFETY: the socket owns its fd for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Transport {
+        let fd = register(sock).map_err(|e| Error::Transport {
             context: format!("registering link-event socket of netns {netns} with tokio"),
-            source: std::io::Error::from(e),
+            source: e,
         })?;
         Ok(LinkEvents {
             netns: netns.clone(),

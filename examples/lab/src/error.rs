@@ -33,8 +33,9 @@ pub enum Error {
     /// The lab did not come up or behave as expected.
     #[error("lab: {0}")]
     Lab(String),
-    /// The agent's library (datastore, resources, tables) failed.
-    #[error("agent")]
+    /// The agent's library (datastore, resources, tables) failed; its
+    /// message is the agent's own.
+    #[error(transparent)]
     Agent(#[from] calinet_agent::Error),
     /// The datastore failed.
     #[error("datastore")]

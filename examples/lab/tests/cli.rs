@@ -80,3 +80,27 @@ fn status_without_a_lab_says_so() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is a lab up?"), "{stderr}");
 }
+
+#[test]
+fn lab_without_an_agent_beside_it_says_how_to_build_it() {
+    testlab::require_root!();
+    // A copy of the lab in a directory with no calinet-agent next to it.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("calinet-lab");
+    std::fs::copy(env!("CARGO_BIN_EXE_calinet-lab"), &exe).unwrap();
+    let out = Command::new(&exe)
+        .args(["run", "--state-dir"])
+        .arg(dir.path().join("lab"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the agent binary {} is missing",
+            dir.path().join("calinet-agent").display()
+        )) && stderr.contains("build it with cargo build -p calinet-agent"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("lab").join("state.json").exists());
+}

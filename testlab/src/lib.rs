@@ -49,5 +49,8 @@ pub use error::{Error, Result};
 pub use features::Feature;
 pub use ipjson::{Addr, FdbEntry, Link, Neighbour, Route};
 pub use lab::{Lab, NETNS_PREFIX, Node, Segment, leftover_namespaces};
-pub use netns::{Netns, TcpServer};
-pub use process::{Etcd, Process, wait_for};
+pub use netns::{Netns, NetnsThread, TcpServer};
+pub use process::{
+    DetachedChild, DetachedCommand, Etcd, Process, Signal, cmdline, is_alive, pids_with_cmdline,
+    read_pid_file, reap, signal, signal_group, stop_pid, wait_for,
+};

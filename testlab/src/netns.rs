@@ -28,6 +28,24 @@ impl Netns {
         Self { name }
     }
 
+    /// A namespace made earlier (by this process or another, e.g. a lab
+    /// recorded in a state file), by its name; it must exist in `/run/netns`.
+    pub fn existing(name: &str) -> Result<Self> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::Invalid(format!(
+                "{name:?} is not a namespace name (no '/', not empty, no leading '.')"
+            )));
+        }
+        let ns = Self::new(name.to_owned());
+        let path = ns.path();
+        std::fs::metadata(&path).map_err(|source| Error::Io {
+            what: "find namespace",
+            path,
+            source,
+        })?;
+        Ok(ns)
+    }
+
     /// The namespace's name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name
@@ -164,6 +182,39 @@ impl Netns {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// Starts a thread that enters this namespace and then runs `f`, for work
+    /// that lives longer than one call (e.g. a client whose runtime threads,
+    /// spawned from there, inherit the namespace). Returns once the thread
+    /// is inside, or the error of entering.
+    pub fn spawn<T, F>(&self, f: F) -> Result<NetnsThread<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let file = self.open()?;
+        let path = self.path();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || match enter_current_thread(&file, path) {
+            // `f` must not run in the wrong namespace.
+            Err(e) => {
+                let _ = entered_tx.send(Err(e));
+                None
+            }
+            Ok(()) => {
+                let _ = entered_tx.send(Ok(()));
+                Some(f())
+            }
+        });
+        match entered_rx.recv() {
+            Ok(Ok(())) => Ok(NetnsThread { handle }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Invalid(format!(
+                "the thread entering {} died",
+                self.name
+            ))),
+        }
+    }
+
     /// Pings `addr` from inside the namespace until one reply arrives or
     /// `timeout` passes (probes every 200 ms, so one lost first packet, e.g.
     /// during neighbour resolution, does not fail the probe).
@@ -222,6 +273,21 @@ impl Netns {
     /// returns once it is listening.
     pub fn capture(&self, interface: &str, filter: &str) -> Result<Capture> {
         Capture::start(self, interface, filter)
+    }
+}
+
+/// A thread running inside a namespace (see [`Netns::spawn`]).
+#[derive(Debug)]
+pub struct NetnsThread<T> {
+    handle: JoinHandle<Option<T>>,
+}
+
+impl<T> NetnsThread<T> {
+    /// Waits for the thread; `Err` carries its panic.
+    pub fn join(self) -> std::thread::Result<T> {
+        self.handle
+            .join()
+            .map(|v| v.expect("a thread handed out by Netns::spawn has entered its namespace"))
     }
 }
 

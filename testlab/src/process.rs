@@ -1,6 +1,7 @@
 //! Helper processes (wireguard-go, etcd) that are always stopped: when their
 //! handle is dropped, and when their [`Lab`](crate::Lab) is.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -352,4 +353,355 @@ fn healthy(addr: SocketAddr) -> bool {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.contains("\"health\":\"true\"")
+}
+
+/// A signal the lab sends to processes it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// `SIGINT` (tcpdump flushes and exits on it).
+    Interrupt,
+    /// `SIGTERM`: stop cleanly.
+    Terminate,
+    /// `SIGKILL`.
+    Kill,
+}
+
+impl Signal {
+    fn raw(self) -> libc::c_int {
+        match self {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// A pid as `kill(2)` takes it, or `None` when it does not fit (no process has
+/// such a pid, and a wrapped value would name a process group).
+fn raw_pid(pid: u32) -> Option<libc::pid_t> {
+    libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)
+}
+
+/// Sends `sig` to process `pid`; whether it was delivered.
+pub fn signal(pid: u32, sig: Signal) -> bool {
+    let Some(pid) = raw_pid(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) has no memory effects; the caller names a process it started.
+    unsafe { libc::kill(pid, sig.raw()) == 0 }
+}
+
+/// Sends `sig` to every process of the process group (or session leader's
+/// group) `pgid`; whether it was delivered.
+pub fn signal_group(pgid: u32, sig: Signal) -> bool {
+    let Some(pgid) = raw_pid(pgid) else {
+        return false;
+    };
+    // SAFETY: as in `signal`; a negative pid addresses the group.
+    unsafe { libc::kill(-pgid, sig.raw()) == 0 }
+}
+
+/// Reaps `pid` if it is an exited child of this process; never blocks, and
+/// does nothing for other processes.
+pub fn reap(pid: u32) {
+    let Some(pid) = raw_pid(pid) else {
+        return;
+    };
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG writes only to `status`, which we own.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}
+
+/// Whether `pid` is a live process (exists and is not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name in parentheses: `pid (comm) S ...`.
+    match stat.rfind(')') {
+        Some(end) => !stat[end + 1..].trim_start().starts_with('Z'),
+        None => false,
+    }
+}
+
+/// The command line of `pid`, one word per argument (empty when it is gone).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+/// Every live process whose command line is exactly `argv`.
+pub fn pids_with_cmdline(argv: &[&str]) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| cmdline(*pid) == argv && is_alive(*pid))
+        .collect()
+}
+
+/// Stops `pid` (its whole process group when `group`): SIGTERM, then SIGKILL
+/// once `grace` has passed. Reaps it when it is a child of this process.
+/// Returns whether it stopped within the grace period.
+pub fn stop_pid(pid: u32, group: bool, grace: Duration) -> bool {
+    let send = |sig| {
+        if group {
+            signal_group(pid, sig)
+        } else {
+            signal(pid, sig)
+        }
+    };
+    send(Signal::Terminate);
+    let deadline = Instant::now() + grace;
+    loop {
+        reap(pid);
+        if !is_alive(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send(Signal::Kill);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_alive(pid) && Instant::now() < deadline {
+        reap(pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A command to start *detached*: in a session of its own (so it outlives
+/// the caller and a terminal's Ctrl-C does not reach it), stdin from
+/// `/dev/null`, stdout and stderr appended to a log file, optionally inside a
+/// namespace (`ip netns exec`, which execs the program in place, so the pid
+/// is the program's), optionally recording its pid in a file. Unlike
+/// [`Process`], nothing stops it on drop: stop it with [`stop_pid`].
+#[derive(Debug, Clone)]
+pub struct DetachedCommand {
+    program: OsString,
+    args: Vec<OsString>,
+    netns: Option<Netns>,
+    log: PathBuf,
+    pid_file: Option<PathBuf>,
+}
+
+impl DetachedCommand {
+    /// `program`, logging to `log` (created if missing, appended to).
+    pub fn new(program: impl AsRef<OsStr>, log: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            netns: None,
+            log: log.into(),
+            pid_file: None,
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs it inside `netns`.
+    pub fn in_netns(mut self, netns: &Netns) -> Self {
+        self.netns = Some(netns.clone());
+        self
+    }
+
+    /// Writes its pid (decimal, one line) to `path` once started.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// The command line, for messages.
+    pub fn render(&self) -> String {
+        let mut words: Vec<String> = Vec::new();
+        if let Some(ns) = &self.netns {
+            words.extend(["ip", "netns", "exec", ns.name()].map(str::to_owned));
+        }
+        words.push(self.program.to_string_lossy().into_owned());
+        words.extend(self.args.iter().map(|a| a.to_string_lossy().into_owned()));
+        words.join(" ")
+    }
+
+    /// Starts it.
+    pub fn spawn(&self) -> Result<DetachedChild> {
+        let command = self.render();
+        let open = |what| {
+            let log = self.log.clone();
+            move |source| Error::Io {
+                what,
+                path: log,
+                source,
+            }
+        };
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(open("open the log for appending"))?;
+        let err = out.try_clone().map_err(open("duplicate the handle of"))?;
+        let mut cmd = match &self.netns {
+            None => Command::new(&self.program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.name()]).arg(&self.program);
+                c
+            }
+        };
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of the
+        // parent; it cannot fail in a freshly forked child (which is never a
+        // group leader).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        if let Some(path) = &self.pid_file
+            && let Err(source) = std::fs::write(path, format!("{pid}\n"))
+        {
+            stop_pid(pid, true, Duration::from_secs(2));
+            return Err(Error::Io {
+                what: "write the pid file",
+                path: path.clone(),
+                source,
+            });
+        }
+        Ok(DetachedChild {
+            child,
+            command,
+            pid,
+        })
+    }
+}
+
+/// A process started by [`DetachedCommand::spawn`]. Dropping it leaves the
+/// process running.
+#[derive(Debug)]
+pub struct DetachedChild {
+    child: Child,
+    command: String,
+    pid: u32,
+}
+
+impl DetachedChild {
+    /// Its pid, which is also its session and process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The command line it was started with.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// Its exit status once it has exited (reaps it); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// Reads a pid file written by [`DetachedCommand::pid_file`].
+pub fn read_pid_file(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: "read the pid file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| {
+        Error::Invalid(format!(
+            "pid file {}: {text:?} is not a pid",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_process_outlives_its_handle_and_stops_by_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sleep.log");
+        let pid_file = dir.path().join("sleep.pid");
+        // A duration no other process on the machine is likely to sleep for.
+        let secs = format!("30.{}", std::process::id());
+        let child = DetachedCommand::new("sh", &log)
+            .args(["-c", &format!("echo started; exec sleep {secs}")])
+            .pid_file(&pid_file)
+            .spawn()
+            .unwrap();
+        let pid = child.pid();
+        assert_eq!(
+            child.command(),
+            format!("sh -c echo started; exec sleep {secs}")
+        );
+        drop(child);
+        assert_eq!(read_pid_file(&pid_file).unwrap(), pid);
+        assert!(is_alive(pid), "dropping the handle leaves it running");
+        assert_eq!(cmdline(pid), ["sleep", secs.as_str()]);
+        // Its own session: its session id (field 6 of stat) is its pid.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        assert_eq!(fields[3], pid.to_string(), "session id of {stat}");
+        assert_eq!(pids_with_cmdline(&["sleep", &secs]), [pid]);
+        wait_for("the log line", Duration::from_secs(5), || {
+            Ok(std::fs::read_to_string(&log).unwrap_or_default() == "started\n")
+        })
+        .unwrap();
+        assert!(
+            stop_pid(pid, true, Duration::from_secs(5)),
+            "stops on SIGTERM"
+        );
+        assert!(!is_alive(pid));
+        assert!(cmdline(pid).is_empty(), "reaped");
+    }
+
+    #[test]
+    fn detached_spawn_names_a_missing_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DetachedCommand::new("/nonexistent/calinet-x", dir.path().join("log"))
+            .spawn()
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/calinet-x"), "{err}");
+    }
+
+    #[test]
+    fn signals_to_impossible_pids_are_refused() {
+        assert!(!signal(0, Signal::Terminate), "0 would be our own group");
+        assert!(!signal_group(u32::MAX, Signal::Kill));
+        assert!(!is_alive(u32::MAX));
+    }
 }

@@ -444,3 +444,55 @@ fn etcd_in_a_namespace_is_gone_after_a_panic() {
         "{ns} survived the panic"
     );
 }
+
+/// A namespace found again by name (as a program reading a state file does),
+/// a long-lived thread inside it, and a detached process inside it that is
+/// stopped by pid.
+#[test]
+fn namespaces_by_name_threads_and_detached_processes_inside() {
+    testlab::require_root!();
+    let lab = Lab::new("netns_by_name").unwrap();
+    let made = lab.netns("n").unwrap();
+    let ns = Netns::existing(made.name()).unwrap();
+    assert_eq!(ns, made);
+    assert!(Netns::existing("calinet-no-such-netns").is_err());
+    let err = Netns::existing("../etc").unwrap_err().to_string();
+    assert!(err.contains("not a namespace name"), "{err}");
+
+    let here = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let inside = ns
+        .enter(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
+        .unwrap();
+    assert_ne!(here, inside);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let thread = ns
+        .spawn(move || {
+            // Still inside after waiting for the caller.
+            rx.recv().unwrap();
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap()
+        })
+        .unwrap();
+    tx.send(()).unwrap();
+    assert_eq!(thread.join().unwrap(), inside);
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let child = testlab::DetachedCommand::new("sh", &log)
+        .args(["-c", "readlink /proc/self/ns/net; exec sleep 60"])
+        .in_netns(&ns)
+        .spawn()
+        .unwrap();
+    let pid = child.pid();
+    drop(child);
+    testlab::wait_for("the detached process's log", Duration::from_secs(5), || {
+        Ok(!std::fs::read_to_string(&log).unwrap_or_default().is_empty())
+    })
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().trim(),
+        inside.to_string_lossy()
+    );
+    assert!(testlab::is_alive(pid));
+    assert!(testlab::stop_pid(pid, true, Duration::from_secs(5)));
+    assert!(!testlab::is_alive(pid));
+}

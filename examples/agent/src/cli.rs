@@ -1,4 +1,4 @@
-//! The command line (clap): calicoctl-like commands, `run`, and `lab`.
+//! The command line (clap): calicoctl-like commands and `run`.
 
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +12,7 @@ use crate::error::{Error, Result, chain};
 use crate::show::{self, IpamShowFlags, Output};
 
 /// The calinet reference node agent: calicoctl-like commands over the
-/// datastore, the node agent itself (`run`), and a lab that runs the seed
-/// article's cluster in network namespaces (`lab`).
+/// datastore, and the node agent itself (`run`).
 #[derive(Debug, Parser)]
 #[command(name = "calinet-agent", version)]
 pub struct Cli {
@@ -62,9 +61,6 @@ pub enum Command {
     Node(NodeCommand),
     /// Run the node agent.
     Run(RunArgs),
-    /// The seed cluster in network namespaces (needs root).
-    #[command(subcommand)]
-    Lab(crate::lab::LabCommand),
 }
 
 /// `-f FILE...`.
@@ -190,6 +186,14 @@ fn parse_files(files: &[String]) -> Result<Vec<crate::resources::Parsed>> {
         docs.extend(crate::resources::parse_documents(name, &read_input(f)?)?);
     }
     Ok(docs)
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hostname() -> String {
@@ -318,7 +322,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Node(NodeCommand::Status { node }) => {
             let view = read_view(store(&cli)?.as_ref())?;
             let node = node.clone().unwrap_or_else(hostname);
-            let now = crate::lab::unix_now();
+            let now = unix_now();
             print!("{}", show::node_status(&view, &node, now, 15)?);
             Ok(0)
         }
@@ -349,6 +353,5 @@ pub fn execute(cli: Cli) -> Result<i32> {
             )?;
             Ok(0)
         }
-        Command::Lab(l) => crate::lab::execute(l, &cli),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Errors of the agent, its commands and its lab.
+/// Errors of the agent and its commands.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -76,12 +76,6 @@ pub enum Error {
     /// A command was used wrongly, or the machine cannot do what was asked.
     #[error("{0}")]
     Usage(String),
-    /// The lab failed.
-    #[error("lab: {0}")]
-    Lab(String),
-    /// The test lab crate failed.
-    #[error("lab: {0}")]
-    Testlab(#[from] testlab::Error),
 }
 
 /// Result alias.

@@ -1,9 +1,10 @@
 //! The calinet reference node agent: composes calinet-ipam, calinet-route,
 //! calinet-encap, calinet-wg and calinet-policy into a node agent with a
-//! calicoctl-like command line, and a lab that runs it on the seed article's
-//! cluster in network namespaces.
+//! calicoctl-like command line. The lab that runs it on the seed article's
+//! cluster in network namespaces is its own program, `calinet-lab`
+//! (`examples/lab`), which uses [`datastore`] and [`show`] from here.
 //!
-//! Owns: the agent loop, the calicoctl-like commands and the lab. Does not own
+//! Owns: the agent loop and the calicoctl-like commands. Does not own
 //! any networking logic of its own: IPAM, paths, netlink, WireGuard and policy
 //! are the calinet crates'.
 //!
@@ -38,14 +39,12 @@
 //! - [`wireguard`]: keys, the wireguard-go device, peers and routing.
 //! - [`agent`]: the `run` loop: IPAM, plan, apply, resync, backoff, metrics.
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
-//! - [`lab`]: the seed cluster in namespaces with one agent per node.
 
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;
 pub mod error;
-pub mod lab;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! `calinet-agent`: the calinet reference node agent and its lab.
+//! `calinet-agent`: the calinet reference node agent.
 
 fn main() {
     std::process::exit(calinet_agent::cli::main());

@@ -294,50 +294,14 @@ fn apply_and_show_against_a_real_etcd() {
 }
 
 #[test]
-fn lab_says_it_needs_root() {
-    if !testlab::cmd::have("setpriv") {
-        testlab::skip!("setpriv (util-linux) is not installed");
-    }
-    testlab::require_root!();
+fn the_agent_has_no_lab_command() {
+    // The lab is its own program (calinet-lab); the agent is a node agent only.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_calinet-agent"))
-        .args(["lab", "run", "--state-dir"])
-        .arg(dir.path().join("lab"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the lab needs root"), "{stderr}");
-}
-
-#[test]
-fn lab_refuses_ipip_on_a_kernel_without_it() {
-    testlab::require_root!();
-    if testlab::Feature::check(testlab::Feature::Ipip).is_ok() {
-        testlab::skip!("this kernel has IPIP (tests/lab.rs runs the ipip mode instead)");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let r = agent(
-        &dir.path().join("ds.db"),
-        &[
-            "lab",
-            "run",
-            "--mode",
-            "ipip",
-            "--state-dir",
-            &dir.path().join("lab").to_string_lossy(),
-        ],
-    );
-    assert_eq!(r.code, 1);
+    let r = agent(&dir.path().join("ds.db"), &["lab", "run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("--mode ipip: IPIP not available in this kernel")
-            && r.stderr
-                .contains("Use --mode vxlan, crosssubnet, direct or wireguard"),
+        r.stderr.contains("unrecognized subcommand 'lab'"),
         "{}",
         r.stderr
     );
-    assert!(!dir.path().join("lab").join("state.json").exists());
 }

@@ -5,8 +5,25 @@
 
 use std::time::{Duration, Instant};
 
-use calinet_agent::lab::{Mode, ObservedPath, Probe, RunningLab, UpArgs};
 use calinet_agent::metrics::sample;
+use calinet_lab::cli::UpArgs;
+use calinet_lab::cluster::RunningLab;
+use calinet_lab::probe::{ObservedPath, Probe};
+use calinet_lab::state::Mode;
+
+/// The agent binary cargo built next to `calinet-lab` (in
+/// `target/<profile>/`): the lab runs it on every node.
+fn agent_bin() -> std::path::PathBuf {
+    let bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_calinet-lab")).with_file_name("calinet-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with cargo build -p calinet-agent \
+         (cargo test -p calinet-lab -p calinet-agent builds it too)",
+        bin.display()
+    );
+    bin
+}
 
 fn same_subnet(a: &str, b: &str) -> bool {
     // k8s-w0 is the only node on 203.0.113.0/24.
@@ -200,7 +217,7 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut args = UpArgs::new(Mode::Vxlan, dir.path().join("lab"));
-    args.agent_bin = Some(env!("CARGO_BIN_EXE_calinet-agent").into());
+    args.agent_bin = Some(agent_bin());
     let mut lab = RunningLab::up(&args).expect("lab up");
     check(&lab, Mode::Vxlan);
 
@@ -252,7 +269,7 @@ fn etcd_restart_under_a_running_lab() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut args = UpArgs::new(Mode::Vxlan, dir.path().join("lab"));
-    args.agent_bin = Some(env!("CARGO_BIN_EXE_calinet-agent").into());
+    args.agent_bin = Some(agent_bin());
     args.etcd = true;
     let mut lab = RunningLab::up(&args).expect("etcd-backed lab up");
     check(&lab, Mode::Vxlan);

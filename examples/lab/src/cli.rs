@@ -1,0 +1,307 @@
+//! The command line: `run`, `up`, `mode`, `status`, `down`, and the
+//! internal `hold` that `up` leaves running in the background.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::{self, RunningLab, progress, require_root};
+use crate::error::{Error, Result, chain};
+use crate::report::report;
+use crate::state::{self, DEFAULT_STATE_DIR, Mode, state_file};
+use crate::supervise;
+
+/// The seed article's cluster in network namespaces with one `calinet-agent`
+/// per node (needs root).
+#[derive(Debug, Parser)]
+#[command(name = "calinet-lab", version)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the cluster and leave it running (see `status`, `mode`, `down`).
+    Up(UpArgs),
+    /// Build the cluster, print everything, and tear it down again.
+    Run(UpArgs),
+    /// (Internal) what `up` runs in the background: builds the lab and owns
+    /// it until SIGTERM (`down`).
+    #[command(hide = true)]
+    Hold(UpArgs),
+    /// Switch the running cluster to another mode and show it re-converged.
+    Mode {
+        /// The new mode.
+        #[arg(value_enum)]
+        mode: Mode,
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Print the running cluster: IPAM, routes, the matrix with observed paths.
+    Status {
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Stop the agents and remove every namespace of the running lab.
+    Down {
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// `up` / `run` options.
+#[derive(Debug, Clone, Args)]
+#[non_exhaustive]
+pub struct UpArgs {
+    /// How pod traffic crosses nodes.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub mode: Mode,
+    /// The IP pool.
+    #[arg(long, default_value = "172.16.0.0/16")]
+    pub pool: ipnet::Ipv4Net,
+    /// Block prefix length.
+    #[arg(long, default_value_t = 24)]
+    pub block_size: u8,
+    /// The lab's state directory (datastore, agent logs, state file).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Seconds to wait for the cluster to converge.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The agent binary to run on each node (default: `calinet-agent` next
+    /// to this executable).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Keep the cluster in etcd (run in the router namespace) instead of a
+    /// SQLite file.
+    #[arg(long)]
+    pub etcd: bool,
+}
+
+impl UpArgs {
+    /// Defaults: vxlan, 172.16.0.0/16 with /24 blocks, state in `state_dir`.
+    pub fn new(mode: Mode, state_dir: PathBuf) -> Self {
+        UpArgs {
+            mode,
+            pool: "172.16.0.0/16".parse().expect("constant"),
+            block_size: 24,
+            state_dir,
+            timeout: 60,
+            agent_bin: None,
+            etcd: false,
+        }
+    }
+
+    /// The same options as command-line arguments (for `hold`).
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "--mode".into(),
+            self.mode.to_string().into(),
+            "--pool".into(),
+            self.pool.to_string().into(),
+            "--block-size".into(),
+            self.block_size.to_string().into(),
+            "--state-dir".into(),
+            self.state_dir.clone().into(),
+            "--timeout".into(),
+            self.timeout.to_string().into(),
+        ];
+        if let Some(b) = &self.agent_bin {
+            v.extend(["--agent-bin".into(), b.clone().into()]);
+        }
+        if self.etcd {
+            v.push("--etcd".into());
+        }
+        v
+    }
+}
+
+/// The line `hold` prints once the lab is up (and its report written).
+const READY: &str = "LAB-READY";
+/// The prefix of the line `hold` prints when the lab did not come up.
+const FAILED: &str = "LAB-FAILED";
+
+/// `up`: starts `hold` detached (so the namespaces' owner stays alive, and
+/// the test lab's sweep of dead owners leaves them alone), follows its
+/// progress, prints its report.
+fn up_in_background(args: &UpArgs) -> Result<i32> {
+    cluster::prepare_state_dir(args)?;
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "find this executable",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let log_path = args.state_dir.join("hold.log");
+    let _ = std::fs::remove_file(&log_path);
+    let mut holder = testlab::DetachedCommand::new(&exe, &log_path)
+        .arg("hold")
+        .args(args.to_args())
+        .pid_file(args.state_dir.join("hold.pid"))
+        .spawn()?;
+    let mut shown = 0;
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for line in text[shown..].lines() {
+            if line == READY || line.starts_with(FAILED) {
+                continue;
+            }
+            println!("{line}");
+        }
+        shown = text.len();
+        if text.contains(&format!("\n{READY}\n")) {
+            break;
+        }
+        if let Some(status) = holder.exited() {
+            return Err(Error::Lab(format!(
+                "the lab holder exited ({status}); see above"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report_path = args.state_dir.join("report.txt");
+    let report = std::fs::read_to_string(&report_path).map_err(|source| Error::Io {
+        what: "read",
+        path: report_path,
+        source,
+    })?;
+    print!("{report}");
+    println!(
+        "\nlab is up (mode {}), held by pid {}; state in {}.\n\
+         Next: `calinet-lab mode MODE`, `calinet-lab status`, `calinet-lab down`.",
+        args.mode,
+        holder.pid(),
+        state_file(&args.state_dir).display()
+    );
+    Ok(i32::from(report.contains("FAIL")))
+}
+
+/// `hold`: builds the lab, then owns it until SIGTERM / SIGINT.
+fn hold(args: &UpArgs) -> Result<i32> {
+    let mut lab = match RunningLab::up(args) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("{FAILED}: {}", chain(&e));
+            return Err(e);
+        }
+    };
+    lab.state.holder = Some(std::process::id());
+    state::save(&args.state_dir, &lab.state)?;
+    let text = lab
+        .report()
+        .map(|r| r.text)
+        .unwrap_or_else(|e| format!("report failed: {}\n", chain(&e)));
+    let path = args.state_dir.join("report.txt");
+    std::fs::write(&path, text).map_err(|source| Error::Io {
+        what: "write",
+        path,
+        source,
+    })?;
+    println!("{READY}");
+    wait_for_termination()?;
+    // Mode switches by other processes changed the state file: use it.
+    if let Ok(s) = state::load(&args.state_dir) {
+        lab.state = s;
+    }
+    drop(lab);
+    Ok(0)
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_termination() -> Result<()> {
+    let io = |what| {
+        move |source| Error::Io {
+            what,
+            path: "signal".into(),
+            source,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the runtime for"))?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(io("install the SIGTERM handler for"))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn execute(command: &LabCommand) -> Result<i32> {
+    match command {
+        LabCommand::Up(args) => up_in_background(args),
+        LabCommand::Hold(args) => hold(args),
+        LabCommand::Run(args) => {
+            let lab = RunningLab::up(args)?;
+            let r = lab.report();
+            if let Ok(r) = &r {
+                print!("{}", r.text);
+            }
+            progress("tearing the lab down");
+            drop(lab);
+            let r = r?;
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Mode { mode, state_dir } => {
+            let state = cluster::switch_mode(state_dir, *mode)?;
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Status { state_dir } => {
+            require_root()?;
+            let state = state::load(state_dir)?;
+            println!("lab mode {}; agents:", state.mode);
+            for a in &state.agents {
+                let alive = supervise::is_running(a.pid, "calinet-agent");
+                let node = state.nodes.iter().find(|n| n.name == a.node);
+                let writes = node
+                    .and_then(|n| supervise::agent_metrics(&n.netns).ok())
+                    .and_then(|m| {
+                        calinet_agent::metrics::sample(&m, "calinet_dataplane_writes_total")
+                    });
+                println!(
+                    "  {} pid {} {} (dataplane writes {}, log {})",
+                    a.node,
+                    a.pid,
+                    if alive { "running" } else { "NOT running" },
+                    writes.map_or("?".to_owned(), |w| w.to_string()),
+                    a.log.display()
+                );
+            }
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::Down { state_dir } => {
+            require_root()?;
+            cluster::down(state_dir)?;
+            println!("lab removed");
+            Ok(0)
+        }
+    }
+}
+
+/// The program: parses the command line, runs it, prints an error with its
+/// causes; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match execute(&cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            1
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `calinet-lab`: the seed article's cluster in network namespaces (four
+//! nodes on two subnets, a router, an outside host, built with the test lab),
+//! one `calinet-agent run` process per node sharing one datastore (a SQLite
+//! file, or etcd in the router namespace), a pod per node, and what a user
+//! wants to see: the agent's `ipam show`, `get ippool`, `get
+//! workloadendpoint` and `node status` tables, each node's routes, and a
+//! connectivity matrix whose paths are *observed* with `tcpdump` on the
+//! sending node's uplink, not assumed.
+//!
+//! `calinet-lab up` leaves the cluster running (owned by a detached
+//! `calinet-lab hold`) and records it in a state file
+//! (`/run/calinet-lab/state.json`) so that `mode`, `status` and `down` (other
+//! processes) find the namespaces and pids; `calinet-lab run` builds, prints
+//! and tears down in one go.
+//!
+//! The lab drives the agent as a user would: the `calinet-agent` binary runs
+//! on every node; the tables come from the agent's library (the functions its
+//! own commands call), reading the same datastore.
+//!
+//! ```
+//! use calinet_lab::probe::{ObservedPath, Probe};
+//!
+//! let probe = |to: &str, addr: &str, path| Probe {
+//!     from: "web-k8s-m".into(),
+//!     to: to.into(),
+//!     addr: addr.parse().unwrap(),
+//!     reachable: true,
+//!     path,
+//! };
+//! let matrix = calinet_lab::report::render_matrix(&[
+//!     probe("web-k8s-w1", "172.16.198.1", ObservedPath::Vxlan),
+//!     probe("outside", "192.0.2.100", ObservedPath::Masqueraded),
+//! ]);
+//! assert_eq!(matrix.lines().nth(1), Some("web-k8s-m  ok VXLAN    ok direct+SNAT"));
+//! ```
+//!
+//! Layout:
+//!
+//! - [`cli`]: the commands.
+//! - [`state`]: modes and the state file.
+//! - [`cluster`]: building, converging, switching modes, tearing down;
+//!   [`cluster::RunningLab`].
+//! - [`supervise`]: the agent and etcd processes (detached, in namespaces).
+//! - [`store`]: the datastore as the lab process reaches it.
+//! - [`probe`]: pings with captures, and the capture's path classification.
+//! - [`report`]: the printout and the matrix.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cluster;
+pub mod error;
+pub mod probe;
+pub mod report;
+pub mod state;
+pub mod store;
+pub mod supervise;
+
+pub use error::{Error, Result};

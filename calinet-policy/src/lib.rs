@@ -54,7 +54,7 @@
 //! assert_eq!(ruleset.evaluate(&to_db(5432), "calidb", Direction::Ingress)?, Verdict::Allow);
 //! assert_eq!(ruleset.evaluate(&to_db(22), "calidb", Direction::Ingress)?, Verdict::Deny);
 //! // ... and agrees with the model's own semantics.
-//! assert_eq!(model.evaluate(&eps, "shop/db", Direction::Ingress, &to_db(22)), Verdict::Deny);
+//! assert_eq!(model.evaluate(&eps, "shop/db", Direction::Ingress, &to_db(22))?, Verdict::Deny);
 //!
 //! // Traffic from the pool to the outside is masqueraded.
 //! let out = Packet::tcp("10.0.0.1".parse()?, 40000, "203.0.113.7".parse()?, 443);

@@ -353,6 +353,32 @@ mod tests {
     }
 
     #[test]
+    fn identity_labels_come_from_the_namespace_only() {
+        let mut ix: LabelIndex<&str, u32> = LabelIndex::new();
+        ix.upsert_profile("kns.a", l(&[("pcns.team", "a")]));
+        ix.upsert_profile("kns.b", l(&[("pcns.team", "b")]));
+        ix.upsert_selector("ns-a", sel("projectcalico.org/namespace == 'a'"));
+        ix.upsert_selector("team-a", sel("pcns.team == 'a'"));
+        // A pod in b claiming a's identity with its own labels and a's profile.
+        let forged = l(&[("projectcalico.org/namespace", "a"), ("pcns.team", "a")]);
+        let profiles = vec!["kns.a".to_owned(), "kns.b".to_owned()];
+        assert!(
+            ix.upsert_endpoint_in(1, Some("b".into()), forged.clone(), profiles)
+                .is_empty()
+        );
+        ix.upsert_endpoint_in(2, Some("a".into()), l(&[]), vec!["kns.a".into()]);
+        assert_eq!(ix.matching(&"ns-a").copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(ix.matching(&"team-a").copied().collect::<Vec<_>>(), vec![2]);
+        let labels = ix.labels_of(&2).unwrap();
+        assert_eq!(labels.label(ORCHESTRATOR_LABEL), Some(ORCHESTRATOR_K8S));
+        // An endpoint in no namespace has no identity labels at all.
+        assert!(
+            ix.upsert_endpoint(3, forged, vec!["kns.a".into()])
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn work_is_proportional_to_the_change() {
         let mut ix: LabelIndex<u32, u32> = LabelIndex::new();
         for s in 0..100 {

@@ -9,6 +9,12 @@
 //! ([`netlink`], encoded directly; tested against libnftnl's encoding). Behind the `ipam` feature, calinet-ipam's
 //! node-selector evaluator; behind `proptest`, strategies for downstream tests.
 //!
+//! Kubernetes NetworkPolicy is read as the API server defines it (its defaulting
+//! of `policyTypes`, its validation, with errors naming the field), and an
+//! endpoint's namespace identity (`projectcalico.org/namespace`, `pcns.*`, ...)
+//! comes from its namespace only: a pod's own labels cannot forge it
+//! ([`model::is_reserved_label`]).
+//!
 //! Does not own: address allocation, routing, or the workload interfaces
 //! themselves (it only refers to them by name).
 //!

@@ -608,8 +608,13 @@ pub struct K8sPeer {
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct K8sPort {
-    /// Protocol (default TCP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Protocol (default TCP). Read as Kubernetes spells it: a name in Calico's
+    /// capitalisation (`TCP`, `UDP`, `SCTP`, ...), never a number or lowercase.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "k8s_protocol"
+    )]
     pub protocol: Option<Protocol>,
     /// Number or name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -617,6 +622,21 @@ pub struct K8sPort {
     /// End of a range starting at `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
+}
+
+/// Kubernetes' protocol field is a case-sensitive name; the names other than
+/// TCP, UDP and SCTP are read so that validation can name the field.
+fn k8s_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    let refuse =
+        |what: String| serde::de::Error::custom(format!("protocol {what} is not TCP, UDP or SCTP"));
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => Err(refuse(n.to_string())),
+        Some(NumOrStr::Str(s)) => match s.parse::<Protocol>() {
+            Ok(p) if p.name() == Some(s.as_str()) => Ok(Some(p)),
+            _ => Err(refuse(format!("{s:?}"))),
+        },
+    }
 }
 
 /// An ingress or egress rule (`from` for ingress, `to` for egress).

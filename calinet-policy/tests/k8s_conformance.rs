@@ -779,7 +779,7 @@ fn validation_except_must_be_strictly_inside_cidr() {
 
 #[test]
 fn validation_protocol_must_be_tcp_udp_or_sctp() {
-    for proto in ["ICMP", "ICMPv6", "UDPLite", "47"] {
+    for proto in ["ICMP", "ICMPv6", "UDPLite"] {
         let spec = format!(
             "  podSelector: {{}}\n  ingress:\n  - ports: [{{port: 80}}, {{protocol: {proto}}}]\n"
         );
@@ -790,6 +790,21 @@ fn validation_protocol_must_be_tcp_udp_or_sctp() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn validation_protocol_is_case_sensitive_and_not_a_number() {
+    for proto in ["tcp", "Tcp", "6", "'6'"] {
+        let spec = format!("  podSelector: {{}}\n  ingress:\n  - ports: [{{protocol: {proto}}}]\n");
+        let e = rejected(&knp("a", "p", &spec));
+        assert!(e.contains("is not TCP, UDP or SCTP"), "{proto}: {e}");
+    }
+    parse_yaml(&knp(
+        "a",
+        "p",
+        "  podSelector: {}\n  ingress:\n  - ports: [{protocol: SCTP}]\n",
+    ))
+    .unwrap();
 }
 
 #[test]

@@ -965,6 +965,32 @@ fn validation_rejects_the_whole_stream() {
 }
 
 // ---------------------------------------------------------------------------
+// Calico v3 policy: the same defaulting and validation where Calico has them.
+
+fn gnp(spec: &str) -> String {
+    format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: g}}\nspec:\n  selector: app == 'db'\n{spec}"
+    )
+}
+
+#[test]
+fn calico_types_default_from_the_rules_present() {
+    // Only egress rules: an egress policy (Calico's API defaulting), so ingress
+    // stays open.
+    let w = world(&gnp("  egress:\n  - action: Deny\n"));
+    assert_eq!(w.tcp("b/web", "a/db", 1), Allow);
+    assert_eq!(w.tcp("a/db", "b/web", 1), Deny);
+    // An empty types list is defaulted the same way as an absent one.
+    let w = world(&gnp("  types: []\n  ingress:\n  - action: Deny\n"));
+    assert_eq!(w.tcp("b/web", "a/db", 1), Deny);
+    assert_eq!(w.tcp("a/db", "b/web", 1), Allow);
+    // No rules at all: ingress.
+    let w = world(&gnp(""));
+    assert_eq!(w.tcp("b/web", "a/db", 1), Deny);
+    assert_eq!(w.tcp("a/db", "b/web", 1), Allow);
+}
+
+// ---------------------------------------------------------------------------
 // Library surface.
 
 #[test]

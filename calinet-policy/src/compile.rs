@@ -1318,7 +1318,8 @@ spec:
         };
         for (port, want) in [(22, Verdict::Allow), (5432, Verdict::Deny)] {
             assert_eq!(
-                m.evaluate(&eps, "a/db", Direction::Ingress, &tcp(port)),
+                m.evaluate(&eps, "a/db", Direction::Ingress, &tcp(port))
+                    .unwrap(),
                 want
             );
             assert_eq!(

@@ -1,7 +1,10 @@
 //! An incremental label index: which endpoints each selector matches.
 //!
 //! Endpoints carry their own labels plus the labels of the profiles they inherit
-//! from (own labels win). Every update returns the membership changes it caused and
+//! from (own labels win), and the namespace identity labels that only their
+//! namespace sets (the same rules as
+//! [`PolicyModel::effective_labels`](crate::semantics::PolicyModel::effective_labels):
+//! reserved keys among an endpoint's own labels are ignored). Every update returns the membership changes it caused and
 //! costs work proportional to what changed: an endpoint update evaluates the
 //! selectors against that one endpoint, a selector update evaluates that one
 //! selector against the endpoints, a profile update re-evaluates only the endpoints
@@ -9,7 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::selector::{Labels, Selector};
+use crate::model::{ORCHESTRATOR_LABEL, is_reserved_label, profile_may_set};
+use crate::selector::{Labels, NAMESPACE_LABEL, Selector};
+use crate::semantics::ORCHESTRATOR_K8S;
 
 /// One membership change caused by an update.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,25 +27,41 @@ pub enum Change<S, E> {
 
 #[derive(Clone, Debug, Default)]
 struct EndpointEntry {
+    namespace: Option<String>,
     labels: BTreeMap<String, String>,
     profiles: Vec<String>,
 }
 
-/// Labels of one endpoint as seen by selectors: own labels over profile labels.
+/// Labels of one endpoint as seen by selectors: own labels over profile labels,
+/// and the reserved identity labels from the namespace only.
 #[derive(Debug)]
 pub struct EffectiveLabels<'a> {
+    namespace: Option<&'a str>,
     own: &'a BTreeMap<String, String>,
-    profiles: Vec<&'a BTreeMap<String, String>>,
+    profiles: Vec<(&'a str, &'a BTreeMap<String, String>)>,
 }
 
 impl Labels for EffectiveLabels<'_> {
     fn label(&self, key: &str) -> Option<&str> {
+        if is_reserved_label(key) {
+            if key == NAMESPACE_LABEL {
+                return self.namespace;
+            }
+            if key == ORCHESTRATOR_LABEL {
+                return self.namespace.map(|_| ORCHESTRATOR_K8S);
+            }
+            return self.profiles.iter().find_map(|(name, labels)| {
+                profile_may_set(name, self.namespace, key)
+                    .then(|| labels.get(key).map(String::as_str))
+                    .flatten()
+            });
+        }
         if let Some(v) = self.own.get(key) {
             return Some(v);
         }
         self.profiles
             .iter()
-            .find_map(|p| p.get(key).map(String::as_str))
+            .find_map(|(_, p)| p.get(key).map(String::as_str))
     }
 }
 
@@ -95,11 +116,13 @@ impl<S: Ord + Clone, E: Ord + Clone> LabelIndex<S, E> {
         entry: &'a EndpointEntry,
     ) -> EffectiveLabels<'a> {
         EffectiveLabels {
+            namespace: entry.namespace.as_deref(),
             own: &entry.labels,
             profiles: entry
                 .profiles
                 .iter()
-                .filter_map(|p| profiles.get(p))
+                .filter_map(|p| profiles.get_key_value(p))
+                .map(|(name, labels)| (name.as_str(), labels))
                 .collect(),
         }
     }
@@ -140,15 +163,26 @@ impl<S: Ord + Clone, E: Ord + Clone> LabelIndex<S, E> {
         }
     }
 
-    /// Adds or replaces an endpoint.
+    /// Adds or replaces an endpoint that is in no namespace.
     pub fn upsert_endpoint(
         &mut self,
         e: E,
         labels: BTreeMap<String, String>,
         profiles: Vec<String>,
     ) -> Vec<Change<S, E>> {
+        self.upsert_endpoint_in(e, None, labels, profiles)
+    }
+
+    /// Adds or replaces an endpoint in `namespace` (a Kubernetes pod's).
+    pub fn upsert_endpoint_in(
+        &mut self,
+        e: E,
+        namespace: Option<String>,
+        labels: BTreeMap<String, String>,
+        profiles: Vec<String>,
+    ) -> Vec<Change<S, E>> {
         if let Some(old) = self.endpoints.get(&e) {
-            if old.labels == labels && old.profiles == profiles {
+            if old.namespace == namespace && old.labels == labels && old.profiles == profiles {
                 return Vec::new();
             }
             for p in &old.profiles {
@@ -163,8 +197,14 @@ impl<S: Ord + Clone, E: Ord + Clone> LabelIndex<S, E> {
                 .or_default()
                 .insert(e.clone());
         }
-        self.endpoints
-            .insert(e.clone(), EndpointEntry { labels, profiles });
+        self.endpoints.insert(
+            e.clone(),
+            EndpointEntry {
+                namespace,
+                labels,
+                profiles,
+            },
+        );
         let mut out = Vec::new();
         self.reevaluate_endpoint(&e, &mut out);
         out
@@ -310,6 +350,32 @@ mod tests {
             vec![Change::Added("prod", 1)]
         );
         assert_eq!(ix.remove_profile("ns-a"), vec![Change::Removed("prod", 1)]);
+    }
+
+    #[test]
+    fn identity_labels_come_from_the_namespace_only() {
+        let mut ix: LabelIndex<&str, u32> = LabelIndex::new();
+        ix.upsert_profile("kns.a", l(&[("pcns.team", "a")]));
+        ix.upsert_profile("kns.b", l(&[("pcns.team", "b")]));
+        ix.upsert_selector("ns-a", sel("projectcalico.org/namespace == 'a'"));
+        ix.upsert_selector("team-a", sel("pcns.team == 'a'"));
+        // A pod in b claiming a's identity with its own labels and a's profile.
+        let forged = l(&[("projectcalico.org/namespace", "a"), ("pcns.team", "a")]);
+        let profiles = vec!["kns.a".to_owned(), "kns.b".to_owned()];
+        assert!(
+            ix.upsert_endpoint_in(1, Some("b".into()), forged.clone(), profiles)
+                .is_empty()
+        );
+        ix.upsert_endpoint_in(2, Some("a".into()), l(&[]), vec!["kns.a".into()]);
+        assert_eq!(ix.matching(&"ns-a").copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(ix.matching(&"team-a").copied().collect::<Vec<_>>(), vec![2]);
+        let labels = ix.labels_of(&2).unwrap();
+        assert_eq!(labels.label(ORCHESTRATOR_LABEL), Some(ORCHESTRATOR_K8S));
+        // An endpoint in no namespace has no identity labels at all.
+        assert!(
+            ix.upsert_endpoint(3, forged, vec!["kns.a".into()])
+                .is_empty()
+        );
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! ([`netlink`], encoded directly; tested against libnftnl's encoding). Behind the `ipam` feature, calinet-ipam's
 //! node-selector evaluator; behind `proptest`, strategies for downstream tests.
 //!
+//! Kubernetes NetworkPolicy is read as the API server defines it (its defaulting
+//! of `policyTypes`, its validation, with errors naming the field), and an
+//! endpoint's namespace identity (`projectcalico.org/namespace`, `pcns.*`, ...)
+//! comes from its namespace only: a pod's own labels cannot forge it
+//! ([`model::is_reserved_label`]).
+//!
 //! Does not own: address allocation, routing, or the workload interfaces
 //! themselves (it only refers to them by name).
 //!
@@ -54,7 +60,7 @@
 //! assert_eq!(ruleset.evaluate(&to_db(5432), "calidb", Direction::Ingress)?, Verdict::Allow);
 //! assert_eq!(ruleset.evaluate(&to_db(22), "calidb", Direction::Ingress)?, Verdict::Deny);
 //! // ... and agrees with the model's own semantics.
-//! assert_eq!(model.evaluate(&eps, "shop/db", Direction::Ingress, &to_db(22)), Verdict::Deny);
+//! assert_eq!(model.evaluate(&eps, "shop/db", Direction::Ingress, &to_db(22))?, Verdict::Deny);
 //!
 //! // Traffic from the pool to the outside is masqueraded.
 //! let out = Packet::tcp("10.0.0.1".parse()?, 40000, "203.0.113.7".parse()?, 443);

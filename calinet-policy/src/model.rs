@@ -22,6 +22,60 @@ pub const DEFAULT_TIER: &str = "default";
 pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 /// Prefix Calico gives namespace labels inherited by workloads (`pcns.<key>`).
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
+/// Prefix Calico gives service-account labels inherited by workloads (`pcsa.<key>`).
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+/// Label Calico sets on every workload to its orchestrator (`k8s` for pods).
+pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
+/// Label Calico sets on every pod's workload to its service account.
+pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+/// Label Kubernetes puts on every namespace: the namespace's name.
+pub const K8S_NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Whether `key` is one of the labels that carry a workload's namespace or
+/// service-account identity (`projectcalico.org/namespace`,
+/// `projectcalico.org/orchestrator`, `projectcalico.org/serviceaccount`, and the
+/// `pcns.` and `pcsa.` prefixes).
+///
+/// These are valid Kubernetes label keys, so a pod may carry them; they are set
+/// from the namespace and service account only, and a pod's own labels with
+/// these keys are ignored. Otherwise a pod could make itself a member of another
+/// namespace.
+pub fn is_reserved_label(key: &str) -> bool {
+    key == crate::selector::NAMESPACE_LABEL
+        || key == ORCHESTRATOR_LABEL
+        || key == SERVICE_ACCOUNT_LABEL
+        || key.starts_with(NAMESPACE_LABEL_PREFIX)
+        || key.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
+}
+
+/// Whether profile `profile` may give an endpoint in `namespace` the reserved
+/// label `key`: `pcns.*` only from the namespace's own profile `kns.<namespace>`,
+/// `pcsa.*` only from one of its service-account profiles `ksa.<namespace>.<sa>`;
+/// the other reserved labels come from the endpoint's namespace, never a profile.
+pub(crate) fn profile_may_set(profile: &str, namespace: Option<&str>, key: &str) -> bool {
+    let Some(ns) = namespace else {
+        return false;
+    };
+    if key.starts_with(NAMESPACE_LABEL_PREFIX) {
+        profile.strip_prefix("kns.") == Some(ns)
+    } else if key.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX) {
+        profile
+            .strip_prefix("ksa.")
+            .and_then(|rest| rest.strip_prefix(ns))
+            .is_some_and(|rest| rest.starts_with('.'))
+    } else {
+        false
+    }
+}
+
+/// Removes the reserved labels ([`is_reserved_label`]) from a pod's own labels.
+pub fn without_reserved_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| !is_reserved_label(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 /// Object metadata (the fields calinet reads; others are ignored).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -378,7 +432,8 @@ pub struct PolicySpec {
     /// GlobalNetworkPolicy only: restrict to endpoints in namespaces this selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<Selector>,
-    /// Directions; default Ingress, plus Egress when there are egress rules.
+    /// Directions. Absent or empty: Calico's defaulting
+    /// ([`PolicySpec::effective_types`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<PolicyType>>,
     /// Ingress rules.
@@ -390,12 +445,16 @@ pub struct PolicySpec {
 }
 
 impl PolicySpec {
-    /// The effective policy types (Calico's defaulting).
+    /// The effective policy types. Absent or empty `types` default as Calico's
+    /// API does: Ingress when there are no egress rules (also when there are no
+    /// rules at all), Egress when there are only egress rules, both when there
+    /// are both.
     pub fn effective_types(&self) -> Vec<PolicyType> {
         match &self.types {
-            Some(t) => t.clone(),
-            None if self.egress.is_empty() => vec![PolicyType::Ingress],
-            None => vec![PolicyType::Ingress, PolicyType::Egress],
+            Some(t) if !t.is_empty() => t.clone(),
+            _ if self.egress.is_empty() => vec![PolicyType::Ingress],
+            _ if self.ingress.is_empty() => vec![PolicyType::Egress],
+            _ => vec![PolicyType::Ingress, PolicyType::Egress],
         }
     }
 }
@@ -457,12 +516,19 @@ impl<S: Default> Resource<S> {
 
 impl Profile {
     /// The profile Calico creates for a Kubernetes namespace: allow-all both ways,
-    /// the namespace's labels inherited as `pcns.<key>`.
+    /// the namespace's labels inherited as `pcns.<key>`, with the
+    /// `kubernetes.io/metadata.name` label Kubernetes puts on every namespace
+    /// (always the namespace's name, whatever `labels` says) and Calico's
+    /// `projectcalico.org/name`.
     pub fn for_namespace(namespace: &str, labels: &BTreeMap<String, String>) -> Profile {
         let mut to_apply: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone()))
             .collect();
+        to_apply.insert(
+            format!("{NAMESPACE_LABEL_PREFIX}{K8S_NAMESPACE_NAME_LABEL}"),
+            namespace.to_owned(),
+        );
         to_apply.insert(
             format!("{NAMESPACE_LABEL_PREFIX}projectcalico.org/name"),
             namespace.to_owned(),
@@ -542,8 +608,13 @@ pub struct K8sPeer {
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct K8sPort {
-    /// Protocol (default TCP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Protocol (default TCP). Read as Kubernetes spells it: a name in Calico's
+    /// capitalisation (`TCP`, `UDP`, `SCTP`, ...), never a number or lowercase.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "k8s_protocol"
+    )]
     pub protocol: Option<Protocol>,
     /// Number or name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -551,6 +622,21 @@ pub struct K8sPort {
     /// End of a range starting at `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
+}
+
+/// Kubernetes' protocol field is a case-sensitive name; the names other than
+/// TCP, UDP and SCTP are read so that validation can name the field.
+fn k8s_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    let refuse =
+        |what: String| serde::de::Error::custom(format!("protocol {what} is not TCP, UDP or SCTP"));
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => Err(refuse(n.to_string())),
+        Some(NumOrStr::Str(s)) => match s.parse::<Protocol>() {
+            Ok(p) if p.name() == Some(s.as_str()) => Ok(Some(p)),
+            _ => Err(refuse(format!("{s:?}"))),
+        },
+    }
 }
 
 /// An ingress or egress rule (`from` for ingress, `to` for egress).
@@ -591,58 +677,125 @@ pub struct K8sNetworkPolicySpec {
 /// Kubernetes NetworkPolicy resource.
 pub type K8sNetworkPolicy = Resource<K8sNetworkPolicySpec>;
 
+fn invalid(res: &str, field: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        resource: res.to_owned(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (RFC 1123 label).
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter().all(|c| edge(c) || *c == b'-')
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters: the name
+/// part of a label key, and a non-empty label value.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain.
+fn check_label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix
+        && (p.len() > 253 || !p.split('.').all(is_dns_label))
+    {
+        return Err(format!(
+            "label key {k:?}: prefix {p:?} is not a DNS subdomain (lowercase letters, digits, '-', '.')"
+        ));
+    }
+    if !is_qualified_name_part(name) {
+        return Err(format!(
+            "label key {k:?}: name {name:?} must be 1-63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
+        ));
+    }
+    Ok(())
+}
+
+/// A Kubernetes label value: empty, or a qualified-name part.
+fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_qualified_name_part(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value {v:?} must be empty or 1-63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric"
+        ))
+    }
+}
+
+/// A Kubernetes label selector as a Calico selector, validated as the API
+/// server validates it (keys, values, operators and their values).
 fn k8s_selector_to_calico(
     resource: &str,
     field: &str,
     sel: &LabelSelector,
-    key_prefix: &str,
 ) -> Result<Selector, Error> {
     use crate::selector::Expr;
     let mut terms = Vec::new();
-    let check_key = |k: &str| -> Result<(), Error> {
-        if k.is_empty() || !k.chars().all(crate::selector::is_key_char) {
-            return Err(Error::Invalid {
-                resource: resource.to_owned(),
-                field: field.to_owned(),
-                reason: format!("label key {k:?} has characters outside [A-Za-z0-9_./-]"),
-            });
-        }
-        Ok(())
-    };
-    let check_value = |v: &str| -> Result<(), Error> {
-        if v.contains('"') && v.contains('\'') {
-            return Err(Error::Invalid {
-                resource: resource.to_owned(),
-                field: field.to_owned(),
-                reason: format!("label value {v:?} contains both quote characters"),
-            });
-        }
-        Ok(())
-    };
     for (k, v) in &sel.match_labels {
-        check_key(k)?;
-        check_value(v)?;
-        terms.push(Expr::Eq(format!("{key_prefix}{k}"), v.clone()));
+        let f = format!("{field}.matchLabels");
+        check_label_key(k).map_err(|r| invalid(resource, &f, r))?;
+        check_label_value(v).map_err(|r| invalid(resource, &f, r))?;
+        terms.push(Expr::Eq(k.clone(), v.clone()));
     }
-    for req in &sel.match_expressions {
-        check_key(&req.key)?;
-        let key = format!("{key_prefix}{}", req.key);
-        let values = req.values.iter().cloned().collect();
-        for v in &req.values {
-            check_value(v)?;
+    for (i, req) in sel.match_expressions.iter().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        check_label_key(&req.key).map_err(|r| invalid(resource, format!("{f}.key"), r))?;
+        let key = req.key.clone();
+        if !matches!(
+            req.operator.as_str(),
+            "In" | "NotIn" | "Exists" | "DoesNotExist"
+        ) {
+            return Err(invalid(
+                resource,
+                format!("{f}.operator"),
+                format!(
+                    "{:?} is not In, NotIn, Exists or DoesNotExist",
+                    req.operator
+                ),
+            ));
         }
+        let with_values = matches!(req.operator.as_str(), "In" | "NotIn");
+        if with_values && req.values.is_empty() {
+            return Err(invalid(
+                resource,
+                format!("{f}.values"),
+                format!("operator {} needs at least one value", req.operator),
+            ));
+        }
+        if !with_values && !req.values.is_empty() {
+            return Err(invalid(
+                resource,
+                format!("{f}.values"),
+                format!("operator {:?} takes no values", req.operator),
+            ));
+        }
+        for (j, v) in req.values.iter().enumerate() {
+            check_label_value(v).map_err(|r| invalid(resource, format!("{f}.values[{j}]"), r))?;
+        }
+        let values = req.values.iter().cloned().collect();
         terms.push(match req.operator.as_str() {
             "In" => Expr::In(key, values),
             "NotIn" => Expr::NotIn(key, values),
             "Exists" => Expr::Has(key),
-            "DoesNotExist" => Expr::Not(Box::new(Expr::Has(key))),
-            op => {
-                return Err(Error::Invalid {
-                    resource: resource.to_owned(),
-                    field: format!("{field}.matchExpressions"),
-                    reason: format!("operator {op:?} is not In, NotIn, Exists or DoesNotExist"),
-                });
-            }
+            _ => Expr::Not(Box::new(Expr::Has(key))),
         });
     }
     Ok(Selector::from_expr(match terms.len() {
@@ -653,49 +806,78 @@ fn k8s_selector_to_calico(
 }
 
 impl K8sNetworkPolicy {
+    /// The policy types after the API server's defaulting: an absent or empty
+    /// `policyTypes` means Ingress, plus Egress when the `egress` list is
+    /// non-empty (an empty `egress: []` does not make an egress policy).
+    /// Listed types are returned once each, Ingress first.
+    pub fn effective_policy_types(&self) -> Vec<PolicyType> {
+        let listed = |t: PolicyType| {
+            self.spec
+                .policy_types
+                .as_ref()
+                .is_some_and(|ts| ts.contains(&t))
+        };
+        match &self.spec.policy_types {
+            Some(ts) if !ts.is_empty() => [PolicyType::Ingress, PolicyType::Egress]
+                .into_iter()
+                .filter(|t| listed(*t))
+                .collect(),
+            _ if self.spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                vec![PolicyType::Ingress, PolicyType::Egress]
+            }
+            _ => vec![PolicyType::Ingress],
+        }
+    }
+
     /// Converts to the Calico NetworkPolicy Calico's Kubernetes datastore driver
-    /// produces: name `knp.default.<name>`, tier `default`, order 1000, Allow rules,
-    /// one rule per (peer, port), protocol TCP when a port gives none, `endPort` as
-    /// a range, `ipBlock` as nets + notNets.
+    /// produces: name `knp.default.<name>`, tier `default`, order 1000, types as
+    /// [`K8sNetworkPolicy::effective_policy_types`] (rules of a direction the
+    /// policy does not apply in are dropped), Allow rules, one rule per (peer,
+    /// port), protocol TCP when a port gives none, `endPort` as a range,
+    /// `ipBlock` as nets + notNets.
+    ///
+    /// Fails, naming the field, on anything the Kubernetes API server rejects:
+    /// more than two policy types, invalid label keys or values, `In`/`NotIn`
+    /// without values or `Exists`/`DoesNotExist` with values, a peer with no
+    /// selector and no ipBlock, an ipBlock combined with a selector, an `except`
+    /// not strictly inside its `cidr`, a protocol other than TCP, UDP or SCTP,
+    /// port 0, and `endPort` without a numeric `port` at or below it.
     pub fn to_calico(&self) -> Result<NetworkPolicy, Error> {
         let res = format!("NetworkPolicy {}", self.metadata.name);
         if self.api_version != K8S_API {
-            return Err(Error::Invalid {
-                resource: res,
-                field: "apiVersion".into(),
-                reason: format!("expected {K8S_API}, found {}", self.api_version),
-            });
-        }
-        let selector =
-            k8s_selector_to_calico(&res, "spec.podSelector", &self.spec.pod_selector, "")?;
-        let ingress_rules = self.spec.ingress.clone().unwrap_or_default();
-        let egress_rules = self.spec.egress.clone().unwrap_or_default();
-        let types = match &self.spec.policy_types {
-            Some(t) => t.clone(),
-            None if self.spec.egress.is_some() => vec![PolicyType::Ingress, PolicyType::Egress],
-            None => vec![PolicyType::Ingress],
-        };
-        let mut ingress = Vec::new();
-        for (i, r) in ingress_rules.iter().enumerate() {
-            convert_k8s_rule(
+            return Err(invalid(
                 &res,
-                &format!("spec.ingress[{i}]"),
-                r,
-                &r.from,
-                true,
-                &mut ingress,
-            )?;
+                "apiVersion",
+                format!("expected {K8S_API}, found {}", self.api_version),
+            ));
+        }
+        let selector = k8s_selector_to_calico(&res, "spec.podSelector", &self.spec.pod_selector)?;
+        if let Some(ts) = &self.spec.policy_types
+            && ts.len() > 2
+        {
+            return Err(invalid(
+                &res,
+                "spec.policyTypes",
+                format!("lists {} types; at most Ingress and Egress", ts.len()),
+            ));
+        }
+        let types = self.effective_policy_types();
+        let mut ingress = Vec::new();
+        for (i, r) in self.spec.ingress.iter().flatten().enumerate() {
+            let f = format!("spec.ingress[{i}]");
+            convert_k8s_rule(&res, &f, r, &r.from, true, &mut ingress)?;
         }
         let mut egress = Vec::new();
-        for (i, r) in egress_rules.iter().enumerate() {
-            convert_k8s_rule(
-                &res,
-                &format!("spec.egress[{i}]"),
-                r,
-                &r.to,
-                false,
-                &mut egress,
-            )?;
+        for (i, r) in self.spec.egress.iter().flatten().enumerate() {
+            let f = format!("spec.egress[{i}]");
+            convert_k8s_rule(&res, &f, r, &r.to, false, &mut egress)?;
+        }
+        // Rules of a direction the policy does not apply in are valid but inert.
+        if !types.contains(&PolicyType::Ingress) {
+            ingress.clear();
+        }
+        if !types.contains(&PolicyType::Egress) {
+            egress.clear();
         }
         let mut out = Resource::calico(
             "NetworkPolicy",
@@ -715,6 +897,101 @@ impl K8sNetworkPolicy {
     }
 }
 
+fn convert_k8s_peer(res: &str, pf: &str, p: &K8sPeer) -> Result<EntityRule, Error> {
+    let mut e = EntityRule::default();
+    let selectors =
+        usize::from(p.pod_selector.is_some()) + usize::from(p.namespace_selector.is_some());
+    if let Some(b) = &p.ip_block {
+        if selectors > 0 {
+            return Err(invalid(
+                res,
+                pf,
+                "ipBlock cannot be combined with podSelector or namespaceSelector",
+            ));
+        }
+        for (j, x) in b.except.iter().enumerate() {
+            // Strictly inside: same family, longer prefix, and within the cidr.
+            let inside = x.prefix_len() > b.cidr.prefix_len() && b.cidr.contains(&x.network());
+            if !inside {
+                return Err(invalid(
+                    res,
+                    format!("{pf}.ipBlock.except[{j}]"),
+                    format!("{x} must be strictly inside cidr {}", b.cidr),
+                ));
+            }
+        }
+        e.nets = vec![b.cidr.trunc()];
+        e.not_nets = b.except.iter().map(IpNet::trunc).collect();
+        return Ok(e);
+    }
+    if selectors == 0 {
+        return Err(invalid(
+            res,
+            pf,
+            "a peer needs a podSelector, a namespaceSelector or an ipBlock",
+        ));
+    }
+    e.selector = Some(match &p.pod_selector {
+        Some(s) => k8s_selector_to_calico(res, &format!("{pf}.podSelector"), s)?,
+        None => Selector::all(),
+    });
+    if let Some(ns) = &p.namespace_selector {
+        e.namespace_selector = Some(k8s_selector_to_calico(
+            res,
+            &format!("{pf}.namespaceSelector"),
+            ns,
+        )?);
+    }
+    Ok(e)
+}
+
+fn convert_k8s_port(res: &str, pf: &str, p: &K8sPort) -> Result<(Protocol, Vec<Port>), Error> {
+    let proto = p.protocol.unwrap_or(Protocol::TCP);
+    if !matches!(proto, Protocol::TCP | Protocol::UDP | Protocol::SCTP) {
+        return Err(invalid(
+            res,
+            format!("{pf}.protocol"),
+            format!("{proto} is not TCP, UDP or SCTP"),
+        ));
+    }
+    match &p.port {
+        Some(Port::Number(0)) => {
+            return Err(invalid(
+                res,
+                format!("{pf}.port"),
+                "0 is not a port number (1-65535)",
+            ));
+        }
+        Some(r @ Port::Range(..)) => {
+            return Err(invalid(
+                res,
+                format!("{pf}.port"),
+                format!("{r} is not a port number or name (a range is port and endPort)"),
+            ));
+        }
+        _ => {}
+    }
+    let end = format!("{pf}.endPort");
+    let ports = match (&p.port, p.end_port) {
+        (None, None) => Vec::new(),
+        (Some(port), None) => vec![port.clone()],
+        (None, Some(_)) => return Err(invalid(res, end, "needs port to be set")),
+        (Some(Port::Named(n)), Some(_)) => {
+            return Err(invalid(
+                res,
+                end,
+                format!("cannot follow the named port {n:?} (a range needs a numeric port)"),
+            ));
+        }
+        (Some(Port::Number(lo)), Some(hi)) if hi < *lo => {
+            return Err(invalid(res, end, format!("{hi} is below port {lo}")));
+        }
+        (Some(Port::Number(lo)), Some(hi)) => vec![Port::Range(*lo, hi)],
+        (Some(Port::Range(..)), Some(_)) => unreachable!("rejected above"),
+    };
+    Ok((proto, ports))
+}
+
 fn convert_k8s_rule(
     res: &str,
     field: &str,
@@ -727,63 +1004,16 @@ fn convert_k8s_rule(
     if peers.is_empty() {
         peer_entities.push(EntityRule::default());
     }
+    let side = if ingress { "from" } else { "to" };
     for (i, p) in peers.iter().enumerate() {
-        let pf = format!("{field}.{}[{i}]", if ingress { "from" } else { "to" });
-        let mut e = EntityRule::default();
-        if let Some(b) = &p.ip_block {
-            if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-                return Err(Error::Invalid {
-                    resource: res.to_owned(),
-                    field: pf,
-                    reason: "ipBlock cannot be combined with podSelector or namespaceSelector"
-                        .into(),
-                });
-            }
-            for x in &b.except {
-                if !b.cidr.contains(x) {
-                    return Err(Error::Invalid {
-                        resource: res.to_owned(),
-                        field: format!("{pf}.ipBlock.except"),
-                        reason: format!("{x} is not inside cidr {}", b.cidr),
-                    });
-                }
-            }
-            e.nets = vec![b.cidr.trunc()];
-            e.not_nets = b.except.iter().map(IpNet::trunc).collect();
-        } else {
-            e.selector = Some(match &p.pod_selector {
-                Some(s) => k8s_selector_to_calico(res, &format!("{pf}.podSelector"), s, "")?,
-                None => Selector::all(),
-            });
-            if let Some(ns) = &p.namespace_selector {
-                e.namespace_selector = Some(k8s_selector_to_calico(
-                    res,
-                    &format!("{pf}.namespaceSelector"),
-                    ns,
-                    "",
-                )?);
-            }
-        }
-        peer_entities.push(e);
+        peer_entities.push(convert_k8s_peer(res, &format!("{field}.{side}[{i}]"), p)?);
     }
     let mut port_specs: Vec<(Option<Protocol>, Vec<Port>)> = Vec::new();
     if rule.ports.is_empty() {
         port_specs.push((None, Vec::new()));
     }
     for (i, p) in rule.ports.iter().enumerate() {
-        let proto = p.protocol.unwrap_or(Protocol::TCP);
-        let ports = match (&p.port, p.end_port) {
-            (None, None) => Vec::new(),
-            (Some(port), None) => vec![port.clone()],
-            (Some(Port::Number(lo)), Some(hi)) if *lo <= hi => vec![Port::Range(*lo, hi)],
-            _ => {
-                return Err(Error::Invalid {
-                    resource: res.to_owned(),
-                    field: format!("{field}.ports[{i}].endPort"),
-                    reason: "endPort needs a numeric port not above it".into(),
-                });
-            }
-        };
+        let (proto, ports) = convert_k8s_port(res, &format!("{field}.ports[{i}]"), p)?;
         port_specs.push((Some(proto), ports));
     }
     for e in &peer_entities {
@@ -966,7 +1196,7 @@ fn validate_policy(res: &str, meta: &ObjectMeta, spec: &PolicySpec) -> Result<()
             reason: format!("{t:?} is not a tier name"),
         })?;
     }
-    if let Some(types) = &spec.types {
+    if let Some(types) = spec.types.as_ref().filter(|t| !t.is_empty()) {
         let mut seen = std::collections::BTreeSet::new();
         for t in types {
             if !seen.insert(t) {
@@ -1053,6 +1283,16 @@ fn validate_rule(res: &str, field: &str, r: &Rule) -> Result<(), Error> {
                 &format!("{side}.ports"),
                 "ports need protocol TCP, UDP, SCTP or UDPLite".into(),
             ));
+        }
+        for (name, ports) in [("ports", &e.ports), ("notPorts", &e.not_ports)] {
+            for (i, p) in ports.iter().enumerate() {
+                if matches!(p, Port::Number(0) | Port::Range(0, _)) {
+                    return Err(bad(
+                        &format!("{side}.{name}[{i}]"),
+                        format!("{p} includes port 0 (ports are 1-65535)"),
+                    ));
+                }
+            }
         }
         for n in e.nets.iter().chain(&e.not_nets) {
             let v = if matches!(n, IpNet::V4(_)) { 4 } else { 6 };
@@ -1184,13 +1424,23 @@ spec:
 
     #[test]
     fn default_types_follow_calico() {
+        // Calico's API defaulting: no rules or only ingress rules -> Ingress;
+        // only egress rules -> Egress; both -> both. An empty list is absent.
         let mut s = PolicySpec::default();
         assert_eq!(s.effective_types(), vec![PolicyType::Ingress]);
+        s.types = Some(vec![]);
+        assert_eq!(s.effective_types(), vec![PolicyType::Ingress]);
         s.egress.push(Rule::new(Action::Allow));
+        assert_eq!(s.effective_types(), vec![PolicyType::Egress]);
+        s.ingress.push(Rule::new(Action::Allow));
         assert_eq!(
             s.effective_types(),
             vec![PolicyType::Ingress, PolicyType::Egress]
         );
+        s.egress.clear();
+        assert_eq!(s.effective_types(), vec![PolicyType::Ingress]);
+        s.types = Some(vec![PolicyType::Egress]);
+        assert_eq!(s.effective_types(), vec![PolicyType::Egress]);
     }
 
     fn err(yaml: &str) -> String {

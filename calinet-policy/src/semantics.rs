@@ -20,7 +20,11 @@
 //! - An endpoint no tier selects and with no profile allowing the packet is
 //!   denied; an unknown workload interface is denied by the dataplane.
 //! - Kubernetes policies do not get Calico's extra
-//!   `projectcalico.org/orchestrator == 'k8s'` term (all endpoints here are pods).
+//!   `projectcalico.org/orchestrator == 'k8s'` term (every namespaced endpoint is
+//!   a pod and carries that label).
+//! - An endpoint's namespace identity comes from [`Endpoint::namespace`] and the
+//!   namespace's profile only ([`PolicyModel::effective_labels`]): a pod's own
+//!   labels cannot make it a member of another namespace.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -30,9 +34,12 @@ use ipnet::IpNet;
 
 use crate::Error;
 use crate::model::{
-    Action, AnyResource, EntityRule, NAMESPACE_LABEL_PREFIX, ObjectMeta, PolicySpec, PolicyType,
-    Port, Protocol, Rule,
+    Action, AnyResource, EntityRule, NAMESPACE_LABEL_PREFIX, ORCHESTRATOR_LABEL, ObjectMeta,
+    PolicySpec, PolicyType, Port, Protocol, Rule, is_reserved_label, profile_may_set,
 };
+
+/// The value of `projectcalico.org/orchestrator` on Kubernetes pods' endpoints.
+pub const ORCHESTRATOR_K8S: &str = "k8s";
 use crate::selector::{Expr, NAMESPACE_LABEL, Selector};
 
 /// A named port of an endpoint (Kubernetes container port with a name).
@@ -195,16 +202,53 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// A TCP packet.
-    pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Packet {
+    /// A packet of any IP protocol, without ports or ICMP fields.
+    pub fn other(src: IpAddr, dst: IpAddr, protocol: u8) -> Packet {
         Packet {
             src,
             dst,
-            protocol: 6,
-            src_port: sport,
-            dst_port: dport,
+            protocol,
+            src_port: 0,
+            dst_port: 0,
             icmp_type: 0,
             icmp_code: 0,
+        }
+    }
+
+    fn with_ports(protocol: Protocol, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Packet {
+        Packet {
+            src_port: sport,
+            dst_port: dport,
+            ..Packet::other(src, dst, protocol.0)
+        }
+    }
+
+    /// A TCP packet.
+    pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Packet {
+        Packet::with_ports(Protocol::TCP, src, sport, dst, dport)
+    }
+
+    /// A UDP packet.
+    pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Packet {
+        Packet::with_ports(Protocol::UDP, src, sport, dst, dport)
+    }
+
+    /// An SCTP packet.
+    pub fn sctp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Packet {
+        Packet::with_ports(Protocol::SCTP, src, sport, dst, dport)
+    }
+
+    /// An ICMP packet for IPv4 addresses, ICMPv6 for IPv6 ones.
+    pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8, icmp_code: u8) -> Packet {
+        let proto = if src.is_ipv4() {
+            Protocol::ICMP
+        } else {
+            Protocol::ICMPV6
+        };
+        Packet {
+            icmp_type,
+            icmp_code,
+            ..Packet::other(src, dst, proto.0)
         }
     }
 
@@ -484,29 +528,67 @@ impl PolicyModel {
         Ok(PolicyModel { tiers, profiles })
     }
 
-    /// Effective labels of an endpoint: own labels, the namespace label, then
-    /// profile labels (earlier profiles first; own labels always win).
+    /// Effective labels of an endpoint: its own labels over its profiles'
+    /// labels (earlier profiles first), then the identity labels that only the
+    /// namespace and service account set (see [`crate::model::is_reserved_label`]):
+    /// `projectcalico.org/namespace` and `projectcalico.org/orchestrator: k8s`
+    /// from [`Endpoint::namespace`], `pcns.*` from the `kns.<namespace>` profile,
+    /// `pcsa.*` from its `ksa.<namespace>.<serviceaccount>` profiles. Reserved
+    /// keys among the endpoint's own labels, or from any other profile, are
+    /// ignored, so no pod can claim another namespace's identity.
     pub fn effective_labels(&self, ep: &Endpoint) -> BTreeMap<String, String> {
+        let ns = ep.namespace.as_deref();
         let mut out = BTreeMap::new();
         for p in ep.profiles.iter().rev() {
             if let Some(def) = self.profiles.get(p) {
-                out.extend(def.labels.clone());
+                out.extend(
+                    def.labels
+                        .iter()
+                        .filter(|(k, _)| !is_reserved_label(k) || profile_may_set(p, ns, k))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
             }
         }
-        if let Some(ns) = &ep.namespace {
-            out.insert(NAMESPACE_LABEL.to_owned(), ns.clone());
+        out.extend(
+            ep.labels
+                .iter()
+                .filter(|(k, _)| !is_reserved_label(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if let Some(ns) = ns {
+            out.insert(NAMESPACE_LABEL.to_owned(), ns.to_owned());
+            out.insert(ORCHESTRATOR_LABEL.to_owned(), ORCHESTRATOR_K8S.to_owned());
         }
-        out.extend(ep.labels.clone());
         out
     }
 
     /// Calico's verdict for `pkt` in direction `dir` of endpoint `ep`, evaluated
-    /// directly on the model (the reference for the compiler).
-    pub fn evaluate(&self, eps: &Endpoints, ep: &str, dir: Direction, pkt: &Packet) -> Verdict {
-        let Some(labels) = eps.labels(ep) else {
-            return Verdict::Deny;
+    /// directly on the model (the reference for the compiler). Fails with
+    /// [`Error::Endpoint`] when `eps` has no endpoint named `ep`.
+    pub fn evaluate(
+        &self,
+        eps: &Endpoints,
+        ep: &str,
+        dir: Direction,
+        pkt: &Packet,
+    ) -> Result<Verdict, Error> {
+        let (Some(labels), Some(endpoint)) = (eps.labels(ep), eps.by_name.get(ep)) else {
+            return Err(Error::Endpoint {
+                endpoint: ep.to_owned(),
+                reason: "no such endpoint to evaluate".into(),
+            });
         };
-        let endpoint = &eps.by_name[ep];
+        Ok(self.verdict(labels, endpoint, dir, pkt, eps))
+    }
+
+    fn verdict(
+        &self,
+        labels: &BTreeMap<String, String>,
+        endpoint: &Endpoint,
+        dir: Direction,
+        pkt: &Packet,
+        eps: &Endpoints,
+    ) -> Verdict {
         'tiers: for tier in &self.tiers {
             let applicable: Vec<&PolicyDef> = tier
                 .policies
@@ -762,7 +844,7 @@ mod tests {
         let (m, eps) = setup("");
         let p = tcp("10.0.0.1", "10.0.0.2", 5432);
         assert_eq!(
-            m.evaluate(&eps, "a/db", Direction::Ingress, &p),
+            m.evaluate(&eps, "a/db", Direction::Ingress, &p).unwrap(),
             Verdict::Allow
         );
     }
@@ -785,21 +867,25 @@ spec:
         );
         let ing = Direction::Ingress;
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 5432)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 5432))
+                .unwrap(),
             Verdict::Allow
         );
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 22)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 22))
+                .unwrap(),
             Verdict::Deny
         );
         // Named port: the db endpoint has http = 8080.
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 8080)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 8080))
+                .unwrap(),
             Verdict::Allow
         );
         // The web pod in namespace b is not selected by a namespaced rule selector.
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.1.1", "10.0.0.2", 5432)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.1.1", "10.0.0.2", 5432))
+                .unwrap(),
             Verdict::Deny
         );
         // Egress is not governed by the policy (types default to Ingress): profile allows.
@@ -809,12 +895,14 @@ spec:
                 "a/db",
                 Direction::Egress,
                 &tcp("10.0.0.2", "10.0.0.1", 1)
-            ),
+            )
+            .unwrap(),
             Verdict::Allow
         );
         // The web endpoint is not selected: profile.
         assert_eq!(
-            m.evaluate(&eps, "a/web", ing, &tcp("10.0.1.1", "10.0.0.1", 22)),
+            m.evaluate(&eps, "a/web", ing, &tcp("10.0.1.1", "10.0.0.1", 22))
+                .unwrap(),
             Verdict::Allow
         );
     }
@@ -858,21 +946,25 @@ spec:
         assert_eq!(m.tiers[0].name, "security");
         // Port 23 denied in the security tier.
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 23)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 23))
+                .unwrap(),
             Verdict::Deny
         );
         // Passed to default tier: 22 allowed (in 1..1024), 5432 denied by notPorts.
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 22)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 22))
+                .unwrap(),
             Verdict::Allow
         );
         assert_eq!(
-            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 5432)),
+            m.evaluate(&eps, "a/db", ing, &tcp("10.0.0.1", "10.0.0.2", 5432))
+                .unwrap(),
             Verdict::Deny
         );
         // Namespace b is not selected by the security tier: goes straight to default tier.
         assert_eq!(
-            m.evaluate(&eps, "b/web", ing, &tcp("10.0.0.1", "10.0.1.1", 23)),
+            m.evaluate(&eps, "b/web", ing, &tcp("10.0.0.1", "10.0.1.1", 23))
+                .unwrap(),
             Verdict::Allow
         );
     }

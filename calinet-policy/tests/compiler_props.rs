@@ -40,7 +40,7 @@ proptest! {
         }
         let model_verdict = |ep: &str, dir, p: &calinet_policy::semantics::Packet| {
             if ipv6 || p.is_v4() {
-                model.evaluate(&eps, ep, dir, p)
+                model.evaluate(&eps, ep, dir, p).unwrap()
             } else {
                 Verdict::Deny
             }

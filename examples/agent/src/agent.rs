@@ -689,7 +689,8 @@ impl Agent {
             let pod = &w.pod;
             let name = wep_name(&self.node, &pod.metadata.name, "eth0");
             let key = format!("{}{}/{}", keys::WEPS, pod.namespace(), name);
-            let mut labels = pod.metadata.labels.clone();
+            // Identity labels come from the namespace, never from the pod.
+            let mut labels = calinet_policy::model::without_reserved_labels(&pod.metadata.labels);
             labels.insert(
                 "projectcalico.org/namespace".into(),
                 pod.namespace().to_owned(),

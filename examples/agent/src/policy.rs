@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use calinet_policy::compile::{self, Options, Pool};
 use calinet_policy::ir::{Chain, Rule, Ruleset, Stmt};
-use calinet_policy::model::{AnyResource, Profile};
+use calinet_policy::model::{AnyResource, Profile, without_reserved_labels};
 use calinet_policy::netlink::{NetlinkBackend, NetlinkSocket};
 use calinet_policy::semantics::{Endpoint, Endpoints, NamedPort, PolicyModel};
 
@@ -64,7 +64,7 @@ pub fn desired_ruleset(
             local: true,
             interface: w.spec.host_ifname.to_string(),
             addrs: w.spec.ipv4.map(std::net::IpAddr::V4).into_iter().collect(),
-            labels: pod.metadata.labels.clone(),
+            labels: without_reserved_labels(&pod.metadata.labels),
             profiles: vec![format!("kns.{}", pod.namespace())],
             named_ports: pod
                 .spec
@@ -99,7 +99,9 @@ pub fn desired_ruleset(
             local: false,
             interface: String::new(),
             addrs: w.spec.ip_networks.iter().map(|n| n.addr()).collect(),
-            labels: pod.map(|p| p.metadata.labels.clone()).unwrap_or_default(),
+            labels: pod
+                .map(|p| without_reserved_labels(&p.metadata.labels))
+                .unwrap_or_default(),
             profiles: vec![format!("kns.{ns}")],
             named_ports: w
                 .spec

@@ -111,6 +111,7 @@ mod node;
 mod plan;
 mod render;
 mod resources;
+mod status;
 
 pub use control::{BirdRoute, ControlSocket, ProtocolStatus, Reply};
 pub use controller::{Applied, Bird, BirdProcess, Controller, read_secrets};
@@ -125,3 +126,4 @@ pub use resources::{
     BgpPeerSpec, DEFAULT_AS, DEFAULT_PORT, GoDuration, ObjectMeta, Password, PeerAddress,
     SecretKeyRef, ServiceCidr, SourceAddress,
 };
+pub use status::{PeerStatus, node_status};

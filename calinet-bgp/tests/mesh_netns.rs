@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use calinet_bgp::{
-    Applied, Bird, BirdProcess, Controller, Input, NodeBgpSpec, NodeInfo, Pool, plan, render,
+    Applied, Bird, BirdProcess, Controller, Input, NodeBgpSpec, NodeInfo, PeerType, Pool,
+    node_status, plan, render,
 };
 use ipnet::IpNet;
 
@@ -19,6 +20,10 @@ struct Cluster {
 
 impl Cluster {
     fn config(&self, i: usize) -> String {
+        render(&self.plan(i))
+    }
+
+    fn plan(&self, i: usize) -> calinet_bgp::Plan {
         let mut input = Input::new(self.nodes[i].0.clone());
         for (name, addr) in &self.nodes {
             input.nodes.push(NodeInfo::new(
@@ -28,7 +33,7 @@ impl Cluster {
         }
         input.pools.push(Pool::new(POOL.parse().unwrap()));
         input.blocks = self.blocks[i].clone();
-        render(&plan(&input).expect("valid plan"))
+        plan(&input).expect("valid plan")
     }
 }
 
@@ -121,6 +126,15 @@ fn three_node_mesh_in_namespaces() {
             .map(|j| format!("Mesh_198_51_100_{}", 10 + j))
             .collect();
         assert_eq!(names, want);
+        // What `calicoctl node status` shows.
+        let rows = node_status(&cluster.plan(i), &protocols);
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert_eq!(
+                (row.peer_type, row.state.as_str(), row.info.as_str()),
+                (PeerType::Mesh, "up", "Established")
+            );
+        }
     }
     let expect = |i: usize, cluster: &Cluster, without: &[usize]| -> BTreeSet<IpNet> {
         let mut want: BTreeSet<IpNet> = cluster.blocks[i].iter().copied().collect(); // own blackholes

@@ -151,7 +151,9 @@ impl<B: Bird> Controller<B> {
 }
 
 /// A real `bird -f` process with its own configuration, control socket, pid
-/// file and log under one runtime directory. Killed when dropped.
+/// file and log under one runtime directory. The BIRD it started is killed
+/// when dropped (unless [detached](BirdProcess::detach)); a BIRD already
+/// answering on the socket is adopted instead of started twice.
 #[derive(Debug)]
 pub struct BirdProcess {
     program: String,
@@ -201,11 +203,24 @@ impl BirdProcess {
         self.dir.join("bird.log")
     }
 
-    /// The process id, while it runs.
+    /// The process id, while it runs (read from the pid file for an adopted
+    /// BIRD).
     pub fn pid(&mut self) -> Option<u32> {
-        self.is_running()
-            .then(|| self.child.as_ref().map(Child::id))
-            .flatten()
+        if !self.is_running() {
+            return None;
+        }
+        match &self.child {
+            Some(child) => Some(child.id()),
+            None => std::fs::read_to_string(self.dir.join("bird.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok()),
+        }
+    }
+
+    /// Lets BIRD run on after this value is dropped (an agent handing over
+    /// to its next instance, which adopts it through the socket).
+    pub fn detach(&mut self) {
+        self.child = None;
     }
 
     /// Kills BIRD with SIGKILL, as a crash would (no clean shutdown).
@@ -250,7 +265,9 @@ impl Bird for BirdProcess {
     fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
+            // A BIRD left running by an earlier controller (an agent that
+            // restarted) answers on the socket; it is adopted, not restarted.
+            None => self.connect().is_ok(),
         }
     }
 
@@ -329,6 +346,10 @@ impl Bird for BirdProcess {
         if !self.is_running() {
             self.child = None;
             return Ok(());
+        }
+        if self.child.is_none() {
+            // Adopted: only the control socket reaches it.
+            return self.connect().and_then(|mut c| c.down());
         }
         let result = self.connect().and_then(|mut c| c.down());
         let deadline = Instant::now() + self.timeout;

@@ -103,43 +103,71 @@ impl FromStr for GoDuration {
         if s == "0" {
             return Ok(GoDuration(Duration::ZERO));
         }
-        let mut rest = s;
-        let mut total = Duration::ZERO;
-        if rest.is_empty() {
+        if s.is_empty() {
             return Err(bad());
         }
+        // Exact integer arithmetic in nanoseconds (no float rounding).
+        let mut rest = s;
+        let mut total: u128 = 0;
         while !rest.is_empty() {
             let n = rest
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
                 .ok_or_else(bad)?;
-            let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+            let (int, frac) = rest[..n].split_once('.').unwrap_or((&rest[..n], ""));
+            if (int.is_empty() && frac.is_empty()) || frac.contains('.') || frac.len() > 18 {
+                return Err(bad());
+            }
             rest = &rest[n..];
             let u = rest
                 .find(|c: char| c.is_ascii_digit())
                 .unwrap_or(rest.len());
-            let scale = match &rest[..u] {
-                "h" => 3600.0,
-                "m" => 60.0,
-                "s" => 1.0,
-                "ms" => 1e-3,
-                "us" | "µs" => 1e-6,
-                "ns" => 1e-9,
+            let unit: u128 = match &rest[..u] {
+                "h" => 3_600_000_000_000,
+                "m" => 60_000_000_000,
+                "s" => 1_000_000_000,
+                "ms" => 1_000_000,
+                "us" | "µs" => 1_000,
+                "ns" => 1,
                 _ => return Err(bad()),
             };
             rest = &rest[u..];
-            total += Duration::try_from_secs_f64(value * scale).map_err(|_| bad())?;
+            let int: u128 = if int.is_empty() {
+                0
+            } else {
+                int.parse().map_err(|_| bad())?
+            };
+            let frac_ns = if frac.is_empty() {
+                0
+            } else {
+                let digits: u128 = frac.parse().map_err(|_| bad())?;
+                digits * unit / 10u128.pow(frac.len() as u32)
+            };
+            total = int
+                .checked_mul(unit)
+                .and_then(|v| v.checked_add(frac_ns))
+                .and_then(|v| v.checked_add(total))
+                .ok_or_else(bad)?;
         }
-        Ok(GoDuration(total))
+        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| bad())?;
+        Ok(GoDuration(Duration::new(
+            secs,
+            (total % 1_000_000_000) as u32,
+        )))
     }
 }
 
 impl fmt::Display for GoDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        if d.subsec_nanos() == 0 {
+        let nanos = d.subsec_nanos();
+        if nanos == 0 {
             write!(f, "{}s", d.as_secs())
-        } else {
+        } else if nanos.is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
+        } else if nanos.is_multiple_of(1_000) {
+            write!(f, "{}us", d.as_micros())
+        } else {
+            write!(f, "{}ns", d.as_nanos())
         }
     }
 }

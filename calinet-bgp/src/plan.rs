@@ -464,11 +464,14 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
         }
     }
 
-    let applies = |p: &CheckedPeer| match (&p.node, &p.node_selector) {
-        (Some(n), _) => *n == me.name,
-        (None, Some(sel)) => sel.matches(&me.labels),
+    // Whether a BGPPeer applies to a node: by name, by nodeSelector, or to
+    // every node (a global peer).
+    let applies_to = |p: &CheckedPeer, n: &NodeInfo| match (&p.node, &p.node_selector) {
+        (Some(name), _) => *name == n.name,
+        (None, Some(sel)) => sel.matches(&n.labels),
         (None, None) => true,
     };
+    let applies = |p: &CheckedPeer| applies_to(p, me);
     let peer_type = |p: &CheckedPeer| {
         if p.node.is_some() || p.node_selector.is_some() {
             PeerType::NodeSpecific
@@ -548,12 +551,19 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
             },
         );
     }
-    // Then node-to-node peerings chosen by peerSelector; overlaps are merged.
-    for p in peers.iter().filter(|p| applies(p)) {
+    // Then node-to-node peerings chosen by peerSelector, in both directions
+    // (as confd does: a session needs both ends configured): nodes the
+    // BGPPeer applies to peer with the nodes its peerSelector selects, and
+    // the selected nodes peer back. Overlaps are merged.
+    for p in &peers {
         let Target::Nodes(sel) = &p.peer else {
             continue;
         };
-        for other in others().filter(|n| sel.matches(&n.labels)) {
+        let forward = applies_to(p, me);
+        let reverse = sel.matches(&me.labels);
+        for other in others()
+            .filter(|n| (forward && sel.matches(&n.labels)) || (reverse && applies_to(p, n)))
+        {
             for family in [Family::V4, Family::V6] {
                 if me.address(family).is_none() {
                     continue;

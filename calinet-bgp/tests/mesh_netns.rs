@@ -2,8 +2,12 @@
 //! node's BIRD run by the controller with the rendered configuration.
 //! Needs root and `bird` (Debian `bird2`); skips visibly otherwise.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use common::{bird_routes, net, wait_established, wait_routes};
 
 use calinet_bgp::{
     Applied, Bird, BirdProcess, Controller, Input, NodeBgpSpec, NodeInfo, PeerType, Pool,
@@ -37,45 +41,11 @@ impl Cluster {
     }
 }
 
-fn bird_routes(ns: &testlab::Netns) -> BTreeSet<IpNet> {
-    ns.routes()
-        .expect("ip route")
-        .into_iter()
-        .filter(|r| r.protocol.as_deref() == Some("bird"))
-        .filter_map(|r| r.dst_net())
-        .collect()
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn wait_established(c: &mut Controller<BirdProcess>, sessions: usize, what: &str) {
-    testlab::wait_for(what, Duration::from_secs(40), || {
-        let protocols = c
-            .protocols()
-            .map_err(|e| testlab::Error::Invalid(e.to_string()))?;
-        Ok(protocols
-            .iter()
-            .filter(|p| p.proto == "BGP" && p.is_established())
-            .count()
-            == sessions)
-    })
-    .unwrap_or_else(|e| panic!("{what}: {e}; protocols: {:#?}", c.protocols()));
-}
-
-fn wait_routes(ns: &testlab::Netns, want: &BTreeSet<IpNet>, what: &str) {
-    testlab::wait_for(what, Duration::from_secs(40), || {
-        Ok(bird_routes(ns) == *want)
-    })
-    .unwrap_or_else(|e| panic!("{what}: {e}; have {:?}, want {want:?}", bird_routes(ns)));
-}
-
 #[test]
 fn three_node_mesh_in_namespaces() {
     testlab::require_root!();
-    if !testlab::cmd::have("bird") {
-        testlab::skip!("bird (Debian bird2) is not installed");
+    if !common::have_bird() {
+        return;
     }
     let lab = testlab::Lab::new("three_node_mesh").unwrap();
     let seg = lab.segment("198.51.100.0/24").unwrap();

@@ -168,6 +168,19 @@ fn peer_selector_peers_with_selected_nodes() {
         .collect();
     assert_eq!(got, [("Node_198_51_100_12", Some("n3"))]);
     assert_eq!(p.sessions[0].peer_as.get(), 64512);
+    // The selected node peers back with every node the BGPPeer applies to.
+    input.node = "n3".into();
+    let p = plan(&input).unwrap();
+    let got: Vec<_> = p
+        .sessions
+        .iter()
+        .map(|s| s.peer_node.as_deref().unwrap())
+        .collect();
+    assert_eq!(got, ["n1", "n2"]);
+    // A node neither side selects has no session.
+    input.peers[0].spec.node_selector = Some("kubernetes.io/hostname == 'n1'".into());
+    input.node = "n2".into();
+    assert!(plan(&input).unwrap().sessions.is_empty());
 }
 
 #[test]

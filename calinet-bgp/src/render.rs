@@ -82,10 +82,16 @@ pub fn render(plan: &Plan) -> String {
         }
         let _ = writeln!(o, "}}\n");
     }
+    // BIRD 2 sets the listening port per protocol (`local port`), where
+    // Calico's BIRD 1 had a global `listen bgp port`.
+    let local = if plan.listen_port == crate::resources::DEFAULT_PORT {
+        format!("local as {}", plan.local_as)
+    } else {
+        format!("local port {} as {}", plan.listen_port, plan.local_as)
+    };
     let _ = writeln!(
         o,
-        "template bgp calinet_peer {{\n  local as {};\n  graceful restart on;\n  connect delay time 2;\n  connect retry time 5;\n  error wait time 5, 30;\n}}\n",
-        plan.local_as
+        "template bgp calinet_peer {{\n  {local};\n  graceful restart on;\n  connect delay time 2;\n  connect retry time 5;\n  error wait time 5, 30;\n}}\n"
     );
     for s in &plan.sessions {
         render_session(o, plan, s);

@@ -92,7 +92,21 @@ fn mesh_off_leaves_only_explicit_peers() {
     let p = plan(&input).unwrap();
     assert_eq!(p.sessions.len(), 1);
     assert_eq!(p.local_as.get(), 64600);
+    assert!(render(&p).contains("  local as 64600;\n"));
     assert!(!p.sessions[0].is_internal());
+}
+
+#[test]
+fn listen_port_is_bird_local_port_and_mesh_peers_port() {
+    let mut input = cluster("n1");
+    let mut config = BgpConfiguration::new("default");
+    config.spec.listen_port = Some(1790);
+    input.config = Some(config);
+    let p = plan(&input).unwrap();
+    assert_eq!(p.sessions[0].name, "Mesh_198_51_100_11_port_1790");
+    let cfg = render(&p);
+    assert!(cfg.contains("  local port 1790 as 64512;\n"), "{cfg}");
+    assert!(cfg.contains("neighbor 198.51.100.11 port 1790 as 64512;"));
 }
 
 #[test]

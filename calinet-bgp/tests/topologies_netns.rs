@@ -277,3 +277,49 @@ fn a_restarted_agent_adopts_the_running_bird() {
     second.stop().unwrap();
     assert!(!second.bird_mut().is_running());
 }
+
+#[test]
+fn mesh_on_a_custom_listen_port() {
+    testlab::require_root!();
+    if !common::have_bird() {
+        return;
+    }
+    let lab = testlab::Lab::new("bgp_port").unwrap();
+    let seg = lab.segment("198.51.100.0/24").unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let mut input = Input::new("");
+    let mut config = BgpConfiguration::new("default");
+    config.spec.listen_port = Some(1790);
+    input.config = Some(config);
+    input.pools.push(Pool::new(net("10.65.0.0/16")));
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let addr = format!("198.51.100.{}", 10 + i);
+        nodes.push(
+            lab.node(&format!("n{i}"), &seg, addr.parse().unwrap())
+                .unwrap(),
+        );
+        input.nodes.push(NodeInfo::new(
+            format!("n{i}"),
+            NodeBgpSpec::ipv4(format!("{addr}/24").parse().unwrap()),
+        ));
+    }
+    let mut birds: Vec<_> = nodes
+        .iter()
+        .map(|n| bird(runtime.path(), &n.name, n))
+        .collect();
+    for (i, c) in birds.iter_mut().enumerate() {
+        let mut input = input.clone();
+        input.node = format!("n{i}");
+        input.blocks = vec![net(&format!("10.65.{i}.0/26"))];
+        c.apply(&render(&plan(&input).unwrap()), Instant::now())
+            .unwrap();
+    }
+    wait_established(&mut birds[0], 1, "session on port 1790");
+    let listening = nodes[0].exec("ss", &["-Htln", "sport = :1790"]).unwrap();
+    assert!(!listening.trim().is_empty(), "BIRD listens on 1790");
+    let on_179 = nodes[0].exec("ss", &["-Htln", "sport = :179"]).unwrap();
+    assert!(on_179.trim().is_empty(), "nothing on 179: {on_179}");
+    let want: BTreeSet<_> = [net("10.65.0.0/26"), net("10.65.1.0/26")].into();
+    wait_routes(&nodes[0], &want, "routes over port 1790");
+}

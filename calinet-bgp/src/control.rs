@@ -247,14 +247,21 @@ pub(crate) fn parse_protocols(reply: &Reply) -> Vec<ProtocolStatus> {
                 let proto = words.next().unwrap_or_default().to_owned();
                 let _table = words.next();
                 let state = words.next().unwrap_or_default().to_owned();
-                let date = words.next().unwrap_or_default();
-                let time = words.next().unwrap_or_default();
+                // `2026-12-06 05:12:28` (iso long) or `05:12:28.123` (BIRD's
+                // default): a date takes the next word along.
+                let mut since = words.next().unwrap_or_default().to_owned();
+                if since.len() == 10
+                    && since.as_bytes().get(4) == Some(&b'-')
+                    && let Some(time) = words.next()
+                {
+                    since = format!("{since} {time}");
+                }
                 let info = words.collect::<Vec<_>>().join(" ");
                 out.push(ProtocolStatus {
                     name,
                     proto,
                     state,
-                    since: format!("{date} {time}").trim().to_owned(),
+                    since,
                     info,
                     ..Default::default()
                 });
@@ -399,6 +406,18 @@ mod tests {
         assert_eq!((p[1].routes_imported, p[1].routes_exported), (1, 1));
         assert_eq!(p[2].info, "Active Socket: Connection refused");
         assert!(!p[2].is_established());
+    }
+
+    #[test]
+    fn parses_default_time_format() {
+        // BIRD's default protocol time format (a config without timeformat).
+        let p = parse_protocols(&reply(
+            "2002-Name       Proto      Table      State  Since         Info\n\
+             1002-peer       BGP        ---        up     05:28:01.483  Established   \n\
+             0000 \n",
+        ));
+        assert_eq!(p[0].since, "05:28:01.483");
+        assert!(p[0].is_established());
     }
 
     #[test]

@@ -99,8 +99,10 @@
 //! with [`BirdProcess::in_netns`]); after a crash it is started with `-R`.
 //!
 //! Measured here (`cargo bench -p calinet-bgp`, 2 shared cores): plan and
-//! render of a 1,000-peer mesh about 1.2 ms, `configure` of it over the
-//! socket about 19 ms without restarting BIRD.
+//! render of a 1,000-peer mesh 1.2-1.5 ms, `configure` of it over the socket
+//! 15-33 ms without restarting BIRD (writing the file and `birdc configure`:
+//! 17-41 ms); 1,000 new blocks reach a peer's kernel in about 130 ms, against
+//! about 120 ms for two BIRDs with minimal hand-written configs.
 
 #![forbid(unsafe_code)]
 

@@ -252,6 +252,9 @@ pub struct Session {
     pub passive: bool,
     /// Graceful restart time the peer is asked to honour.
     pub restart_time: Option<Duration>,
+    /// The peer is not on one of this node's subnets: an eBGP session needs
+    /// `multihop` (iBGP sessions are multihop in BIRD anyway).
+    pub multihop: bool,
 }
 
 impl Session {
@@ -413,6 +416,10 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
             .as_ref()
             .and_then(|b| b.cluster_id(&n.name).ok().flatten())
     };
+    let on_link = |ip: IpAddr| match (ip, &my_bgp) {
+        (IpAddr::V4(ip), b) => b.ipv4_address.is_some_and(|n| n.contains(&ip)),
+        (IpAddr::V6(ip), b) => b.ipv6_address.is_some_and(|n| n.contains(&ip)),
+    };
     let listen_port = spec.listen_port();
     let mesh_port = (listen_port != crate::resources::DEFAULT_PORT).then_some(listen_port);
 
@@ -448,6 +455,7 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
                 // the one whose address is smaller as a string.
                 passive: local.is_some_and(|l| peer_address.to_string() > l.to_string()),
                 restart_time: peer.and_then(|p| p.max_restart_time),
+                multihop: !on_link(peer_address),
             })
         };
 
@@ -548,6 +556,7 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
                 rr_client,
                 passive: false,
                 restart_time: p.max_restart_time,
+                multihop: !on_link(addr.ip),
             },
         );
     }

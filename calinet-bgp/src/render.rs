@@ -188,6 +188,9 @@ fn render_session(o: &mut String, plan: &Plan, s: &Session) {
     if let Some(src) = s.source_address {
         let _ = writeln!(o, "  source address {src};");
     }
+    if s.multihop && !s.is_internal() {
+        let _ = writeln!(o, "  multihop;");
+    }
     if s.passive {
         let _ = writeln!(o, "  passive on;");
     }

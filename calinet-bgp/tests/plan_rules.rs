@@ -124,9 +124,17 @@ fn global_peer_with_port_and_its_name() {
     assert_eq!(s.peer_as.get(), 65001);
     assert!(s.keep_original_next_hop);
     assert_eq!(s.restart_time.unwrap().as_secs(), 120);
+    // 192.0.2.1 is not on n3's subnet: eBGP needs multihop.
+    assert!(s.multihop);
+    assert!(
+        !p.session("Mesh_198_51_100_10").unwrap().multihop,
+        "mesh peers share the subnet"
+    );
     let cfg = render(&p);
     assert!(
-        cfg.contains("neighbor 192.0.2.1 port 1790 as 65001;"),
+        cfg.contains(
+            "neighbor 192.0.2.1 port 1790 as 65001;\n  source address 198.51.100.12;\n  multihop;"
+        ),
         "{cfg}"
     );
     assert!(cfg.contains("graceful restart time 120;"));

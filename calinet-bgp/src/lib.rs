@@ -77,7 +77,8 @@
 //!   own blocks; blocks of pools with `disableBGPExport` are not advertised
 //!   (their blackhole still reaches the kernel when BIRD owns the pool).
 //!   A pool's `disabled` flag does not change routing: existing blocks keep
-//!   their routes.
+//!   their routes. Blocks and addresses outside every pool are neither
+//!   advertised nor accepted.
 //! - iBGP sessions use `gateway recursive`, as Calico's do: next hops resolve
 //!   through interface routes (`protocol direct`, without `cali*`) and kernel
 //!   routes the kernel protocol learns (`learn; import all`). None of those

@@ -11,7 +11,8 @@ use ipnet::IpNet;
 use crate::error::Error;
 use crate::node::NodeBgpSpec;
 use crate::resources::{
-    AsNumber, BgpConfiguration, BgpPeer, CheckedPeer, Password, SecretKeyRef, SourceAddress, Target,
+    AsNumber, BgpConfiguration, BgpConfigurationSpec, BgpPeer, CheckedPeer, Password, SecretKeyRef,
+    SourceAddress, Target,
 };
 
 /// An address family; BIRD 2 keeps one table, one kernel protocol and one set
@@ -345,48 +346,8 @@ pub fn session_name(peer_type: PeerType, ip: IpAddr, port: Option<u16>) -> Strin
 /// Computes `input.node`'s plan. Checks every resource first; nothing is
 /// planned when anything is invalid.
 pub fn plan(input: &Input) -> Result<Plan, Error> {
-    let config = input
-        .config
-        .clone()
-        .unwrap_or_else(|| BgpConfiguration::new("default"));
-    config.validate()?;
+    let (config, peers) = check(input)?;
     let spec = &config.spec;
-    let mut seen = BTreeSet::new();
-    for node in &input.nodes {
-        if !seen.insert(node.name.as_str()) {
-            return Err(Error::DuplicateNode {
-                node: node.name.clone(),
-            });
-        }
-        if let Some(bgp) = &node.bgp {
-            bgp.validate(&node.name)?;
-        }
-    }
-    let mut peers = Vec::with_capacity(input.peers.len());
-    for p in &input.peers {
-        peers.push(p.check()?);
-    }
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-    for pool in &input.pools {
-        if pool.cidr.prefix_len() == 0 {
-            return Err(Error::Invalid {
-                resource: format!("IPPool {}", pool.cidr),
-                field: "spec.cidr",
-                value: pool.cidr.to_string(),
-                rule: "a pool may not be a default route",
-            });
-        }
-    }
-    for b in &input.borrowed {
-        if b.prefix_len() != b.max_prefix_len() {
-            return Err(Error::Invalid {
-                resource: format!("Node {}", input.node),
-                field: "borrowed addresses",
-                value: b.to_string(),
-                rule: "a borrowed address is a /32 or /128",
-            });
-        }
-    }
     let me = input
         .nodes
         .iter()
@@ -589,66 +550,6 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
     let mut sessions: Vec<Session> = sessions.into_values().collect();
     sessions.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let family_routes = |family: Family| {
-        let in_family = |n: &IpNet| Family::of(n.addr()) == family;
-        let pool_of = |n: &IpNet| input.pools.iter().find(|p| p.cidr.contains(n));
-        let exported = |n: &IpNet| pool_of(n).is_some_and(|p| !p.disable_bgp_export);
-        let sorted = |mut v: Vec<IpNet>| {
-            v.sort();
-            v.dedup();
-            v
-        };
-        let blocks = sorted(
-            input
-                .blocks
-                .iter()
-                .map(IpNet::trunc)
-                .filter(|b| in_family(b) && exported(b))
-                .collect(),
-        );
-        let kernel_blackholes = sorted(
-            input
-                .blocks
-                .iter()
-                .map(IpNet::trunc)
-                .filter(|b| in_family(b) && pool_of(b).is_some_and(|p| !p.encapsulated()))
-                .collect(),
-        );
-        let pools = |f: &dyn Fn(&Pool) -> bool| {
-            sorted(
-                input
-                    .pools
-                    .iter()
-                    .filter(|p| in_family(&p.cidr) && f(p))
-                    .map(|p| p.cidr)
-                    .collect(),
-            )
-        };
-        Routes {
-            local_address: me.address(family),
-            kernel_blackholes,
-            borrowed: sorted(
-                input
-                    .borrowed
-                    .iter()
-                    .copied()
-                    .filter(|b| in_family(b) && exported(b))
-                    .filter(|b| !blocks.iter().any(|own| own.contains(b)))
-                    .collect(),
-            ),
-            blocks,
-            services: sorted(
-                spec.service_cidrs()
-                    .map(|c| c.trunc())
-                    .filter(in_family)
-                    .collect(),
-            ),
-            import: pools(&|_| true),
-            reexport: pools(&|p| !p.disable_bgp_export),
-            kernel: pools(&|p| !p.encapsulated()),
-        }
-    };
-
     Ok(Plan {
         node: me.name.clone(),
         router_id,
@@ -657,7 +558,115 @@ pub fn plan(input: &Input) -> Result<Plan, Error> {
         log_severity: spec.log_severity().to_owned(),
         rr_cluster_id: my_cluster,
         sessions,
-        v4: family_routes(Family::V4),
-        v6: family_routes(Family::V6),
+        v4: routes(input, me, spec, Family::V4),
+        v6: routes(input, me, spec, Family::V6),
     })
+}
+
+/// Checks every resource of `input`; the BGPConfiguration (Calico's defaults
+/// when absent) and the BGPPeers, parsed and ordered by name.
+fn check(input: &Input) -> Result<(BgpConfiguration, Vec<CheckedPeer>), Error> {
+    let config = input
+        .config
+        .clone()
+        .unwrap_or_else(|| BgpConfiguration::new("default"));
+    config.validate()?;
+    let mut seen = BTreeSet::new();
+    for node in &input.nodes {
+        if !seen.insert(node.name.as_str()) {
+            return Err(Error::DuplicateNode {
+                node: node.name.clone(),
+            });
+        }
+        if let Some(bgp) = &node.bgp {
+            bgp.validate(&node.name)?;
+        }
+    }
+    let mut peers = Vec::with_capacity(input.peers.len());
+    for p in &input.peers {
+        peers.push(p.check()?);
+    }
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    for pool in &input.pools {
+        if pool.cidr.prefix_len() == 0 {
+            return Err(Error::Invalid {
+                resource: format!("IPPool {}", pool.cidr),
+                field: "spec.cidr",
+                value: pool.cidr.to_string(),
+                rule: "a pool may not be a default route",
+            });
+        }
+    }
+    for b in &input.borrowed {
+        if b.prefix_len() != b.max_prefix_len() {
+            return Err(Error::Invalid {
+                resource: format!("Node {}", input.node),
+                field: "borrowed addresses",
+                value: b.to_string(),
+                rule: "a borrowed address is a /32 or /128",
+            });
+        }
+    }
+    Ok((config, peers))
+}
+
+/// What `me` exports, imports and programs in `family`.
+fn routes(input: &Input, me: &NodeInfo, spec: &BgpConfigurationSpec, family: Family) -> Routes {
+    let in_family = |n: &IpNet| Family::of(n.addr()) == family;
+    let pool_of = |n: &IpNet| input.pools.iter().find(|p| p.cidr.contains(n));
+    let exported = |n: &IpNet| pool_of(n).is_some_and(|p| !p.disable_bgp_export);
+    let sorted = |mut v: Vec<IpNet>| {
+        v.sort();
+        v.dedup();
+        v
+    };
+    let blocks = sorted(
+        input
+            .blocks
+            .iter()
+            .map(IpNet::trunc)
+            .filter(|b| in_family(b) && exported(b))
+            .collect(),
+    );
+    let kernel_blackholes = sorted(
+        input
+            .blocks
+            .iter()
+            .map(IpNet::trunc)
+            .filter(|b| in_family(b) && pool_of(b).is_some_and(|p| !p.encapsulated()))
+            .collect(),
+    );
+    let pools = |f: &dyn Fn(&Pool) -> bool| {
+        sorted(
+            input
+                .pools
+                .iter()
+                .filter(|p| in_family(&p.cidr) && f(p))
+                .map(|p| p.cidr)
+                .collect(),
+        )
+    };
+    Routes {
+        local_address: me.address(family),
+        kernel_blackholes,
+        borrowed: sorted(
+            input
+                .borrowed
+                .iter()
+                .copied()
+                .filter(|b| in_family(b) && exported(b))
+                .filter(|b| !blocks.iter().any(|own| own.contains(b)))
+                .collect(),
+        ),
+        blocks,
+        services: sorted(
+            spec.service_cidrs()
+                .map(|c| c.trunc())
+                .filter(in_family)
+                .collect(),
+        ),
+        import: pools(&|_| true),
+        reexport: pools(&|p| !p.disable_bgp_export),
+        kernel: pools(&|p| !p.encapsulated()),
+    }
 }

@@ -186,7 +186,15 @@ fn three_node_mesh_in_namespaces() {
 
     // n3 is deleted: its BIRD stops and the others drop its peer; its routes
     // are withdrawn everywhere.
+    let before = bird_routes(&netns[2]);
     birds[2].stop().unwrap();
+    // `persist`: a clean shutdown leaves BIRD's kernel routes in place.
+    assert!(!birds[2].bird_mut().is_running());
+    assert_eq!(
+        bird_routes(&netns[2]),
+        before,
+        "n3 keeps its routes after BIRD stops"
+    );
     cluster.nodes.truncate(2);
     cluster.blocks.truncate(2);
     for (i, c) in birds.iter_mut().take(2).enumerate() {

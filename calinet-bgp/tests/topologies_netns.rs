@@ -323,3 +323,89 @@ fn mesh_on_a_custom_listen_port() {
     let want: BTreeSet<_> = [net("10.65.0.0/26"), net("10.65.1.0/26")].into();
     wait_routes(&nodes[0], &want, "routes over port 1790");
 }
+
+#[test]
+fn pods_reach_each_other_over_bgp_routes_including_borrowed_addresses() {
+    testlab::require_root!();
+    if !common::have_bird() {
+        return;
+    }
+    let lab = testlab::Lab::new("bgp_pods").unwrap();
+    let seg = lab.segment("198.51.100.0/24").unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let mut input = Input::new("");
+    input.pools.push(Pool::new(net("10.65.0.0/16")));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let addr = format!("198.51.100.{}", 10 + i);
+        nodes.push(
+            lab.node(&format!("n{i}"), &seg, addr.parse().unwrap())
+                .unwrap(),
+        );
+        input.nodes.push(NodeInfo::new(
+            format!("n{i}"),
+            NodeBgpSpec::ipv4(format!("{addr}/24").parse().unwrap()),
+        ));
+    }
+    // n0 and n1 own a block each; n2 owns none and borrows 10.65.0.9 from n0's.
+    let blocks = [vec![net("10.65.0.0/26")], vec![net("10.65.1.0/26")], vec![]];
+    let borrowed = [vec![], vec![], vec![net("10.65.0.9/32")]];
+    let pods = [
+        ("10.65.0.5", "cali0a"),
+        ("10.65.1.5", "cali1a"),
+        ("10.65.0.9", "cali2a"),
+    ];
+    let mut pod_ns = Vec::new();
+    for (i, (addr, host_if)) in pods.iter().enumerate() {
+        let pod = lab.pod(&format!("p{i}")).unwrap();
+        lab.plumb_pod(&nodes[i], &pod, host_if, addr.parse().unwrap())
+            .unwrap();
+        pod_ns.push(pod);
+    }
+    let mut birds: Vec<_> = nodes
+        .iter()
+        .map(|n| bird(runtime.path(), &n.name, n))
+        .collect();
+    for (i, c) in birds.iter_mut().enumerate() {
+        let mut input = input.clone();
+        input.node = format!("n{i}");
+        input.blocks = blocks[i].clone();
+        input.borrowed = borrowed[i].clone();
+        c.apply(&render(&plan(&input).unwrap()), Instant::now())
+            .unwrap();
+    }
+    let all: BTreeSet<_> = [
+        net("10.65.0.0/26"),
+        net("10.65.1.0/26"),
+        net("10.65.0.9/32"),
+    ]
+    .into();
+    for (i, n) in nodes.iter().enumerate() {
+        // Every node has every BIRD route except its own borrowed /32 (that
+        // one is the workload's route, calinet-route's, not BIRD's).
+        let mut want = all.clone();
+        for b in &borrowed[i] {
+            want.remove(b);
+        }
+        wait_routes(n, &want, &format!("n{i} routes"));
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    // Across nodes over the BGP routes, and to the borrowed address.
+    assert!(
+        pod_ns[0].ping("10.65.1.5".parse().unwrap(), timeout),
+        "p0 -> p1"
+    );
+    assert!(
+        pod_ns[1].ping("10.65.0.9".parse().unwrap(), timeout),
+        "p1 -> p2 (borrowed)"
+    );
+    assert!(
+        pod_ns[0].ping("10.65.0.9".parse().unwrap(), timeout),
+        "p0 -> p2 (borrowed, in p0's node's block)"
+    );
+    // The workload route of the borrowed address on n2 is untouched.
+    let routes = nodes[2].routes().unwrap();
+    let r = testlab::ipjson::routes_to(&routes, "10.65.0.9");
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].dev.as_deref(), Some("cali2a"));
+}

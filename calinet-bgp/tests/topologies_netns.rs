@@ -347,8 +347,17 @@ fn pods_reach_each_other_over_bgp_routes_including_borrowed_addresses() {
             NodeBgpSpec::ipv4(format!("{addr}/24").parse().unwrap()),
         ));
     }
-    // n0 and n1 own a block each; n2 owns none and borrows 10.65.0.9 from n0's.
-    let blocks = [vec![net("10.65.0.0/26")], vec![net("10.65.1.0/26")], vec![]];
+    // A VXLAN pool: its routes are calinet-route's; BIRD only carries them.
+    input
+        .pools
+        .push(Pool::new(net("10.66.0.0/16")).vxlan(calinet_bgp::EncapMode::Always));
+    // n0 and n1 own a block each (n1 one more in the VXLAN pool); n2 owns
+    // none and borrows 10.65.0.9 from n0's.
+    let blocks = [
+        vec![net("10.65.0.0/26")],
+        vec![net("10.65.1.0/26"), net("10.66.1.0/26")],
+        vec![],
+    ];
     let borrowed = [vec![], vec![], vec![net("10.65.0.9/32")]];
     let pods = [
         ("10.65.0.5", "cali0a"),
@@ -389,6 +398,20 @@ fn pods_reach_each_other_over_bgp_routes_including_borrowed_addresses() {
         }
         wait_routes(n, &want, &format!("n{i} routes"));
     }
+    // BIRD learned the VXLAN pool's block but kept it out of the kernel.
+    testlab::wait_for(
+        "n0's BIRD learns the VXLAN block",
+        std::time::Duration::from_secs(20),
+        || {
+            let learned = birds[0].routes().unwrap();
+            Ok(learned
+                .iter()
+                .any(|r| r.net == net("10.66.1.0/26") && r.protocol == "Mesh_198_51_100_11"))
+        },
+    )
+    .unwrap();
+    assert!(testlab::ipjson::routes_to(&nodes[0].routes().unwrap(), "10.66.1.0/26").is_empty());
+    assert!(testlab::ipjson::routes_to(&nodes[1].routes().unwrap(), "10.66.1.0/26").is_empty());
     let timeout = std::time::Duration::from_secs(3);
     // Across nodes over the BGP routes, and to the borrowed address.
     assert!(

@@ -348,8 +348,20 @@ impl Bird for BirdProcess {
             return Ok(());
         }
         if self.child.is_none() {
-            // Adopted: only the control socket reaches it.
-            return self.connect().and_then(|mut c| c.down());
+            // Adopted: only the control socket reaches it; it has stopped
+            // when the socket no longer answers.
+            self.connect().and_then(|mut c| c.down())?;
+            let deadline = Instant::now() + self.timeout;
+            while self.connect().is_ok() {
+                if Instant::now() > deadline {
+                    return Err(ControlError::StillRunning {
+                        config: self.config_path(),
+                        after: self.timeout,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(());
         }
         let result = self.connect().and_then(|mut c| c.down());
         let deadline = Instant::now() + self.timeout;

@@ -108,6 +108,14 @@ pub enum ControlError {
         /// What was seen (exit status, last stderr line).
         detail: String,
     },
+    /// BIRD still answered on its socket after `down`.
+    #[error("BIRD ({config}) still runs {after:?} after down")]
+    StillRunning {
+        /// Its configuration file.
+        config: PathBuf,
+        /// How long the controller waited.
+        after: std::time::Duration,
+    },
     /// BIRD answered a command with an error code (8xxx runtime, 9xxx parse).
     #[error("BIRD rejected {command:?}: {code} {message}")]
     Rejected {

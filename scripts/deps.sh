@@ -41,6 +41,8 @@ needs=(
   "etcd-client                  etcdctl"
   "containernetworking-plugins  /usr/lib/cni/host-local"
   "containernetworking-plugins  /usr/lib/cni/ptp"
+  "bird2                        bird"                # calinet-bgp's tests, the lab's BGP
+  "bird2                        birdc"
 )
 
 missing_pkgs=()

@@ -659,39 +659,44 @@ impl prometheus_client::collector::Collector for ProcessCollector {
             )?;
             c.encode(m)?;
         }
-        let gauges: [(&str, &str, Option<f64>); 5] = [
+        let gauges: [(&str, &str, Option<u64>); 4] = [
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
-                p.resident_bytes.map(|v| v as f64),
+                p.resident_bytes,
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes",
-                p.virtual_bytes.map(|v| v as f64),
+                p.virtual_bytes,
             ),
             (
                 "process_open_fds",
                 "Number of open file descriptors",
-                p.open_fds.map(|v| v as f64),
+                p.open_fds,
             ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors",
-                p.max_fds.map(|v| v as f64),
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds",
-                p.start_time_seconds,
+                p.max_fds,
             ),
         ];
         for (name, help, v) in gauges {
             if let Some(v) = v {
-                let g = ConstGauge::new(v);
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
                 let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
                 g.encode(m)?;
             }
+        }
+        if let Some(v) = p.start_time_seconds {
+            let g = ConstGauge::new(v);
+            let m = encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
         }
         Ok(())
     }

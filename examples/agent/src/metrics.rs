@@ -152,6 +152,8 @@ pub struct Metrics {
     pub ipam_blocks_per_node: Family<Labels, Gauge>,
     /// `ipam_ippool_size{ippool}`: addresses in each pool.
     pub ipam_ippool_size: Family<Labels, Gauge>,
+    /// Pools of the last [`Metrics::record_ipam`], whose series go when the pool does.
+    ipam_pools: Arc<std::sync::Mutex<BTreeSet<String>>>,
 
     registry: Arc<Registry>,
 }
@@ -201,6 +203,7 @@ impl Metrics {
             ipam_allocations_in_use: Family::default(),
             ipam_blocks_per_node: Family::default(),
             ipam_ippool_size: Family::default(),
+            ipam_pools: Arc::default(),
             registry: Arc::new(Registry::default()),
         };
         let mut r = Registry::default();
@@ -430,12 +433,24 @@ impl Metrics {
         self.ipam_blocks_per_node
             .get_or_create(&label("node", node))
             .set(blocks);
+        let pool_labels = |pool: &str| {
+            vec![
+                ("ippool".to_owned(), pool.to_owned()),
+                ("node".to_owned(), node.to_owned()),
+            ]
+        };
+        let mut known = self
+            .ipam_pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in known.iter().filter(|p| !in_use.contains_key(*p)) {
+            self.ipam_allocations_in_use.remove(&pool_labels(gone));
+            self.ipam_ippool_size.remove(&label("ippool", gone));
+        }
+        *known = in_use.keys().cloned().collect();
         for (pool, n) in in_use {
             self.ipam_allocations_in_use
-                .get_or_create(&vec![
-                    ("ippool".to_owned(), pool),
-                    ("node".to_owned(), node.to_owned()),
-                ])
+                .get_or_create(&pool_labels(&pool))
                 .set(n);
         }
     }
@@ -820,6 +835,136 @@ mod tests {
                 "{name} has no TYPE line"
             );
         }
+    }
+
+    #[test]
+    fn ipam_gauges_follow_pools_and_blocks() {
+        use calinet_ipam::{AutoAssignRequest, Ipam, MemStore, NodeName};
+        use std::sync::Arc;
+
+        let store = Arc::new(MemStore::new());
+        let docs = crate::resources::parse_documents(
+            "t",
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p1}\nspec: {cidr: 10.10.0.0/24, blockSize: 28}\n",
+        )
+        .unwrap();
+        crate::datastore::apply(store.as_ref(), &docs).unwrap();
+        let node: NodeName = "n1".parse().unwrap();
+        let ipam = Ipam::new(store.clone());
+        for i in 0..3 {
+            let req = AutoAssignRequest {
+                handle: format!("k8s-pod-network.p{i}").parse().unwrap(),
+                node: node.clone(),
+                node_labels: Default::default(),
+                num_v4: 1,
+                num_v6: 0,
+                attributes: Default::default(),
+                ip_use: calinet_ipam::AllowedUse::Workload,
+                pools: Vec::new(),
+            };
+            ipam.auto_assign(&req, std::time::SystemTime::now())
+                .unwrap();
+        }
+        let m = Metrics::new();
+        m.record_ipam(&crate::datastore::read_view(store.as_ref()).unwrap(), "n1");
+        let text = m.render();
+        assert_eq!(
+            sample(&text, "ipam_allocations_in_use{ippool=\"p1\",node=\"n1\"}"),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "ipam_blocks_per_node{node=\"n1\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "ipam_ippool_size{ippool=\"p1\"}"),
+            Some(256.0)
+        );
+        // A pool that is gone takes its series with it.
+        let empty = crate::datastore::read_view(&MemStore::new()).unwrap();
+        m.record_ipam(&empty, "n1");
+        let text = m.render();
+        assert!(!text.contains("ippool=\"p1\""), "{text}");
+        assert_eq!(
+            sample(&text, "ipam_blocks_per_node{node=\"n1\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn counts_follow_the_cluster_and_the_local_endpoints() {
+        use calinet_route::{IfName, WorkloadSpec};
+
+        let yaml = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec: {nodeName: a}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: data, labels: {app: db}}
+spec: {nodeName: b}
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 100}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.web}
+spec:
+  tier: security
+  selector: app == 'web'
+  ingress:
+  - {action: Allow, source: {selector: app == 'db'}}
+  - {action: Allow, source: {selector: app == 'db'}}
+  - {action: Deny, source: {notSelector: app == 'web'}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: db-only}
+spec:
+  selector: app == 'db'
+  ingress: [{action: Allow, source: {selector: role == 'x'}}]
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: a}
+spec: {bgp: {ipv4Address: 198.51.100.10/24}}
+";
+        let store = calinet_ipam::MemStore::new();
+        let docs = crate::resources::parse_documents("t", yaml).unwrap();
+        crate::datastore::apply(&store, &docs).unwrap();
+        let view = crate::datastore::read_view(&store).unwrap();
+        let pod = view.pods["default/web"].clone();
+        let spec = WorkloadSpec::new(
+            IfName::calico_workload("default", "web"),
+            "/run/netns/x",
+            1450,
+        )
+        .ipv4("172.16.1.1".parse().unwrap());
+        let c = Counts::from_view(&view, &[LocalWorkload { pod, spec }]);
+        assert_eq!(
+            c,
+            Counts {
+                hosts: 1,
+                workload_endpoints: 0,
+                policies: 2,
+                // kns.default and kns.data
+                profiles: 2,
+                // default and security
+                tiers: 2,
+                local_endpoints: 1,
+                // Only the policy selecting `web` is active here; its two
+                // distinct rule selectors count once each.
+                local_policies: 1,
+                local_selectors: 2,
+            }
+        );
+        assert_eq!(Counts::from_view(&view, &[]).local_policies, 0);
     }
 
     #[test]

@@ -164,6 +164,40 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Waits until `GET /-/ready` answers 200, connecting with `connect`
+    /// (which reaches [`Server::listen`], e.g. from inside the server's
+    /// namespace). Fails when the server exits or `timeout` passes, with the
+    /// log's last lines.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut connect: impl FnMut() -> std::io::Result<TcpStream>,
+    ) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok((200, _)) = connect().and_then(|s| http_get(s, "localhost", "/-/ready")) {
+                return Ok(());
+            }
+            let exited = !self.is_running();
+            if exited || start.elapsed() > timeout {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(Error::Usage(format!(
+                    "Prometheus on {} {} (log {}): {}",
+                    self.listen,
+                    if exited {
+                        "exited"
+                    } else {
+                        "not ready in time"
+                    },
+                    self.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Drop for Server {

@@ -258,14 +258,15 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     )
     .netns(prom_ns.name());
     let mut server = prometheus::launch(&opts).unwrap();
+    server
+        .wait_ready(Duration::from_secs(60), || {
+            prom_ns
+                .tcp_stream(LOCALHOST, port, Duration::from_secs(2))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .unwrap();
     let server_log = server.log().to_path_buf();
     let plog = || std::fs::read_to_string(&server_log).unwrap_or_default();
-    eventually(
-        "Prometheus ready",
-        Duration::from_secs(60),
-        || request(&prom_ns, port, "GET", "/-/ready").is_ok_and(|(s, _)| s == 200),
-        plog,
-    );
     assert!(server.is_running());
     eventually(
         "both agents scraped (up == 1)",

@@ -399,6 +399,7 @@ impl Agent {
             .dataplane_apply_seconds
             .observe(applying.elapsed().as_secs_f64());
         self.metrics.policy_rules.set(rules as i64);
+        self.metrics.record_nft(&rs);
         self.writes_total += report.writes;
         self.metrics.dataplane_writes.inc_by(report.writes);
         if report.writes > 0 {

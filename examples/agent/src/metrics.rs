@@ -145,6 +145,14 @@ pub struct Metrics {
     pub nft_calls: FelixCounter,
     /// `felix_nft_errors`: nftables transactions that failed.
     pub nft_errors: FelixCounter,
+    /// `felix_nft_chains{ip_version,table}`: chains of the agent's table.
+    pub nft_chains: Family<Labels, Gauge>,
+    /// `felix_nft_rules{ip_version,table}`: rules of the agent's table.
+    pub nft_rules: Family<Labels, Gauge>,
+    /// `felix_nft_maps{ip_version}`: verdict maps of the agent's table.
+    pub nft_maps: Family<Labels, Gauge>,
+    /// `felix_ipsets_calico{ip_version}`: address sets of the agent's table.
+    pub ipsets_calico: Family<Labels, Gauge>,
 
     /// `ipam_allocations_in_use{ippool,node}` for this node.
     pub ipam_allocations_in_use: Family<Labels, Gauge>,
@@ -200,6 +208,10 @@ impl Metrics {
             route_table_resync_seconds: Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0]),
             nft_calls: FelixCounter::default(),
             nft_errors: FelixCounter::default(),
+            nft_chains: Family::default(),
+            nft_rules: Family::default(),
+            nft_maps: Family::default(),
+            ipsets_calico: Family::default(),
             ipam_allocations_in_use: Family::default(),
             ipam_blocks_per_node: Family::default(),
             ipam_ippool_size: Family::default(),
@@ -303,6 +315,31 @@ impl Metrics {
         for (name, help, c) in counters {
             r.register(name, help, c.clone());
         }
+        let families: [(&str, &str, &Family<Labels, Gauge>); 4] = [
+            (
+                "felix_nft_chains",
+                "Number of active nft chains",
+                &self.nft_chains,
+            ),
+            (
+                "felix_nft_rules",
+                "Number of active nftables rules",
+                &self.nft_rules,
+            ),
+            (
+                "felix_nft_maps",
+                "Number of active Calico nftables maps",
+                &self.nft_maps,
+            ),
+            (
+                "felix_ipsets_calico",
+                "Number of active Calico IP sets",
+                &self.ipsets_calico,
+            ),
+        ];
+        for (name, help, f) in families {
+            r.register(name, help, f.clone());
+        }
     }
 
     fn register_ipam(&self, r: &mut Registry) {
@@ -390,6 +427,41 @@ impl Metrics {
         self.active_local_endpoints.set(c.local_endpoints as i64);
         self.active_local_policies.set(c.local_policies as i64);
         self.active_local_selectors.set(c.local_selectors as i64);
+    }
+
+    /// Sets the nftables gauges from the table the agent installs. The one
+    /// `inet` table carries both families; its chains, rules and maps are
+    /// reported as `ip_version="4"`, its address sets by their family.
+    pub fn record_nft(&self, rs: &calinet_policy::ir::Ruleset) {
+        use calinet_policy::ir::SetElems;
+        let table = vec![
+            ("ip_version".to_owned(), "4".to_owned()),
+            ("table".to_owned(), rs.table.clone()),
+        ];
+        self.nft_chains
+            .get_or_create(&table)
+            .set(rs.chains.len() as i64);
+        let rules: usize = rs.chains.values().map(|c| c.rules.len()).sum();
+        self.nft_rules.get_or_create(&table).set(rules as i64);
+        let (mut v4, mut v6, mut maps) = (0i64, 0i64, 0i64);
+        for set in rs.sets.values() {
+            match set {
+                SetElems::Addr4(_) | SetElems::Net4(_) | SetElems::AddrProtoPort4(_) => v4 += 1,
+                SetElems::Addr6(_) | SetElems::Net6(_) | SetElems::AddrProtoPort6(_) => v6 += 1,
+                SetElems::IfGoto(_) => maps += 1,
+                // Port sets are not IP sets.
+                _ => {}
+            }
+        }
+        self.nft_maps
+            .get_or_create(&label("ip_version", "4"))
+            .set(maps);
+        self.ipsets_calico
+            .get_or_create(&label("ip_version", "4"))
+            .set(v4);
+        self.ipsets_calico
+            .get_or_create(&label("ip_version", "6"))
+            .set(v6);
     }
 
     /// Sets the IPAM gauges for `node` from the view: its blocks, its
@@ -965,6 +1037,55 @@ spec: {bgp: {ipv4Address: 198.51.100.10/24}}
             }
         );
         assert_eq!(Counts::from_view(&view, &[]).local_policies, 0);
+    }
+
+    #[test]
+    fn nft_gauges_count_the_installed_table() {
+        use calinet_policy::ir::{Chain, Rule, Ruleset, SetElems, Stmt};
+        let mut rs = Ruleset {
+            table: "calinet".into(),
+            ..Ruleset::default()
+        };
+        let rule = || Rule::new(Vec::new(), Stmt::Return);
+        rs.chains.insert(
+            "a".into(),
+            Chain {
+                base: None,
+                rules: vec![rule(), rule()],
+            },
+        );
+        rs.chains.insert(
+            "b".into(),
+            Chain {
+                base: None,
+                rules: vec![rule()],
+            },
+        );
+        rs.sets
+            .insert("s4".into(), SetElems::Addr4(Default::default()));
+        rs.sets
+            .insert("n4".into(), SetElems::Net4(Default::default()));
+        rs.sets
+            .insert("s6".into(), SetElems::Addr6(Default::default()));
+        rs.sets
+            .insert("p".into(), SetElems::Ports(Default::default()));
+        rs.sets
+            .insert("dispatch".into(), SetElems::IfGoto(Default::default()));
+        let m = Metrics::new();
+        m.record_nft(&rs);
+        let text = m.render();
+        let t = "{ip_version=\"4\",table=\"calinet\"}";
+        assert_eq!(sample(&text, &format!("felix_nft_chains{t}")), Some(2.0));
+        assert_eq!(sample(&text, &format!("felix_nft_rules{t}")), Some(3.0));
+        assert_eq!(sample(&text, "felix_nft_maps{ip_version=\"4\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "felix_ipsets_calico{ip_version=\"4\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "felix_ipsets_calico{ip_version=\"6\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

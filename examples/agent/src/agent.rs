@@ -330,7 +330,11 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
             Err(e) => {
                 let kind = error_kind(&e);
                 agent.metrics.error(kind);
-                agent.metrics.dataplane_failures.inc();
+                // Felix counts failed dataplane updates there, not datastore
+                // or planning errors (calinet_errors_total has every kind).
+                if matches!(kind, "dataplane" | "wireguard" | "policy") {
+                    agent.metrics.dataplane_failures.inc();
+                }
                 health.set_ready(false);
                 if kind == "datastore" {
                     agent.metrics.resync_state.set(1);

@@ -133,7 +133,8 @@ pub struct Metrics {
     pub calc_graph_update_seconds: Histogram,
     /// `felix_int_dataplane_apply_time_seconds`: dataplane apply time.
     pub dataplane_apply_seconds: Histogram,
-    /// `felix_int_dataplane_failures`: failed reconciles that will be retried.
+    /// `felix_int_dataplane_failures`: failed dataplane updates (routes,
+    /// links, WireGuard, nftables) that will be retried.
     pub dataplane_failures: FelixCounter,
     /// `felix_resyncs_started`: full resyncs with the datastore and kernel.
     pub resyncs_started: FelixCounter,

@@ -441,6 +441,16 @@ fn health_follows_convergence_and_an_etcd_outage() {
         || agent.log(),
     );
     let metrics = request(&node, 9091, "GET", "/metrics").unwrap().1;
-    let failures = calinet_agent::metrics::sample(&metrics, "felix_int_dataplane_failures");
-    assert!(failures.is_some_and(|f| f >= 2.0), "{metrics}");
+    // Both outages were datastore errors, not failed dataplane updates.
+    let sample = |name| calinet_agent::metrics::sample(&metrics, name);
+    assert!(
+        sample("calinet_errors_total{kind=\"datastore\"}").is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("felix_int_dataplane_failures"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(sample("felix_resync_state"), Some(3.0), "{metrics}");
 }

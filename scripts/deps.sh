@@ -43,6 +43,7 @@ needs=(
   "containernetworking-plugins  /usr/lib/cni/ptp"
   "bird2                        bird"                # calinet-bgp's tests, the lab's BGP
   "bird2                        birdc"
+  "prometheus                   /usr/bin/prometheus" # the agent's dashboard test
 )
 
 missing_pkgs=()

@@ -22,7 +22,8 @@ use crate::datastore::{
     put_if_changed,
 };
 use crate::error::{Error, Result, chain};
-use crate::metrics::Metrics;
+use crate::http::{Endpoints, Health};
+use crate::metrics::{Counts, Metrics};
 use crate::plan::{self, Desired, LocalFacts};
 use crate::policy::{self, PolicyPlane};
 use crate::resources::{
@@ -40,6 +41,8 @@ pub struct RunOptions {
     pub uplink: Option<String>,
     /// Where to serve metrics (`None`: not at all).
     pub metrics: Option<SocketAddr>,
+    /// Where to serve `/liveness` and `/readiness` (`None`: not at all).
+    pub health: Option<SocketAddr>,
     /// How often to poll the datastore.
     pub poll: Duration,
     /// How often to re-verify everything against the kernel.
@@ -137,8 +140,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         })
 }
 
-/// Serves metrics and turns SIGTERM / SIGINT into `stop`, on its own thread.
-fn spawn_control(metrics: Metrics, addr: Option<SocketAddr>, stop: Arc<AtomicBool>) -> Result<()> {
+/// Serves metrics and health and turns SIGTERM / SIGINT into `stop`, on its
+/// own thread. A server that cannot bind is logged and left out; the agent
+/// runs on.
+fn spawn_control(servers: Vec<(SocketAddr, Endpoints)>, stop: Arc<AtomicBool>) -> Result<()> {
     let rt = runtime()?;
     // Handlers are installed before the loop starts, so no signal is lost.
     let (mut term, mut int) = rt
@@ -156,12 +161,22 @@ fn spawn_control(metrics: Metrics, addr: Option<SocketAddr>, stop: Arc<AtomicBoo
         })?;
     std::thread::spawn(move || {
         rt.block_on(async move {
-            if let Some(addr) = addr {
-                tokio::spawn(async move {
-                    if let Err(e) = metrics.serve(addr).await {
-                        tracing::error!(%addr, error = %e, "metrics server stopped");
+            for (addr, ep) in servers {
+                let what = match ep {
+                    Endpoints::Metrics(_) => "Prometheus metrics",
+                    _ => "health (/liveness, /readiness)",
+                };
+                match crate::http::bind(addr).await {
+                    Ok(listener) => {
+                        tracing::info!(%addr, "serving {what}");
+                        tokio::spawn(async move {
+                            if let Err(e) = crate::http::serve(listener, ep).await {
+                                tracing::error!(%addr, error = %e, "{what} server stopped");
+                            }
+                        });
                     }
-                });
+                    Err(e) => tracing::error!(%addr, error = %e, "cannot serve {what}"),
+                }
             }
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down, dataplane left as is"),
@@ -221,8 +236,15 @@ fn sleep_or_stop(d: Duration, stop: &AtomicBool) -> bool {
 pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
     let node_name: NodeName = opts.node.parse()?;
     let metrics = Metrics::new();
+    let health = Health::new(crate::http::DEFAULT_LIVENESS_TIMEOUT);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_control(metrics.clone(), opts.metrics, stop.clone())?;
+    let servers = (opts
+        .metrics
+        .map(|a| (a, Endpoints::Metrics(Box::new(metrics.clone()))))
+        .into_iter())
+    .chain(opts.health.map(|a| (a, Endpoints::Health(health.clone()))))
+    .collect();
+    spawn_control(servers, stop.clone())?;
     let rt = runtime()?;
     let mut dp = rt.block_on(Dataplane::open())?;
     let facts = rt.block_on(dp.local_facts(opts.uplink.as_deref()))?;
@@ -271,11 +293,17 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
             break;
         }
         let now = Instant::now();
+        health.beat_at(now);
         let full = timer.due(now);
+        if full {
+            agent.metrics.resyncs_started.inc();
+        }
         let t0 = Instant::now();
         match agent.tick(full, now) {
             Ok(ran) => {
                 backoff.succeeded();
+                agent.metrics.resync_state.set(3);
+                health.set_ready(agent.last_converged);
                 if watcher.is_none() {
                     match agent.store.watch("/", 0) {
                         Ok(w) => watcher = Some(w),
@@ -302,6 +330,15 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
             Err(e) => {
                 let kind = error_kind(&e);
                 agent.metrics.error(kind);
+                // Felix counts failed dataplane updates there, not datastore
+                // or planning errors (calinet_errors_total has every kind).
+                if matches!(kind, "dataplane" | "wireguard" | "policy") {
+                    agent.metrics.dataplane_failures.inc();
+                }
+                health.set_ready(false);
+                if kind == "datastore" {
+                    agent.metrics.resync_state.set(1);
+                }
                 agent.metrics.converged.set(0);
                 agent.last_converged = false;
                 agent.last_revision = None;
@@ -339,12 +376,34 @@ impl Agent {
             view = self.source.snapshot()?;
         }
         let mut desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
+        let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
+        self.metrics
+            .calc_graph_update_seconds
+            .observe(now.elapsed().as_secs_f64());
+        self.metrics
+            .record_counts(&Counts::from_view(&view, &desired.workloads));
+        let applying = Instant::now();
         let wg = self.wireguard_before(&view, &mut desired)?;
         let mut report = self.rt.block_on(self.dp.apply(&desired, full))?;
+        if full {
+            self.metrics
+                .route_table_resync_seconds
+                .observe(applying.elapsed().as_secs_f64());
+        }
         report.writes += self.wireguard_after(wg, report.pending)?;
-        let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
-        report.writes += self.policy.apply(&rs, &hash)?;
+        let nft_messages = self.policy.apply(&rs, &hash).inspect_err(|_| {
+            self.metrics.nft_calls.inc();
+            self.metrics.nft_errors.inc();
+        })?;
+        if nft_messages > 0 {
+            self.metrics.nft_calls.inc();
+        }
+        report.writes += nft_messages;
+        self.metrics
+            .dataplane_apply_seconds
+            .observe(applying.elapsed().as_secs_f64());
         self.metrics.policy_rules.set(rules as i64);
+        self.metrics.record_nft(&rs);
         self.writes_total += report.writes;
         self.metrics.dataplane_writes.inc_by(report.writes);
         if report.writes > 0 {
@@ -459,6 +518,7 @@ impl Agent {
         self.metrics.ipam_blocks.set(mine.len() as i64);
         let used: u32 = mine.iter().map(|(b, _)| b.allocated_count()).sum();
         self.metrics.ipam_addresses_in_use.set(i64::from(used));
+        self.metrics.record_ipam(view, &self.node);
     }
 
     /// Creates this node's Node resource from the uplink's address (Calico's

@@ -135,12 +135,18 @@ pub struct RunArgs {
     /// Uplink interface (default: the default route's device).
     #[arg(long)]
     pub uplink: Option<String>,
-    /// Metrics port (0 disables).
-    #[arg(long, default_value_t = crate::metrics::DEFAULT_PORT)]
+    /// Metrics port (0 disables; Felix's `PrometheusMetricsPort`).
+    #[arg(long, env = "CALINET_METRICS_PORT", default_value_t = crate::metrics::DEFAULT_PORT)]
     pub metrics_port: u16,
-    /// Metrics listen address.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Metrics listen address (Felix's `PrometheusMetricsHost`).
+    #[arg(long, env = "CALINET_METRICS_HOST", default_value = "0.0.0.0")]
     pub metrics_address: IpAddr,
+    /// Health port for `/liveness` and `/readiness` (0 disables; Felix's `HealthPort`).
+    #[arg(long, env = "CALINET_HEALTH_PORT", default_value_t = crate::http::DEFAULT_HEALTH_PORT)]
+    pub health_port: u16,
+    /// Health listen host, a name or an address (Felix's `HealthHost`).
+    #[arg(long, env = "CALINET_HEALTH_HOST", default_value = crate::http::DEFAULT_HEALTH_HOST)]
+    pub health_host: String,
     /// Datastore poll interval in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub poll_ms: u64,
@@ -194,6 +200,20 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+/// `host:port` as one socket address, IPv4 first (`localhost` resolves to
+/// both 127.0.0.1 and ::1).
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::Usage(format!("--health-host {host}: cannot resolve: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Usage(format!("--health-host {host}: resolves to no address")))
 }
 
 fn hostname() -> String {
@@ -333,12 +353,17 @@ pub fn execute(cli: Cli) -> Result<i32> {
             }
             let metrics =
                 (r.metrics_port != 0).then(|| SocketAddr::new(r.metrics_address, r.metrics_port));
+            let health = match r.health_port {
+                0 => None,
+                port => Some(resolve(&r.health_host, port)?),
+            };
             crate::agent::run(
                 store,
                 crate::agent::RunOptions {
                     node: r.node.clone(),
                     uplink: r.uplink.clone(),
                     metrics,
+                    health,
                     poll: Duration::from_millis(r.poll_ms),
                     resync: Duration::from_secs(r.resync_secs),
                     max_reconciles: None,

@@ -38,6 +38,9 @@
 //!   into one nftables table.
 //! - [`wireguard`]: keys, the wireguard-go device, peers and routing.
 //! - [`agent`]: the `run` loop: IPAM, plan, apply, resync, backoff, metrics.
+//! - [`metrics`], [`http`]: Felix-compatible Prometheus metrics, and the
+//!   hyper servers for `/metrics`, `/liveness` and `/readiness`.
+//! - [`prometheus`]: a Prometheus server scraping agents (config and launch).
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
 
 pub mod agent;
@@ -45,9 +48,11 @@ pub mod cli;
 pub mod dataplane;
 pub mod datastore;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
+pub mod prometheus;
 pub mod resources;
 pub mod show;
 pub mod wireguard;

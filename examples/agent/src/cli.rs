@@ -200,6 +200,8 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
 /// `host:port` as one socket address, IPv4 first (`localhost` resolves to
 /// both 127.0.0.1 and ::1).
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {

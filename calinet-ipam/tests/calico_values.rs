@@ -265,6 +265,15 @@ fn calinet_writes_calicos_fields_and_json_types() {
             "{key} differs from Calico's {file}"
         );
     }
+    // The tunnel allocation carries Calico's attribute type.
+    let block = stored(store, BLOCK_KEY);
+    let tunnel = block["attributes"]
+        .as_array()
+        .expect("attributes")
+        .iter()
+        .find(|a| a["handle_id"] == "vxlan-tunnel-addr-node-a")
+        .expect("tunnel allocation");
+    assert_eq!(tunnel["secondary"]["type"], "vxlanTunnelAddress");
     // Values that carry no data of their own are equal outright.
     assert_eq!(stored(store, AFFINITY_KEY), fixture("affinity.json"));
     assert_eq!(stored(store, POD_HANDLE_KEY), fixture("handle.json"));

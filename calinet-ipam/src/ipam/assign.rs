@@ -20,6 +20,19 @@ use crate::types::{
     WINDOWS_RESERVED_HANDLE,
 };
 
+/// The `type` attribute Calico gives a tunnel address's allocation
+/// (libcalico-go `IPAMBlockAttributeType*`); Calico's tools find a node's
+/// tunnel address by it.
+fn tunnel_attribute_type(kind: TunnelKind) -> &'static str {
+    match kind {
+        TunnelKind::Ipip => "ipipTunnelAddress",
+        TunnelKind::Vxlan => "vxlanTunnelAddress",
+        TunnelKind::VxlanV6 => "vxlanV6TunnelAddress",
+        TunnelKind::Wireguard => "wireguardTunnelAddress",
+        TunnelKind::WireguardV6 => "wireguardV6TunnelAddress",
+    }
+}
+
 /// Who new allocations belong to.
 struct Owner<'a> {
     handle: &'a HandleId,
@@ -382,7 +395,7 @@ impl<S: Store> Ipam<S> {
             num_v6: u32::from(v6),
             attributes: [
                 ("node".to_string(), node.to_string()),
-                ("type".to_string(), format!("{kind:?}")),
+                ("type".to_string(), tunnel_attribute_type(kind).to_string()),
             ]
             .into(),
             ip_use: AllowedUse::Tunnel,

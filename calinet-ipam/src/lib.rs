@@ -85,7 +85,8 @@
 //!   block), but phase two creates the block and confirms the affinity in one
 //!   transaction, so a crash leaves at most a pending affinity, which
 //!   [`Ipam::release_empty_affinities`] removes. The walk over a pool's block
-//!   CIDRs starts at an FNV-1a hash of the node name and wraps around.
+//!   CIDRs starts at an FNV-1a hash of the node name (the `fnv` crate: the
+//!   same start in every process and version) and wraps around.
 //! - **Reclaiming** another node's empty block needs this allocator to have
 //!   seen the block empty at the same revision at least
 //!   [`IpamOptions::reclaim_grace`] (60 s) earlier (Calico: claimed over a
@@ -102,9 +103,12 @@
 //! - **The datastore trait** ([`Store`]) is synchronous and shaped after etcd
 //!   v3 (mod revisions, create = "create revision is 0", CAS on mod revision,
 //!   multi-key `Txn`); [`conformance::run_all`] is the suite every backend
-//!   must pass. Keys and values are Calico's etcd v3 layout ([`keys`]); the
-//!   affinity value is the v3 `BlockAffinitySpec` (`deleted` as a string,
-//!   both forms accepted), which older Calico readers decode as well.
+//!   must pass. Keys ([`keys`]) and values are what Calico's etcd v3 backend
+//!   writes for them (libcalico-go's `AllocationBlock`, `BlockAffinity`
+//!   `{"state","deleted":false}`, `IPAMHandle` `{"block","deleted"}`, the v1
+//!   `IPAMConfig`, whole v3 `IPPool` / `IPReservation` objects); values in
+//!   the shapes older calinet versions wrote (e.g. `"deleted":"false"`)
+//!   still decode.
 //! - **Testing helpers** (feature `proptest`): module `proptest_support` exports
 //!   the op strategies, the reference-model runner and
 //!   `proptest_support::check_invariants` for downstream stores.
@@ -114,6 +118,7 @@
 
 pub mod block;
 pub mod conformance;
+mod encoding;
 mod error;
 mod ipam;
 pub mod keys;

@@ -57,9 +57,9 @@ pub fn dump<S: Store + ?Sized>(store: &S) -> Result<Dump> {
         }
     }
     if let Some(kv) = store.get(keys::IPAM_CONFIG)? {
-        match serde_json::from_slice(&kv.value) {
+        match crate::encoding::decode_config(&kv.key, &kv.value) {
             Ok(c) => d.config = c,
-            Err(e) => invalid.push(bad(&kv.key, e.to_string())),
+            Err(e) => invalid.push(bad(&kv.key, error_chain(&e))),
         }
     }
     for kv in store.list(keys::RESERVATIONS_PREFIX)? {
@@ -85,15 +85,15 @@ pub fn dump<S: Store + ?Sized>(store: &S) -> Result<Dump> {
             invalid.push(bad(&kv.key, "not an affinity key".into()));
             continue;
         };
-        match serde_json::from_slice::<BlockAffinity>(&kv.value) {
+        match crate::encoding::decode_affinity(&kv.key, &node, cidr, &kv.value) {
             Ok(a) => d.affinities.push((node, cidr, a)),
-            Err(e) => invalid.push(bad(&kv.key, e.to_string())),
+            Err(e) => invalid.push(bad(&kv.key, error_chain(&e))),
         }
     }
     for kv in store.list(keys::HANDLES_PREFIX)? {
-        match serde_json::from_slice::<IpamHandle>(&kv.value) {
+        match crate::encoding::decode_handle(&kv.key, &kv.value) {
             Ok(h) => d.handles.push(h),
-            Err(e) => invalid.push(bad(&kv.key, e.to_string())),
+            Err(e) => invalid.push(bad(&kv.key, error_chain(&e))),
         }
     }
     d.invalid = invalid;

@@ -655,8 +655,8 @@ pub struct IpamBlock {
     /// `host:<node>` or `virtual:<name>`; null when unaffine.
     #[serde(default)]
     pub affinity: Option<String>,
-    /// Copy of strictAffinity when the block was written.
-    #[serde(default)]
+    /// Read from older writers; not in Calico's etcd model, never written.
+    #[serde(default, skip_serializing)]
     pub strict_affinity: bool,
     /// One entry per ordinal: null = free, else index into `attributes`.
     pub allocations: Vec<Option<usize>>,

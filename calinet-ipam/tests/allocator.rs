@@ -799,7 +799,8 @@ fn store_keys_and_values_follow_calicos_layout() {
         serde_json::from_slice(&ipam.store().get(&keys[2]).expect("get").expect("aff").value)
             .expect("affinity JSON");
     assert_eq!(aff.state, calinet_ipam::AffinityState::Confirmed);
-    let hd: calinet_ipam::IpamHandle = serde_json::from_slice(
+    // Calico's IPAMHandle value: the id is only in the key.
+    let hd: serde_json::Value = serde_json::from_slice(
         &ipam
             .store()
             .get(&keys[1])
@@ -808,7 +809,10 @@ fn store_keys_and_values_follow_calicos_layout() {
             .value,
     )
     .expect("handle JSON");
-    assert_eq!(hd.block.get(&block.to_string()), Some(&1));
+    assert_eq!(
+        hd,
+        serde_json::json!({"block": {block.to_string(): 1}, "deleted": false})
+    );
 }
 
 #[test]
@@ -852,4 +856,104 @@ fn one_allocator_shared_by_four_threads() {
     let r = check(ipam.store(), None).expect("check");
     assert!(r.is_clean(), "{r:#?}");
     assert_eq!(r.addresses_in_use, flat.len());
+}
+
+/// A store whose block updates conflict once `on` is set.
+struct ConflictsWhenOn {
+    inner: MemStore,
+    on: std::sync::atomic::AtomicBool,
+}
+impl Store for ConflictsWhenOn {
+    fn get(&self, k: &str) -> calinet_ipam::store::StoreResult<Option<calinet_ipam::KeyValue>> {
+        self.inner.get(k)
+    }
+    fn list(&self, p: &str) -> calinet_ipam::store::StoreResult<Vec<calinet_ipam::KeyValue>> {
+        self.inner.list(p)
+    }
+    fn create(&self, k: &str, v: &[u8]) -> calinet_ipam::store::StoreResult<i64> {
+        self.inner.create(k, v)
+    }
+    fn update(&self, k: &str, v: &[u8], r: i64) -> calinet_ipam::store::StoreResult<i64> {
+        self.inner.update(k, v, r)
+    }
+    fn delete(&self, k: &str, r: i64) -> calinet_ipam::store::StoreResult<()> {
+        self.inner.delete(k, r)
+    }
+    fn txn(&self, ops: &[TxnOp]) -> calinet_ipam::store::StoreResult<i64> {
+        let block_update = ops.iter().any(|o| {
+            o.key().starts_with("/calico/ipam/v2/assignment/") && matches!(o, TxnOp::Update { .. })
+        });
+        if block_update && self.on.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(StoreError::TxnConflict {
+                keys: ops.iter().map(|o| o.key().to_owned()).collect(),
+            })
+        } else {
+            self.inner.txn(ops)
+        }
+    }
+}
+
+#[test]
+fn every_operation_retries_conflicts_the_same_bounded_way() {
+    let ipam = Ipam::with_options(
+        ConflictsWhenOn {
+            inner: MemStore::new(),
+            on: false.into(),
+        },
+        Box::new(AllOnlySelector),
+        IpamOptions {
+            max_retries: 5,
+            ..Default::default()
+        },
+    );
+    ipam.put_pool(&pool("p", "10.0.0.0/24", 26)).expect("pool");
+    let held = v4(&ipam, "a", "n1", 1, t(0)).expect("assign")[0];
+    let also = v4(&ipam, "b", "n1", 1, t(0)).expect("assign")[0];
+    ipam.store()
+        .on
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let free: IpAddr = "10.0.0.200".parse().expect("ip");
+    let outcomes = [
+        (
+            "assign_ip",
+            ipam.assign_ip(free, &h("c"), &Default::default(), &node("n1"), t(1))
+                .map(|_| ()),
+        ),
+        (
+            "release_ip",
+            ipam.release_ip(held, None, None, t(1)).map(|_| ()),
+        ),
+        (
+            "release_handle",
+            ipam.release_handle(&h("b"), t(1)).map(|_| ()),
+        ),
+    ];
+    for (op, outcome) in outcomes {
+        match outcome {
+            Err(Error::Conflict {
+                operation,
+                attempts,
+                keys,
+            }) => {
+                assert!(operation.starts_with(op), "{operation:?} for {op}");
+                assert_eq!(attempts, 6, "{op}: first try plus max_retries");
+                assert!(keys.iter().any(|k| k.contains("/block/")), "{op}: {keys:?}");
+            }
+            other => panic!("{op}: expected Conflict, got {other:?}"),
+        }
+    }
+    // Nothing was half-applied: both addresses are still held.
+    ipam.store()
+        .on
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ipam.refresh();
+    let mut still: Vec<IpAddr> = [h("a"), h("b")]
+        .iter()
+        .flat_map(|x| ipam.addresses_of(x).expect("addresses"))
+        .map(|a| a.addr)
+        .collect();
+    still.sort();
+    let mut want = vec![held, also];
+    want.sort();
+    assert_eq!(still, want);
 }

@@ -167,12 +167,18 @@ fn etcdctl_reads_calico_layout_written_by_the_allocator() -> testlab::Result<()>
     assert_eq!(b["unallocated"].as_array().expect("unallocated").len(), 62);
     assert_eq!(b["attributes"][0]["handle_id"], "k8s-pod-network.abc");
     let h = json("/calico/ipam/v2/handle/k8s-pod-network.abc");
-    assert_eq!(h["handleID"], "k8s-pod-network.abc");
-    assert_eq!(h["block"][block.as_str()], 2);
+    // Calico's IPAMHandle value: the handle id is only in the key.
+    assert_eq!(
+        h,
+        serde_json::json!({"block": {block.as_str(): 2}, "deleted": false})
+    );
     let a = json(&format!(
         "/calico/ipam/v2/host/node-a/ipv4/block/{block_key_part}"
     ));
-    assert_eq!(a["state"], "confirmed");
+    assert_eq!(
+        a,
+        serde_json::json!({"state": "confirmed", "deleted": false})
+    );
     let p = json("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool");
     assert_eq!(p["kind"], "IPPool");
     assert_eq!(p["spec"]["cidr"], "172.16.0.0/16");

@@ -43,7 +43,7 @@ const POOL: &str = r#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3",
  "spec":{"cidr":"172.16.0.0/16","blockSize":24,"ipipMode":"Never","vxlanMode":"CrossSubnet","natOutgoing":true,
   "disabled":false,"disableBGPExport":false,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],
   "assignmentMode":"Automatic","futureField":{"x":1}}}"#;
-const BLOCK: &str = r#"{"cidr":"10.0.0.0/30","affinity":"host:node-a","strictAffinity":false,
+const BLOCK: &str = r#"{"cidr":"10.0.0.0/30","affinity":"host:node-a",
  "allocations":[0,null,1,null],"unallocated":[3,1],
  "attributes":[{"handle_id":"k8s-pod-network.abc","secondary":{"namespace":"default","node":"node-a","pod":"web","timestamp":"t"}},
                {"handle_id":"vxlan-tunnel-addr-node-a","secondary":{"node":"node-a","type":"vxlanTunnelAddress"}}],

@@ -10,7 +10,7 @@ use calinet_route::{IfName, WorkloadSpec};
 use ipnet::IpNet;
 
 use crate::error::{Error, Result, Step};
-use crate::request::{Allocation, AssignParams, Attached, Plumbed, Request};
+use crate::request::{Allocation, AssignParams, Attached, Endpoint, Plumbed, Request};
 
 /// The IPAM edge.
 pub trait AddressManager {
@@ -185,14 +185,13 @@ pub struct Released {
 pub fn release(
     ipam: &mut dyn AddressManager,
     plumber: Option<&mut dyn Plumber>,
-    req: &Request,
+    ep: &Endpoint,
 ) -> Result<Released> {
     let mut out = Released::default();
     if let Some(p) = plumber {
-        out.interface_removed =
-            p.teardown(&req.host_ifname, req.netns.as_deref(), &req.pod_ifname)?;
+        out.interface_removed = p.teardown(&ep.host_ifname, ep.netns.as_deref(), &ep.pod_ifname)?;
     }
-    out.addresses = ipam.release(&req.handle)?;
+    out.addresses = ipam.release(&ep.handle)?;
     Ok(out)
 }
 
@@ -413,10 +412,10 @@ mod tests {
         let a = add(&mut ipam, &mut p, &req("c1")).unwrap();
         let mut r = req("c1");
         r.netns = None;
-        let first = release(&mut ipam, Some(&mut p), &r).unwrap();
+        let first = release(&mut ipam, Some(&mut p), &r.endpoint()).unwrap();
         assert!(first.interface_removed);
         assert_eq!(first.addresses, a.allocation.addrs());
-        let again = release(&mut ipam, Some(&mut p), &r).unwrap();
+        let again = release(&mut ipam, Some(&mut p), &r.endpoint()).unwrap();
         assert_eq!(again, Released::default());
         assert!(held(&mut ipam, "c1").is_empty());
         assert!(p.calls.last().unwrap().ends_with("None"), "{:?}", p.calls);
@@ -428,7 +427,7 @@ mod tests {
         let mut p = RecordingPlumber::default();
         add(&mut ipam, &mut p, &req("c1")).unwrap();
         p.fail_teardown = true;
-        release(&mut ipam, Some(&mut p), &req("c1")).unwrap_err();
+        release(&mut ipam, Some(&mut p), &req("c1").endpoint()).unwrap_err();
         assert_eq!(held(&mut ipam, "c1").len(), 1);
     }
 }

@@ -31,8 +31,8 @@
 //! // A retry gets the same addresses; release is idempotent.
 //! let again = calinet_attach::add(&mut ipam, &mut kernel, &req)?;
 //! assert_eq!(again.allocation.nets, attached.allocation.nets);
-//! calinet_attach::release(&mut ipam, Some(&mut kernel), &req)?;
-//! calinet_attach::release(&mut ipam, Some(&mut kernel), &req)?;
+//! calinet_attach::release(&mut ipam, Some(&mut kernel), &req.endpoint())?;
+//! calinet_attach::release(&mut ipam, Some(&mut kernel), &req.endpoint())?;
 //! # Ok(()) }
 //! ```
 //!
@@ -63,5 +63,5 @@ pub use error::{Error, Result, Step, chain};
 pub use ipam::{HostLock, IpamAddresses, pool_name};
 pub use kernel::KernelPlumber;
 pub use request::{
-    Allocation, AssignParams, Attached, FamilyRequest, Plumbed, PodRef, PoolRef, Request,
+    Allocation, AssignParams, Attached, Endpoint, FamilyRequest, Plumbed, PodRef, PoolRef, Request,
 };

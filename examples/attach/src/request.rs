@@ -53,6 +53,65 @@ pub struct PodRef {
     pub name: String,
 }
 
+/// Where a pod's attachment lives: its handle and its interfaces. What
+/// [`crate::release`] needs (no node, no addresses wanted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// The IPAM handle holding the pod's addresses.
+    pub handle: HandleId,
+    /// Host-side veth name.
+    pub host_ifname: IfName,
+    /// Interface name inside the pod.
+    pub pod_ifname: IfName,
+    /// The pod's network namespace, when known.
+    pub netns: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// An endpoint with pod interface `eth0`.
+    pub fn new(handle: HandleId, host_ifname: IfName, netns: Option<PathBuf>) -> Self {
+        Endpoint {
+            handle,
+            host_ifname,
+            pod_ifname: IfName::new("eth0").expect("eth0 is a valid interface name"),
+            netns,
+        }
+    }
+
+    /// Sets the interface name inside the pod.
+    pub fn pod_ifname(mut self, name: IfName) -> Self {
+        self.pod_ifname = name;
+        self
+    }
+
+    /// The workload spec for these addresses (the first IPv4 and the first
+    /// IPv6 one) with veth MTU `mtu`.
+    pub fn workload_spec(&self, mtu: u32, nets: &[IpNet]) -> Result<WorkloadSpec> {
+        let netns = self.netns.as_deref().ok_or_else(|| Error::InvalidRequest {
+            field: "netns",
+            value: String::new(),
+            rule: "plumbing a workload needs the pod's network namespace".into(),
+        })?;
+        let mut spec = WorkloadSpec::new(self.host_ifname.clone(), netns, mtu)
+            .pod_ifname(self.pod_ifname.clone());
+        if let Some(v4) = first_v4(nets) {
+            spec = spec.ipv4(v4);
+        }
+        if let Some(v6) = first_v6(nets) {
+            spec = spec.ipv6(v6);
+        }
+        if spec.ipv4.is_none() && spec.ipv6.is_none() {
+            return Err(Error::InvalidRequest {
+                field: "addresses",
+                value: format!("{nets:?}"),
+                rule: "a workload needs an IPv4 or an IPv6 address".into(),
+            });
+        }
+        Ok(spec)
+    }
+}
+
 /// One pod attachment: who the pod is, where its interfaces go, and what
 /// addresses it wants. Built with [`Request::new`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +204,16 @@ impl Request {
         self
     }
 
+    /// The request's handle and interfaces.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            handle: self.handle.clone(),
+            host_ifname: self.host_ifname.clone(),
+            pod_ifname: self.pod_ifname.clone(),
+            netns: self.netns.clone(),
+        }
+    }
+
     /// The namespace path, or an error naming the field when there is none.
     pub fn netns_path(&self) -> Result<&Path> {
         self.netns.as_deref().ok_or_else(|| Error::InvalidRequest {
@@ -184,26 +253,7 @@ impl Request {
     /// The workload spec for these addresses (the first IPv4 and the first
     /// IPv6 one).
     pub fn workload_spec(&self, nets: &[IpNet]) -> Result<WorkloadSpec> {
-        let mut spec = WorkloadSpec::new(
-            self.host_ifname.clone(),
-            self.netns_path()?.to_path_buf(),
-            self.mtu,
-        )
-        .pod_ifname(self.pod_ifname.clone());
-        if let Some(v4) = first_v4(nets) {
-            spec = spec.ipv4(v4);
-        }
-        if let Some(v6) = first_v6(nets) {
-            spec = spec.ipv6(v6);
-        }
-        if spec.ipv4.is_none() && spec.ipv6.is_none() {
-            return Err(Error::InvalidRequest {
-                field: "addresses",
-                value: format!("{nets:?}"),
-                rule: "a workload needs an IPv4 or an IPv6 address".into(),
-            });
-        }
-        Ok(spec)
+        self.endpoint().workload_spec(self.mtu, nets)
     }
 }
 

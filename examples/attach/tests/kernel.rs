@@ -95,13 +95,13 @@ fn dual_stack_add_retry_and_release_in_namespaces() {
     assert_eq!(b.plumbed.writes, 0, "{:?}", b.plumbed);
 
     // Release: the veth goes, the addresses are free; again is fine.
-    let r = calinet_attach::release(&mut ipam, Some(&mut kernel), &req).unwrap();
+    let r = calinet_attach::release(&mut ipam, Some(&mut kernel), &req.endpoint()).unwrap();
     assert!(r.interface_removed);
     assert_eq!(r.addresses.len(), 2);
     assert!(node.link(&host_if).unwrap().is_none());
     assert!(pod.link("eth0").unwrap().is_none());
     assert!(ipam.held(&req.handle).unwrap().is_empty());
-    let again = calinet_attach::release(&mut ipam, Some(&mut kernel), &req).unwrap();
+    let again = calinet_attach::release(&mut ipam, Some(&mut kernel), &req.endpoint()).unwrap();
     assert!(!again.interface_removed && again.addresses.is_empty());
 }
 

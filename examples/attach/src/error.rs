@@ -168,6 +168,16 @@ impl Error {
         }
     }
 
+    /// The error under an ADD's step wrapper, owned.
+    pub fn into_cause(self) -> Error {
+        match self {
+            Error::AttachFailed { source, .. } | Error::RollbackFailed { source, .. } => {
+                source.into_cause()
+            }
+            e => e,
+        }
+    }
+
     /// Whether the datastore itself failed or stayed contended (as opposed to
     /// a refusal such as an exhausted pool): a caller retries these later.
     pub fn is_datastore_failure(&self) -> bool {
@@ -210,5 +220,6 @@ mod tests {
             chain(&e)
         );
         assert!(!e.is_datastore_failure());
+        assert!(matches!(e.into_cause(), Error::NetnsMissing { .. }));
     }
 }

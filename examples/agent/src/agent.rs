@@ -119,6 +119,8 @@ struct Agent {
     /// Workloads as last attached and verified, so steady-state ticks skip
     /// the per-workload kernel check (a full check runs on every resync).
     attached: BTreeMap<IfName, WorkloadSpec>,
+    /// Interfaces removed by releases since the last dataplane report.
+    detach_writes: u64,
     source: Box<dyn ClusterSource>,
     /// Drives the netlink edge. The loop itself is synchronous, so blocking
     /// datastores (etcd's client refuses calls from inside a runtime) can be
@@ -244,6 +246,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         addresses: IpamAddresses::new(store.clone(), None),
         plumber: KernelPlumber::new().map_err(attach_err)?,
         attached: BTreeMap::new(),
+        detach_writes: 0,
         source: Box::new(PollingSource::new(store.clone())),
         store,
         rt,
@@ -359,7 +362,7 @@ impl Agent {
         let removed = self.remove_stale_workloads(&desired)?;
         let wg = self.wireguard_before(&view, &mut desired)?;
         let mut report = self.rt.block_on(self.dp.apply(&desired))?;
-        report.writes += attached.writes + removed;
+        report.writes += attached.writes + removed + std::mem::take(&mut self.detach_writes);
         report.pending += attached.pending;
         report.workloads_changed += attached.changed;
         report.workloads_removed += removed as usize;
@@ -638,6 +641,12 @@ impl Agent {
             .values()
             .map(|p| p.handle().as_str().to_owned())
             .collect();
+        // A pod re-created under the same name (new handle) has the gone
+        // one's interface name: that interface is the new pod's now.
+        let live_ifnames: BTreeSet<IfName> = plan::local_pods(view, &self.node)
+            .into_iter()
+            .map(|p| IfName::calico_workload(p.namespace(), &p.metadata.name))
+            .collect();
         for (handle, uses) in &by_handle {
             let Some(first) = uses.first() else { continue };
             if handle.starts_with("k8s-pod-network.")
@@ -651,23 +660,27 @@ impl Agent {
                 // one, only the addresses go (the stale-interface sweep
                 // removes unplanned interfaces).
                 let ifname = match (first.attr("namespace"), first.attr("pod")) {
-                    (Some(ns), Some(pod)) => Some(IfName::calico_workload(ns, pod)),
+                    (Some(ns), Some(pod)) => {
+                        Some(IfName::calico_workload(ns, pod)).filter(|i| !live_ifnames.contains(i))
+                    }
                     _ => None,
                 };
-                let endpoint = calinet_attach::Endpoint::new(
-                    h,
-                    ifname
-                        .clone()
-                        .unwrap_or_else(|| IfName::calico_workload("", "")),
-                    None,
-                );
-                let plumber = ifname
-                    .is_some()
-                    .then_some(&mut self.plumber as &mut dyn calinet_attach::Plumber);
-                let released = calinet_attach::release(&mut self.addresses, plumber, &endpoint)
-                    .map_err(attach_err)?;
+                let released = match &ifname {
+                    Some(i) => calinet_attach::release(
+                        &mut self.addresses,
+                        Some(&mut self.plumber),
+                        &calinet_attach::Endpoint::new(h, i.clone(), None),
+                    )
+                    .map_err(attach_err)?,
+                    None => calinet_attach::Released::addresses(
+                        self.addresses.release(&h).map_err(attach_err)?,
+                    ),
+                };
                 if let Some(i) = &ifname {
                     self.attached.remove(i);
+                }
+                if released.interface_removed {
+                    self.detach_writes += 1;
                 }
                 wrote = true;
                 tracing::info!(%handle, interface_removed = released.interface_removed,

@@ -178,6 +178,16 @@ pub struct Released {
     pub addresses: Vec<IpAddr>,
 }
 
+impl Released {
+    /// Only addresses were released (no interface to remove).
+    pub fn addresses(addresses: Vec<IpAddr>) -> Self {
+        Released {
+            interface_removed: false,
+            addresses,
+        }
+    }
+}
+
 /// DEL: removes the interfaces (with a plumber) and releases everything the
 /// handle holds. Idempotent: succeeds when either is already gone, and
 /// without a namespace. Interfaces go first, so an address is never free

@@ -1,8 +1,9 @@
 //! The agent attaches its pods through calinet-attach, dual stack: with an
 //! IPv4 and an IPv6 pool, a pod on the node gets one address of each, both
 //! plumbed into its namespace, both host routes, and a WorkloadEndpoint
-//! listing both. A pod that is deleted is detached: interface removed,
-//! addresses released. Root: the agent runs in a lab node namespace.
+//! listing both. A pod whose sandbox does not exist gets nothing (and does
+//! not stop the others). A pod that is deleted is detached: interface
+//! removed, addresses released. Root: the agent runs in a lab node namespace.
 
 use std::time::Duration;
 
@@ -68,9 +69,14 @@ fn pods_get_ipv4_and_ipv6_through_the_attach_core_and_are_detached_when_gone() {
              apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: v6}}\n\
              spec: {{cidr: 'fd00:10:244::/112', blockSize: 122}}\n---\n\
              apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {}}}\n\
-             spec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n---\n{}",
+             spec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n---\n{}---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: ghost\n  namespace: default\n  \
+             annotations:\n    calinet.io/netns: /run/netns/{}-no-such-netns\n\
+             spec:\n  nodeName: {}\n",
             node.name,
-            pod(&pod_ns)
+            pod(&pod_ns),
+            lab.prefix(),
+            node.name
         ),
     );
     run_agent(&node, &store, dir.path(), 2);

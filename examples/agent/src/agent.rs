@@ -1,9 +1,11 @@
 //! `run --node NAME`: the node agent's loop.
 //!
 //! Every tick: read the cluster view (polling the store), do this node's IPAM
-//! (tunnel address, pod addresses, releases), plan (pure), apply (netlink),
-//! publish WorkloadEndpoints and the agent's status. A full resync re-verifies
-//! every workload against the kernel. Datastore errors leave the dataplane as
+//! (tunnel addresses; gone pods released through calinet-attach), plan
+//! (pure), attach this node's pods through calinet-attach (addresses, IPv4
+//! and IPv6, then veth, addresses and routes), apply tunnel links, routes and
+//! VTEP entries (netlink), publish WorkloadEndpoints and the agent's status.
+//! A full resync re-verifies every workload against the kernel. Datastore errors leave the dataplane as
 //! it is and are retried with exponential backoff. SIGTERM / SIGINT stop the
 //! loop cleanly (the dataplane stays, as with Calico).
 

@@ -1,9 +1,11 @@
 //! `run --node NAME`: the node agent's loop.
 //!
 //! Every tick: read the cluster view (polling the store), do this node's IPAM
-//! (tunnel address, pod addresses, releases), plan (pure), apply (netlink),
-//! publish WorkloadEndpoints and the agent's status. A full resync re-verifies
-//! every workload against the kernel. Datastore errors leave the dataplane as
+//! (tunnel addresses; gone pods released through calinet-attach), plan
+//! (pure), attach this node's pods through calinet-attach (addresses, IPv4
+//! and IPv6, then veth, addresses and routes), apply tunnel links, routes and
+//! VTEP entries (netlink), publish WorkloadEndpoints and the agent's status.
+//! A full resync re-verifies every workload against the kernel. Datastore errors leave the dataplane as
 //! it is and are retried with exponential backoff. SIGTERM / SIGINT stop the
 //! loop cleanly (the dataplane stays, as with Calico).
 
@@ -13,8 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use calinet_ipam::{AllowedUse, AutoAssignRequest, HandleId, Ipam, NodeName, Store, TunnelKind};
-use calinet_route::ResyncTimer;
+use calinet_attach::{
+    AddressManager, FamilyRequest, IpamAddresses, KernelPlumber, Plumber as _, Request,
+};
+use calinet_ipam::{HandleId, NodeName, Store, TunnelKind};
+use calinet_route::{IfName, ResyncTimer, RouteProtocol, WorkloadSpec};
+use ipnet::IpNet;
 
 use crate::dataplane::Dataplane;
 use crate::datastore::{
@@ -111,7 +117,15 @@ struct Agent {
     node: String,
     node_name: NodeName,
     store: DynStore,
-    ipam: Ipam<DynStore>,
+    /// Pod (and tunnel) addresses: calinet-attach's IPAM edge.
+    addresses: IpamAddresses<DynStore>,
+    /// Pod plumbing: calinet-attach's kernel edge, in the agent's namespace.
+    plumber: KernelPlumber,
+    /// Workloads as last attached and verified, so steady-state ticks skip
+    /// the per-workload kernel check (a full check runs on every resync).
+    attached: BTreeMap<IfName, WorkloadSpec>,
+    /// Interfaces removed by releases since the last dataplane report.
+    detach_writes: u64,
     source: Box<dyn ClusterSource>,
     /// Drives the netlink edge. The loop itself is synchronous, so blocking
     /// datastores (etcd's client refuses calls from inside a runtime) can be
@@ -253,7 +267,10 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
     let mut agent = Agent {
         node: opts.node.clone(),
         node_name,
-        ipam: Ipam::new(store.clone()),
+        addresses: IpamAddresses::new(store.clone(), None),
+        plumber: KernelPlumber::new().map_err(attach_err)?,
+        attached: BTreeMap::new(),
+        detach_writes: 0,
         source: Box::new(PollingSource::new(store.clone())),
         store,
         rt,
@@ -371,11 +388,16 @@ impl Agent {
             self.publish_status(&view, None, now)?;
             return Ok(false);
         }
-        let (addrs, ipam_wrote) = self.ipam_step(&view)?;
-        if ipam_wrote {
+        if self.ipam_step(&view)? {
             view = self.source.snapshot()?;
         }
-        let mut desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
+        let mut desired = self.plan(&view)?;
+        let attached = self.attach_pods(&view, &desired, full)?;
+        if attached.assigned {
+            // New addresses: plan again so routes and endpoints include them.
+            view = self.source.snapshot()?;
+            desired = self.plan(&view)?;
+        }
         let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
         self.metrics
             .calc_graph_update_seconds
@@ -383,13 +405,18 @@ impl Agent {
         self.metrics
             .record_counts(&Counts::from_view(&view, &desired.workloads));
         let applying = Instant::now();
+        let removed = self.remove_stale_workloads(&desired)?;
         let wg = self.wireguard_before(&view, &mut desired)?;
-        let mut report = self.rt.block_on(self.dp.apply(&desired, full))?;
+        let mut report = self.rt.block_on(self.dp.apply(&desired))?;
         if full {
             self.metrics
                 .route_table_resync_seconds
                 .observe(applying.elapsed().as_secs_f64());
         }
+        report.writes += attached.writes + removed + std::mem::take(&mut self.detach_writes);
+        report.pending += attached.pending;
+        report.workloads_changed += attached.changed;
+        report.workloads_removed += removed as usize;
         report.writes += self.wireguard_after(wg, report.pending)?;
         let nft_messages = self.policy.apply(&rs, &hash).inspect_err(|_| {
             self.metrics.nft_calls.inc();
@@ -563,9 +590,9 @@ impl Agent {
         }
     }
 
-    /// Tunnel address, pod addresses and releases. Returns the pods' addresses
-    /// and whether anything was written.
-    fn ipam_step(&mut self, view: &ClusterView) -> Result<(BTreeMap<String, Ipv4Addr>, bool)> {
+    /// Tunnel addresses, and releases of pods that are gone. Returns whether
+    /// anything was written. Pods' addresses are [`Self::attach_pods`]'.
+    fn ipam_step(&mut self, view: &ClusterView) -> Result<bool> {
         let now = SystemTime::now();
         let mut wrote = false;
         let (node_res, node_rev) = view
@@ -576,23 +603,7 @@ impl Agent {
         let labels = node_res.metadata.labels.clone();
         let tunnel_handle = HandleId::tunnel(TunnelKind::Vxlan, &self.node_name);
 
-        // Addresses by handle, from the blocks in the view.
-        let mut by_handle: BTreeMap<String, Vec<(IpAddr, String)>> = BTreeMap::new();
-        for (b, _) in &view.ipam.blocks {
-            for (o, a) in b.allocations() {
-                if let Some(h) = &a.handle {
-                    let user = a
-                        .secondary
-                        .as_ref()
-                        .and_then(|s| s.get("node").cloned())
-                        .unwrap_or_default();
-                    by_handle
-                        .entry(h.to_string())
-                        .or_default()
-                        .push((b.addr(o), user));
-                }
-            }
-        }
+        let by_handle = allocations(view);
 
         // The VXLAN tunnel address (claims this node's first block).
         let mut wanted_node = node_res.clone();
@@ -601,9 +612,11 @@ impl Agent {
                 .get(tunnel_handle.as_str())
                 .and_then(|v| v.first())
             {
-                Some((IpAddr::V4(a), _)) => *a,
+                Some(Held {
+                    net: IpNet::V4(a), ..
+                }) => a.addr(),
                 _ => {
-                    let a = self.ipam.assign_tunnel_addr(
+                    let a = self.addresses.ipam().assign_tunnel_addr(
                         TunnelKind::Vxlan,
                         &self.node_name,
                         &labels,
@@ -629,7 +642,7 @@ impl Agent {
         } else if by_handle.contains_key(tunnel_handle.as_str())
             || node_res.spec.ipv4_vxlan_tunnel_addr.is_some()
         {
-            self.ipam.release_handle(&tunnel_handle, now)?;
+            self.addresses.ipam().release_handle(&tunnel_handle, now)?;
             wrote = true;
             wanted_node.spec.ipv4_vxlan_tunnel_addr = None;
             wanted_node.spec.vxlan_tunnel_mac_addr = None;
@@ -644,9 +657,11 @@ impl Agent {
         let ipip_handle = HandleId::tunnel(TunnelKind::Ipip, &self.node_name);
         if plan::wants_ipip(view) {
             let tunnel = match by_handle.get(ipip_handle.as_str()).and_then(|v| v.first()) {
-                Some((IpAddr::V4(a), _)) => *a,
+                Some(Held {
+                    net: IpNet::V4(a), ..
+                }) => a.addr(),
                 _ => {
-                    let a = self.ipam.assign_tunnel_addr(
+                    let a = self.addresses.ipam().assign_tunnel_addr(
                         TunnelKind::Ipip,
                         &self.node_name,
                         &labels,
@@ -664,7 +679,7 @@ impl Agent {
         } else if by_handle.contains_key(ipip_handle.as_str())
             || node_res.spec.ipv4_ipip_tunnel_addr.is_some()
         {
-            self.ipam.release_handle(&ipip_handle, now)?;
+            self.addresses.ipam().release_handle(&ipip_handle, now)?;
             wrote = true;
             wanted_node.spec.ipv4_ipip_tunnel_addr = None;
             tracing::info!("released the IPIP tunnel address: no pool uses IPIP");
@@ -680,67 +695,194 @@ impl Agent {
             wrote = true;
         }
 
-        // Pod addresses.
-        let mut addrs = BTreeMap::new();
-        let mut live = BTreeSet::new();
-        for pod in plan::local_pods(view, &self.node) {
-            let handle = pod.handle();
-            live.insert(handle.as_str().to_owned());
-            if pod.netns().is_none() {
-                continue;
-            }
-            let existing = by_handle.get(handle.as_str()).and_then(|v| {
-                v.iter().find_map(|(a, _)| match a {
-                    IpAddr::V4(v4) => Some(*v4),
-                    IpAddr::V6(_) => None,
-                })
-            });
-            let addr = match existing {
-                Some(a) => a,
-                None => {
-                    let req = AutoAssignRequest {
-                        handle: handle.clone(),
-                        node: self.node_name.clone(),
-                        node_labels: labels.clone(),
-                        num_v4: 1,
-                        num_v6: 0,
-                        attributes: BTreeMap::from([
-                            ("node".to_owned(), self.node.clone()),
-                            ("namespace".to_owned(), pod.namespace().to_owned()),
-                            ("pod".to_owned(), pod.metadata.name.clone()),
-                        ]),
-                        ip_use: AllowedUse::Workload,
-                        pools: Vec::new(),
-                    };
-                    let got = self.ipam.auto_assign(&req, now)?;
-                    wrote = true;
-                    let a = got.v4.first().ok_or_else(|| {
-                        Error::Usage(format!("IPAM gave pod {} no IPv4 address", pod.key()))
-                    })?;
-                    tracing::info!(pod = %pod.key(), address = %a.addr, block = %a.block,
-                        borrowed = a.borrowed, "assigned pod address");
-                    match a.addr {
-                        IpAddr::V4(v4) => v4,
-                        IpAddr::V6(_) => unreachable!("IPv4 was asked for"),
-                    }
-                }
-            };
-            addrs.insert(pod.key(), addr);
-        }
-        // Releases: pod handles used on this node whose pod is gone.
+        // Releases: pod handles used on this node whose pod is gone. Through
+        // the attach core: the pod's interface (named from the allocation's
+        // namespace and pod) first, then the addresses.
+        let live: BTreeSet<String> = view
+            .pods
+            .values()
+            .map(|p| p.handle().as_str().to_owned())
+            .collect();
+        // A pod re-created under the same name (new handle) has the gone
+        // one's interface name: that interface is the new pod's now.
+        let live_ifnames: BTreeSet<IfName> = plan::local_pods(view, &self.node)
+            .into_iter()
+            .map(|p| IfName::calico_workload(p.namespace(), &p.metadata.name))
+            .collect();
         for (handle, uses) in &by_handle {
+            let Some(first) = uses.first() else { continue };
             if handle.starts_with("k8s-pod-network.")
-                && uses.iter().any(|(_, user)| user == &self.node)
+                && uses
+                    .iter()
+                    .any(|u| u.attr("node") == Some(self.node.as_str()))
                 && !live.contains(handle)
-                && !view.pods.values().any(|p| p.handle().as_str() == handle)
             {
                 let h: HandleId = handle.parse()?;
-                let released = self.ipam.release_handle(&h, now)?;
+                // The interface is named after the allocation's pod; without
+                // one, only the addresses go (the stale-interface sweep
+                // removes unplanned interfaces).
+                let ifname = match (first.attr("namespace"), first.attr("pod")) {
+                    (Some(ns), Some(pod)) => {
+                        Some(IfName::calico_workload(ns, pod)).filter(|i| !live_ifnames.contains(i))
+                    }
+                    _ => None,
+                };
+                let released = match &ifname {
+                    Some(i) => calinet_attach::release(
+                        &mut self.addresses,
+                        Some(&mut self.plumber),
+                        &calinet_attach::Endpoint::new(h, i.clone(), None),
+                    )
+                    .map_err(attach_err)?,
+                    None => calinet_attach::Released::addresses(
+                        self.addresses.release(&h).map_err(attach_err)?,
+                    ),
+                };
+                if let Some(i) = &ifname {
+                    self.attached.remove(i);
+                }
+                if released.interface_removed {
+                    self.detach_writes += 1;
+                }
                 wrote = true;
-                tracing::info!(%handle, ?released, "released addresses of a pod that is gone");
+                tracing::info!(%handle, interface_removed = released.interface_removed,
+                    released = ?released.addresses, "released a pod that is gone");
             }
         }
-        Ok((addrs, wrote))
+        Ok(wrote)
+    }
+
+    /// Plans the node from the addresses the pods hold in `view`: calinet-encap
+    /// and the routes through [`plan::plan`] (IPv4), plus each workload's IPv6
+    /// address and its /128 host route.
+    fn plan(&self, view: &ClusterView) -> Result<Desired> {
+        let held = pod_addresses(view);
+        let first = |pod: &crate::resources::Pod, v6: bool| {
+            held.get(pod.handle().as_str())
+                .and_then(|nets| nets.iter().find(|n| n.addr().is_ipv6() == v6))
+                .map(IpNet::addr)
+        };
+        let v4: BTreeMap<String, Ipv4Addr> = plan::local_pods(view, &self.node)
+            .into_iter()
+            .filter_map(|p| match first(p, false)? {
+                IpAddr::V4(a) => Some((p.key(), a)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let mut desired = plan::plan(view, &self.node, &self.facts, &v4)?;
+        for w in &mut desired.workloads {
+            let Some(IpAddr::V6(a)) = first(&w.pod, true) else {
+                continue;
+            };
+            w.spec.ipv6 = Some(a);
+            desired.routes.extend(
+                w.spec
+                    .host_routes(RouteProtocol::CALICO)
+                    .into_iter()
+                    .filter(|r| r.destination.addr().is_ipv6()),
+            );
+        }
+        desired.routes.sort_by_key(|r| r.destination);
+        Ok(desired)
+    }
+
+    /// Attaches this node's pods that have a sandbox through calinet-attach:
+    /// the addresses their handle holds (else one IPv4, and one IPv6 when an
+    /// IPv6 pool is enabled), then their veth, addresses and routes. A pod
+    /// whose attach fails is left out (its failed attach undone) and counted
+    /// as pending; a datastore failure fails the tick.
+    fn attach_pods(&mut self, view: &ClusterView, desired: &Desired, full: bool) -> Result<Attach> {
+        let mut out = Attach::default();
+        let labels = view
+            .nodes
+            .get(&self.node)
+            .map(|(n, _)| n.metadata.labels.clone())
+            .unwrap_or_default();
+        let ipv6 = view
+            .ipam
+            .pools
+            .iter()
+            .any(|p| p.enabled() && p.spec.cidr.addr().is_ipv6());
+        let planned: BTreeMap<&IfName, &WorkloadSpec> = desired
+            .workloads
+            .iter()
+            .map(|w| (&w.spec.host_ifname, &w.spec))
+            .collect();
+        let mut ipam = ViewAddresses {
+            held: pod_addresses(view),
+            inner: &mut self.addresses,
+        };
+        for pod in plan::local_pods(view, &self.node) {
+            let Some(netns) = pod.netns() else { continue };
+            let ifname = IfName::calico_workload(pod.namespace(), &pod.metadata.name);
+            if !full
+                && planned
+                    .get(&ifname)
+                    .is_some_and(|s| self.attached.get(&ifname) == Some(*s))
+            {
+                continue;
+            }
+            let req = Request::new(
+                pod.handle(),
+                self.node_name.clone(),
+                ifname.clone(),
+                Some(netns.into()),
+                desired.decisions.mtu.pod,
+            )
+            .pod(pod.namespace(), &pod.metadata.name)
+            .node_labels(labels.clone())
+            .ipv6(ipv6.then(FamilyRequest::any));
+            match calinet_attach::add(&mut ipam, &mut self.plumber, &req) {
+                Ok(a) => {
+                    if a.allocation.fresh {
+                        out.assigned = true;
+                        tracing::info!(pod = %pod.key(), addresses = ?a.allocation.nets,
+                            "assigned pod addresses");
+                    }
+                    if a.plumbed.changed {
+                        out.changed += 1;
+                        tracing::info!(pod = %pod.key(), interface = %ifname, "workload plumbed");
+                    }
+                    out.writes += a.plumbed.writes;
+                    self.attached.insert(ifname, a.spec);
+                }
+                Err(e) if e.is_datastore_failure() => return Err(attach_err(e)),
+                Err(e) => {
+                    self.attached.remove(&ifname);
+                    out.pending += 1;
+                    tracing::warn!(pod = %pod.key(), error = %calinet_attach::chain(&e),
+                        "pod not attached yet");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes workload interfaces (`cali*` veths) no planned pod uses, through
+    /// the attach core's plumber. Returns how many it removed.
+    fn remove_stale_workloads(&mut self, desired: &Desired) -> Result<u64> {
+        let wanted: BTreeSet<&IfName> = desired
+            .workloads
+            .iter()
+            .map(|w| &w.spec.host_ifname)
+            .collect();
+        let eth0 = IfName::new("eth0")?;
+        let mut removed = 0;
+        for name in self.rt.block_on(self.dp.workload_links())? {
+            if wanted.contains(&name) {
+                continue;
+            }
+            if self
+                .plumber
+                .teardown(&name, None, &eth0)
+                .map_err(attach_err)?
+            {
+                removed += 1;
+                tracing::info!(interface = %name, "removed workload interface of a pod that is gone");
+            }
+            self.attached.remove(&name);
+        }
+        Ok(removed)
     }
 
     fn publish_weps(&self, view: &ClusterView, desired: &Desired) -> Result<()> {
@@ -774,8 +916,10 @@ impl Agent {
                     ip_networks: w
                         .spec
                         .ipv4
-                        .map(|a| ipnet::IpNet::from(IpAddr::V4(a)))
+                        .map(IpAddr::V4)
                         .into_iter()
+                        .chain(w.spec.ipv6.map(IpAddr::V6))
+                        .map(IpNet::from)
                         .collect(),
                     profiles: vec![format!("kns.{}", pod.namespace())],
                     ports: pod
@@ -860,6 +1004,96 @@ impl Agent {
         )?;
         self.last_status = Some((status, now));
         Ok(())
+    }
+}
+
+/// What [`Agent::attach_pods`] did.
+#[derive(Debug, Default)]
+struct Attach {
+    /// Some pod got new addresses.
+    assigned: bool,
+    /// Netlink writes.
+    writes: u64,
+    /// Pods plumbed or rebuilt.
+    changed: usize,
+    /// Pods not attached (their attach failed).
+    pending: usize,
+}
+
+/// One address of a handle, with its allocation's attributes.
+#[derive(Debug, Clone)]
+struct Held {
+    /// The address with its block's prefix length.
+    net: IpNet,
+    /// The allocation's owner attributes (`node`, `namespace`, `pod`).
+    attrs: Option<Arc<BTreeMap<String, String>>>,
+}
+
+impl Held {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.as_deref()?.get(key).map(String::as_str)
+    }
+}
+
+/// Every allocation in the view's blocks, by handle.
+fn allocations(view: &ClusterView) -> BTreeMap<String, Vec<Held>> {
+    let mut by_handle: BTreeMap<String, Vec<Held>> = BTreeMap::new();
+    for (b, _) in &view.ipam.blocks {
+        for (o, a) in b.allocations() {
+            if let Some(h) = &a.handle {
+                by_handle.entry(h.to_string()).or_default().push(Held {
+                    net: IpNet::new(b.addr(o), b.cidr().net().prefix_len())
+                        .expect("a block's prefix length fits its family"),
+                    attrs: a.secondary.clone(),
+                });
+            }
+        }
+    }
+    by_handle
+}
+
+/// The addresses each handle holds in the view (with their block's prefix).
+fn pod_addresses(view: &ClusterView) -> BTreeMap<String, Vec<IpNet>> {
+    allocations(view)
+        .into_iter()
+        .map(|(h, v)| (h, v.into_iter().map(|a| a.net).collect()))
+        .collect()
+}
+
+/// The attach core's address manager with `held` answered from the cluster
+/// view the tick planned from (no datastore read per pod); assignments and
+/// releases go to the datastore.
+struct ViewAddresses<'a> {
+    held: BTreeMap<String, Vec<IpNet>>,
+    inner: &'a mut IpamAddresses<DynStore>,
+}
+
+impl AddressManager for ViewAddresses<'_> {
+    fn held(&mut self, handle: &HandleId) -> calinet_attach::Result<Vec<IpNet>> {
+        Ok(self.held.get(handle.as_str()).cloned().unwrap_or_default())
+    }
+
+    fn assign(
+        &mut self,
+        params: &calinet_attach::AssignParams,
+    ) -> calinet_attach::Result<Vec<IpNet>> {
+        self.inner.assign(params)
+    }
+
+    fn release(&mut self, handle: &HandleId) -> calinet_attach::Result<Vec<IpAddr>> {
+        self.held.remove(handle.as_str());
+        self.inner.release(handle)
+    }
+}
+
+/// The agent's error for an attach-core error: IPAM and netlink failures
+/// keep their kind (the errors metric's label); the rest are reported with
+/// their whole chain.
+fn attach_err(e: calinet_attach::Error) -> Error {
+    match e.into_cause() {
+        calinet_attach::Error::Ipam { source, .. } => Error::Ipam(source),
+        calinet_attach::Error::Plumbing { source, .. } => Error::Route(source),
+        other => Error::Usage(calinet_attach::chain(&other)),
     }
 }
 

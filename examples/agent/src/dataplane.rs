@@ -1,14 +1,13 @@
-//! The kernel edge: applies a [`Desired`] through calinet-route in the agent's
-//! network namespace, counting every write, and reads the local facts.
+//! The kernel edge: applies a [`Desired`]'s tunnel links, routes and VTEP
+//! entries through calinet-route in the agent's network namespace, counting
+//! every write, and reads the local facts. Pods are attached (and their
+//! interfaces removed) through calinet-attach, by the agent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use calinet_route::backend::Backend as _;
-use calinet_route::{
-    IfName, NetlinkBackend, Netns, Ownership, Reconciler, RouteProtocol, WorkloadSpec, link,
-    workload,
-};
+use calinet_route::{IfName, NetlinkBackend, Netns, Ownership, Reconciler, RouteProtocol, link};
 use ipnet::IpNet;
 
 use crate::error::{Error, Result};
@@ -20,8 +19,8 @@ pub const WORKLOAD_PREFIX: &str = "cali";
 /// What one apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// Netlink write requests (routes, links, addresses, neighbours, FDB,
-    /// veths) plus one per pod side plumbed.
+    /// Netlink write requests (routes, links, addresses, neighbours, FDB;
+    /// the agent adds the workloads' veths, plus one per pod side plumbed).
     pub writes: u64,
     /// Routes the agent owns after the apply.
     pub routes: usize,
@@ -41,9 +40,6 @@ pub struct ApplyReport {
 #[derive(Debug)]
 pub struct Dataplane {
     rec: Reconciler<NetlinkBackend>,
-    /// Workload specs as last applied and verified, so steady-state ticks skip
-    /// the per-workload kernel check (a full check runs on every resync).
-    applied: BTreeMap<IfName, WorkloadSpec>,
 }
 
 impl Dataplane {
@@ -56,10 +52,7 @@ impl Dataplane {
         let ownership = Ownership::by_protocol(RouteProtocol::CALICO)
             .tables([calinet_route::MAIN_TABLE, calinet_wg::model::DEFAULT_TABLE]);
         let rec = Reconciler::new(backend, ownership);
-        Ok(Dataplane {
-            rec,
-            applied: BTreeMap::new(),
-        })
+        Ok(Dataplane { rec })
     }
 
     /// Netlink writes so far.
@@ -145,13 +138,23 @@ impl Dataplane {
         }))
     }
 
-    /// Makes the kernel match `desired`. `full` re-verifies every workload
-    /// against the kernel (a resync); otherwise workloads already applied with
-    /// the same spec are trusted.
-    pub async fn apply(&mut self, desired: &Desired, full: bool) -> Result<ApplyReport> {
+    /// The host-side workload interfaces: `cali*` veths.
+    pub async fn workload_links(&mut self) -> Result<Vec<IfName>> {
+        let links = self.rec.backend_mut().links().await?;
+        Ok(links
+            .links()
+            .filter(|l| {
+                l.name.as_str().starts_with(WORKLOAD_PREFIX) && l.kind.as_deref() == Some("veth")
+            })
+            .map(|l| l.name.clone())
+            .collect())
+    }
+
+    /// Makes the kernel's tunnel links, routes and VTEP entries match
+    /// `desired` (the workloads are attached before, by the agent).
+    pub async fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {
         let before = self.writes();
         let mut report = ApplyReport::default();
-        let mut extra_writes = 0;
 
         // Tunnel devices first: routes through them need them.
         for spec in &desired.specs.links {
@@ -196,54 +199,6 @@ impl Dataplane {
             }
         }
 
-        // Workloads: plumb the wanted ones, remove the others.
-        let wanted: BTreeSet<&IfName> = desired
-            .workloads
-            .iter()
-            .map(|w| &w.spec.host_ifname)
-            .collect();
-        for w in &desired.workloads {
-            if !full && self.applied.get(&w.spec.host_ifname) == Some(&w.spec) {
-                continue;
-            }
-            let conn = self.rec.backend_mut().conn();
-            let setup = workload::setup_workload(conn, &w.spec, RouteProtocol::CALICO).await;
-            match setup {
-                Ok(s) => {
-                    if s.changed {
-                        // The pod side is written over its own socket.
-                        extra_writes += 1;
-                        report.workloads_changed += 1;
-                        tracing::info!(pod = %w.pod.key(), interface = %w.spec.host_ifname,
-                            rebuilt_because = ?s.rebuilt_because, "workload plumbed");
-                    }
-                    self.applied
-                        .insert(w.spec.host_ifname.clone(), w.spec.clone());
-                }
-                Err(e) => {
-                    self.applied.remove(&w.spec.host_ifname);
-                    report.pending += 1;
-                    tracing::warn!(pod = %w.pod.key(), error = %crate::error::chain(&e),
-                        "workload not plumbed yet");
-                }
-            }
-        }
-        let links = self.rec.backend_mut().links().await?;
-        for l in links.links() {
-            if l.name.as_str().starts_with(WORKLOAD_PREFIX)
-                && l.kind.as_deref() == Some("veth")
-                && !wanted.contains(&l.name)
-            {
-                let name = l.name.clone();
-                let pod_if = IfName::new("eth0")?;
-                let conn = self.rec.backend_mut().conn();
-                workload::teardown_workload(conn, &name, None, &pod_if).await?;
-                self.applied.remove(&name);
-                report.workloads_removed += 1;
-                tracing::info!(interface = %name, "removed workload interface of a pod that is gone");
-            }
-        }
-
         // Routes: everything with protocol 80 in the main table.
         let r = self.rec.reconcile_routes(&desired.routes).await?;
         report.pending += r.pending.len();
@@ -270,7 +225,7 @@ impl Dataplane {
                 n.pending.len() + f.pending.len() + n.failures.len() + f.failures.len();
             report.neighbours = desired.specs.neighbours.len();
         }
-        report.writes = self.writes() - before + extra_writes;
+        report.writes = self.writes() - before;
         Ok(report)
     }
 }

@@ -63,7 +63,9 @@ pub fn desired_ruleset(
             namespace: Some(pod.namespace().to_owned()),
             local: true,
             interface: w.spec.host_ifname.to_string(),
-            addrs: w.spec.ipv4.map(std::net::IpAddr::V4).into_iter().collect(),
+            addrs: (w.spec.ipv4.map(std::net::IpAddr::V4).into_iter())
+                .chain(w.spec.ipv6.map(std::net::IpAddr::V6))
+                .collect(),
             labels: without_reserved_labels(&pod.metadata.labels),
             profiles: vec![format!("kns.{}", pod.namespace())],
             named_ports: pod

@@ -148,15 +148,8 @@ pub enum Datastore {
     },
 }
 
-/// A pool named in `ipv4_pools` / `ipv6_pools`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PoolRef {
-    /// A CIDR: the pool with this CIDR, created if the datastore has none.
-    Cidr(IpNet),
-    /// The name of an existing IPPool.
-    Name(String),
-}
+/// A pool named in `ipv4_pools` / `ipv6_pools` (the attach core's type).
+pub use calinet_attach::PoolRef;
 
 /// The validated IPAM settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

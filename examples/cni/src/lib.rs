@@ -5,16 +5,18 @@
 //!
 //! Owns: the CNI protocol (CNI 1.0 ADD, DEL, CHECK, VERSION; 1.1 GC and
 //! STATUS; results and errors as the specification's JSON), the network
-//! configuration and its validation, the mapping of errors to CNI codes, and
-//! the order of operations that keeps a failed ADD from leaving anything behind.
+//! configuration and its validation, the mapping of errors to CNI codes,
+//! and the workload identity (handle, interface names) derived from them.
 //!
-//! Does not own: address allocation (calinet-ipam), netlink (calinet-route),
-//! routes to other nodes or policy (the node agent).
+//! Does not own: the attach steps (allocate, plumb, roll back, release:
+//! calinet-attach, shared with the node agent), address allocation
+//! (calinet-ipam), netlink (calinet-route), routes to other nodes or policy
+//! (the node agent).
 //!
 //! Shape: [`config`], [`env`](mod@env) and [`result`] are types; [`plugin`] is the core,
 //! written against two edge traits ([`plugin::AddressManager`],
-//! [`plugin::Plumber`]); [`edge`] has the real edges; [`run`] is the process
-//! edge the binaries call.
+//! [`plugin::Plumber`]) and running calinet-attach for ADD and DEL; [`edge`]
+//! has the real edges; [`run`] is the process edge the binaries call.
 //!
 //! # Example: the IPAM-only ADD and DEL on an in-memory store
 //!

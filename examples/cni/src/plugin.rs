@@ -1,55 +1,30 @@
 //! The plugin's core: what ADD, DEL, CHECK, GC and STATUS do, as functions over
-//! two edges: an [`AddressManager`] (IPAM) and a [`Plumber`] (the kernel). The
-//! core reads no environment, file, clock or socket; [`crate::edge`] has the
-//! real edges and the unit tests below use recording ones.
+//! two edges: an [`AddressManager`] (IPAM) and a [`Plumber`] (the kernel). ADD
+//! and DEL are calinet-attach's (allocate, plumb, roll back, release); what
+//! is CNI's (the workload identity from `CNI_*`, results, CHECK, GC, STATUS)
+//! is here. The core reads no environment, file, clock or socket;
+//! [`crate::edge`] has the real edges and the unit tests below use recording
+//! ones.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use calinet_attach::{Endpoint, FamilyRequest, Request};
 use calinet_ipam::{Attributes, HandleId, NodeName};
 use calinet_route::{IfName, POD_GATEWAY_V4, WorkloadSpec};
 use ipnet::IpNet;
 
-use crate::config::{Config, IpamConfig, PoolRef};
+use crate::config::{Config, IpamConfig};
 use crate::env::{ContainerId, Env};
 use crate::error::{Error, Result};
 use crate::result::{CniResult, Interface, Route};
 
-/// What an address request asks of the IPAM edge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssignParams {
-    /// The handle (`<network name>.<containerID>`).
-    pub handle: HandleId,
-    /// The node asking.
-    pub node: NodeName,
-    /// Assign one IPv4 address.
-    pub ipv4: bool,
-    /// Assign one IPv6 address.
-    pub ipv6: bool,
-    /// IPv4 pools (empty: any).
-    pub ipv4_pools: Vec<PoolRef>,
-    /// IPv6 pools (empty: any).
-    pub ipv6_pools: Vec<PoolRef>,
-    /// Block size for IPv4 pools the edge creates.
-    pub ipv4_block_size: Option<u8>,
-    /// Block size for IPv6 pools the edge creates.
-    pub ipv6_block_size: Option<u8>,
-    /// Owner attributes stored with the allocation (Calico's `namespace`,
-    /// `pod`, `node`, plus `containerID`).
-    pub attributes: Attributes,
-}
+pub use calinet_attach::{AssignParams, Plumbed, Plumber};
 
-/// The IPAM edge.
-pub trait AddressManager {
-    /// Addresses currently held by `handle`, each with its block's prefix
-    /// length (empty when none).
-    fn held(&mut self, handle: &HandleId) -> Result<Vec<IpNet>>;
-    /// Assigns the requested addresses (all or nothing), each with its
-    /// block's prefix length.
-    fn assign(&mut self, params: &AssignParams) -> Result<Vec<IpNet>>;
-    /// Releases everything `handle` holds; idempotent.
-    fn release(&mut self, handle: &HandleId) -> Result<Vec<IpAddr>>;
+/// The IPAM edge: calinet-attach's address manager plus what GC and STATUS
+/// ask of the datastore.
+pub trait AddressManager: calinet_attach::AddressManager {
     /// Handles starting with `prefix` that hold addresses allocated by
     /// `node`, each with the owner attributes of its allocation.
     fn handles_on_node(
@@ -59,30 +34,6 @@ pub trait AddressManager {
     ) -> Result<Vec<(HandleId, Attributes)>>;
     /// Whether ADDs could be served with these settings (STATUS).
     fn status(&mut self, ipam: &IpamConfig) -> Result<()>;
-}
-
-/// What the kernel edge reports after plumbing a workload.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plumbed {
-    /// The host side's MAC.
-    pub host_mac: Option<String>,
-    /// The pod side's MAC.
-    pub pod_mac: Option<String>,
-    /// The host side's IPv6 link-local address (the pod's IPv6 gateway).
-    pub host_link_local: Option<IpAddr>,
-}
-
-/// The kernel edge.
-pub trait Plumber {
-    /// Ok when the namespace path exists ([`Error::NetnsMissing`] otherwise).
-    fn netns_exists(&mut self, path: &Path) -> Result<()>;
-    /// Creates (or re-creates) the workload's veth, addresses and routes.
-    fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed>;
-    /// Differences between the kernel and `spec` (empty when equal).
-    fn check(&mut self, spec: &WorkloadSpec) -> Result<Vec<String>>;
-    /// Removes the workload's interfaces; tolerates their absence and a
-    /// missing namespace.
-    fn teardown(&mut self, host: &IfName, netns: Option<&Path>, pod: &IfName) -> Result<()>;
 }
 
 /// How the plugin attaches a container.
@@ -165,40 +116,52 @@ impl Workload {
         })
     }
 
-    /// The workload spec for these addresses (first IPv4, first IPv6).
-    pub fn spec(&self, cfg: &Config, addrs: &[IpAddr]) -> Result<WorkloadSpec> {
-        let mut spec = WorkloadSpec::new(
+    /// The attach request: this workload on `node`, the configured families,
+    /// pools and MTU.
+    pub fn request(&self, cfg: &Config, node: &NodeName) -> Request {
+        let family = |on: bool, pools: &[crate::config::PoolRef], block: Option<u8>| {
+            on.then(|| FamilyRequest::from_pools(pools.to_vec(), block))
+        };
+        let mut req = Request::new(
+            self.handle.clone(),
+            node.clone(),
             self.host_ifname.clone(),
-            self.netns()?.to_path_buf(),
+            self.netns.clone(),
             cfg.mtu,
         )
-        .pod_ifname(self.pod_ifname.clone());
-        if let Some(v4) = first_v4(addrs) {
-            spec = spec.ipv4(v4);
+        .container_id(self.container.to_string())
+        .pod_ifname(self.pod_ifname.clone())
+        .ipv4(family(
+            cfg.ipam.assign_ipv4,
+            &cfg.ipam.ipv4_pools,
+            cfg.ipam.ipv4_block_size,
+        ))
+        .ipv6(family(
+            cfg.ipam.assign_ipv6,
+            &cfg.ipam.ipv6_pools,
+            cfg.ipam.ipv6_block_size,
+        ));
+        if let Some((ns, pod)) = &self.pod {
+            req = req.pod(ns.clone(), pod.clone());
         }
-        if let Some(v6) = first_v6(addrs) {
-            spec = spec.ipv6(v6);
-        }
-        Ok(spec)
+        req
     }
-}
 
-fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
-    addrs.iter().find_map(|a| match a {
-        IpAddr::V4(v) => Some(*v),
-        IpAddr::V6(_) => None,
-    })
-}
+    /// The handle and interfaces (what DEL releases).
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(
+            self.handle.clone(),
+            self.host_ifname.clone(),
+            self.netns.clone(),
+        )
+        .pod_ifname(self.pod_ifname.clone())
+    }
 
-fn first_v6(addrs: &[IpAddr]) -> Option<Ipv6Addr> {
-    addrs.iter().find_map(|a| match a {
-        IpAddr::V6(v) => Some(*v),
-        IpAddr::V4(_) => None,
-    })
-}
-
-fn host_net(a: IpAddr) -> IpNet {
-    IpNet::from(a)
+    /// The workload spec for these addresses (first IPv4, first IPv6).
+    pub fn spec(&self, cfg: &Config, nets: &[IpNet]) -> Result<WorkloadSpec> {
+        self.netns()?;
+        Ok(self.endpoint().workload_spec(cfg.mtu, nets)?)
+    }
 }
 
 fn sorted(mut nets: Vec<IpNet>) -> Vec<IpNet> {
@@ -207,61 +170,30 @@ fn sorted(mut nets: Vec<IpNet>) -> Vec<IpNet> {
     nets
 }
 
-fn addrs_of(nets: &[IpNet]) -> Vec<IpAddr> {
-    nets.iter().map(IpNet::addr).collect()
-}
-
-fn params(cfg: &Config, w: &Workload, node: &NodeName) -> AssignParams {
-    let mut attributes = Attributes::new();
-    attributes.insert("node".into(), node.to_string());
-    attributes.insert("containerID".into(), w.container.to_string());
-    if let Some((ns, pod)) = &w.pod {
-        attributes.insert("namespace".into(), ns.clone());
-        attributes.insert("pod".into(), pod.clone());
-    }
-    AssignParams {
-        handle: w.handle.clone(),
-        node: node.clone(),
-        ipv4: cfg.ipam.assign_ipv4,
-        ipv6: cfg.ipam.assign_ipv6,
-        ipv4_pools: cfg.ipam.ipv4_pools.clone(),
-        ipv6_pools: cfg.ipam.ipv6_pools.clone(),
-        ipv4_block_size: cfg.ipam.ipv4_block_size,
-        ipv6_block_size: cfg.ipam.ipv6_block_size,
-        attributes,
-    }
+fn host_net(a: IpAddr) -> IpNet {
+    IpNet::from(a)
 }
 
 /// ADD. Returns the addresses a retried ADD already holds (same address for
 /// the same container), else assigns new ones. In plugin mode, a plumbing
-/// failure removes whatever was created and releases the handle, so nothing
-/// is left half-applied.
+/// failure removes whatever was created and releases what this ADD assigned,
+/// so nothing is left half-applied.
 pub fn add(
     cfg: &Config,
     env: &Env,
     node: &NodeName,
     ipam: &mut dyn AddressManager,
-    mut attach: Attach<'_>,
+    attach: Attach<'_>,
 ) -> Result<CniResult> {
     let w = Workload::new(cfg, env)?;
-    if let Attach::Plugin(p) = &mut attach {
-        // Before anything is allocated: an unknown namespace leaves nothing behind.
-        p.netns_exists(w.netns()?)?;
-    }
-    let held = ipam.held(&w.handle)?;
-    let nets = sorted(if held.is_empty() {
-        ipam.assign(&params(cfg, &w, node))?
-    } else {
-        held
-    });
-    let addrs = addrs_of(&nets);
     let v = cfg.version;
     let mut result = CniResult::new(v);
     match attach {
         Attach::IpamOnly => {
+            let allocation = calinet_attach::allocate(ipam, &w.request(cfg, node))?;
             // The block's prefix length, not /32: plugins such as `ptp` and
             // `bridge` treat the prefix as the pod's subnet (ptp fails on /32).
-            for n in &nets {
+            for n in &allocation.nets {
                 let gw = if n.addr().is_ipv4() {
                     cfg.ipam.gateway_v4
                 } else {
@@ -272,25 +204,21 @@ pub fn add(
             Ok(result)
         }
         Attach::Plugin(plumber) => {
-            let spec = match w.spec(cfg, &addrs) {
-                Ok(s) => s,
-                Err(e) => return Err(rollback(e, &w, ipam, None)),
-            };
-            let plumbed = match plumber.setup(&spec) {
-                Ok(p) => p,
-                Err(e) => return Err(rollback(e, &w, ipam, Some(plumber))),
-            };
+            // CNI_NETNS is required before anything else is looked at.
+            w.netns()?;
+            let attached = calinet_attach::add(ipam, plumber, &w.request(cfg, node))?;
+            let (spec, plumbed) = (attached.spec, attached.plumbed);
             let mtu = v.has_gc_status().then_some(cfg.mtu);
             result.interfaces = vec![
                 Interface {
                     name: w.host_ifname.to_string(),
-                    mac: plumbed.host_mac,
+                    mac: plumbed.host_mac.map(|m| m.to_string()),
                     mtu,
                     sandbox: None,
                 },
                 Interface {
                     name: w.pod_ifname.to_string(),
-                    mac: plumbed.pod_mac,
+                    mac: plumbed.pod_mac.map(|m| m.to_string()),
                     mtu,
                     sandbox: Some(spec.pod_netns.display().to_string()),
                 },
@@ -320,33 +248,6 @@ pub fn add(
     }
 }
 
-/// Undoes a failed ADD: removes the interfaces, releases the handle. The
-/// original error is kept; rollback failures are appended to it.
-fn rollback(
-    original: Error,
-    w: &Workload,
-    ipam: &mut dyn AddressManager,
-    plumber: Option<&mut dyn Plumber>,
-) -> Error {
-    let mut failures = Vec::new();
-    if let Some(p) = plumber
-        && let Err(e) = p.teardown(&w.host_ifname, w.netns.as_deref(), &w.pod_ifname)
-    {
-        failures.push(format!("removing {}: {e}", w.host_ifname));
-    }
-    if let Err(e) = ipam.release(&w.handle) {
-        failures.push(format!("releasing handle {}: {e}", w.handle));
-    }
-    if failures.is_empty() {
-        original
-    } else {
-        Error::RollbackFailed {
-            original: Box::new(original),
-            rollback: failures.join("; "),
-        }
-    }
-}
-
 /// DEL: removes the interfaces (plugin mode) and releases the handle.
 /// Succeeds when either is already gone, and without `CNI_NETNS`.
 pub fn del(
@@ -356,12 +257,58 @@ pub fn del(
     attach: Attach<'_>,
 ) -> Result<()> {
     let w = Workload::new(cfg, env)?;
-    if let Attach::Plugin(p) = attach {
-        // Interfaces first: an address is never free while still configured.
-        p.teardown(&w.host_ifname, w.netns.as_deref(), &w.pod_ifname)?;
-    }
-    ipam.release(&w.handle)?;
+    let plumber = match attach {
+        Attach::Plugin(p) => Some(p),
+        Attach::IpamOnly => None,
+    };
+    calinet_attach::release(ipam, plumber, &w.endpoint())?;
     Ok(())
+}
+
+/// The plugin's error for an attach-core error: the CNI codes stay those of
+/// the underlying failure (3 for a missing namespace, 100 for exhaustion, 102
+/// for plumbing, ...).
+impl From<calinet_attach::Error> for Error {
+    fn from(e: calinet_attach::Error) -> Error {
+        use calinet_attach::Error as A;
+        match e {
+            A::AttachFailed { source, .. } => Error::from(*source),
+            A::RollbackFailed {
+                source, rollback, ..
+            } => Error::RollbackFailed {
+                original: Box::new(Error::from(*source)),
+                rollback: rollback
+                    .iter()
+                    .map(|e| calinet_attach::chain(e))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            A::NetnsMissing { path, source } => Error::NetnsMissing { path, source },
+            A::NetnsUnusable { path, source } => Error::InvalidEnv {
+                var: "CNI_NETNS",
+                value: path.display().to_string(),
+                rule: format!("cannot be accessed: {source}"),
+            },
+            A::UnknownPool { name } => Error::InvalidConfig {
+                field: "ipam.ipv4_pools/ipv6_pools".into(),
+                value: name,
+                rule: "no IPPool of this name exists in the datastore".into(),
+            },
+            A::Ipam { operation, source } => Error::Ipam { operation, source },
+            A::Plumbing { what, source } => Error::Plumbing { what, source },
+            A::Lock { path, source } => Error::Lock { path, source },
+            A::InvalidRequest { field, value, rule } => Error::InvalidConfig {
+                field: field.into(),
+                value,
+                rule,
+            },
+            other => Error::InvalidConfig {
+                field: "-".into(),
+                value: String::new(),
+                rule: calinet_attach::chain(&other),
+            },
+        }
+    }
 }
 
 /// CHECK: the stored addresses must exist, match `prevResult` when given, and
@@ -383,7 +330,8 @@ pub fn check(
     if let Attach::Plugin(p) = &mut attach {
         p.netns_exists(w.netns()?)?;
     }
-    let held = addrs_of(&sorted(ipam.held(&w.handle)?));
+    let held_nets = sorted(ipam.held(&w.handle)?);
+    let held: Vec<IpAddr> = held_nets.iter().map(IpNet::addr).collect();
     let mut diffs = Vec::new();
     if held.is_empty() {
         diffs.push(format!("no addresses are stored for handle {}", w.handle));
@@ -428,7 +376,7 @@ pub fn check(
     if let Attach::Plugin(p) = attach
         && !held.is_empty()
     {
-        diffs.extend(p.check(&w.spec(cfg, &held)?)?);
+        diffs.extend(p.check(&w.spec(cfg, &held_nets)?)?);
     }
     if diffs.is_empty() {
         Ok(())
@@ -518,60 +466,10 @@ mod tests {
     use super::*;
     use crate::edge::StoreIpam;
     use crate::version::CniVersion;
+    use calinet_attach::AddressManager as _;
+    use calinet_attach::fake::RecordingPlumber;
     use calinet_ipam::MemStore;
     use std::collections::HashMap;
-
-    /// Records calls; fails `setup` when told to.
-    #[derive(Default)]
-    struct RecordingPlumber {
-        calls: Vec<String>,
-        fail_setup: bool,
-        missing_netns: bool,
-        check_diffs: Vec<String>,
-    }
-
-    impl Plumber for RecordingPlumber {
-        fn netns_exists(&mut self, path: &Path) -> Result<()> {
-            self.calls.push(format!("netns_exists {}", path.display()));
-            if self.missing_netns {
-                return Err(Error::NetnsMissing {
-                    path: path.to_path_buf(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                });
-            }
-            Ok(())
-        }
-        fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed> {
-            self.calls
-                .push(format!("setup {} {:?}", spec.host_ifname, spec.ipv4));
-            if self.fail_setup {
-                return Err(Error::Plumbing {
-                    what: spec.host_ifname.to_string(),
-                    source: calinet_route::Error::Netlink {
-                        request: "link add".into(),
-                        errno: libc::EEXIST,
-                        message: "File exists".into(),
-                    },
-                });
-            }
-            Ok(Plumbed {
-                host_mac: Some("ee:ee:ee:ee:ee:ee".into()),
-                pod_mac: Some("02:00:00:00:00:01".into()),
-                host_link_local: None,
-            })
-        }
-        fn check(&mut self, spec: &WorkloadSpec) -> Result<Vec<String>> {
-            self.calls.push(format!("check {}", spec.host_ifname));
-            Ok(self.check_diffs.clone())
-        }
-        fn teardown(&mut self, host: &IfName, netns: Option<&Path>, _pod: &IfName) -> Result<()> {
-            self.calls.push(format!(
-                "teardown {host} {:?}",
-                netns.map(|p| p.display().to_string())
-            ));
-            Ok(())
-        }
-    }
 
     fn cfg(extra_ipam: &str) -> Config {
         Config::parse(

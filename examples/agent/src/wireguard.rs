@@ -61,7 +61,20 @@ pub fn node_states(view: &ClusterView) -> Vec<NodeState> {
                     }
                 }
             }
-            if let Some(t) = n.spec.ipv4_vxlan_tunnel_addr {
+            // The peer's tunnel addresses, as `wg showconf` shows in Calico.
+            let wg_addr = n
+                .spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv4_address);
+            for t in [
+                wg_addr,
+                n.spec.ipv4_ipip_tunnel_addr,
+                n.spec.ipv4_vxlan_tunnel_addr,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 s.tunnel_addresses.push(IpAddr::V4(t));
             }
             Some(s)

@@ -168,8 +168,9 @@ pub struct RunArgs {
     /// Full resync interval in seconds (Calico: 90).
     #[arg(long, default_value_t = 90)]
     pub resync_secs: u64,
-    /// WireGuard device name (userspace devices share one control-socket
-    /// directory per machine, so nodes on one machine need distinct names).
+    /// WireGuard device name (`wireguard-go`'s control socket is
+    /// `/var/run/wireguard/<name>.sock`: nodes sharing a machine need distinct
+    /// names or, as the lab does, mount namespaces of their own).
     #[arg(long, default_value = calinet_wg::model::DEFAULT_IFNAME_V4)]
     pub wireguard_ifname: String,
     /// WireGuard private key file (default: beside the datastore,

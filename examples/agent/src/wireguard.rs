@@ -1,8 +1,9 @@
 //! WireGuard between nodes (FelixConfiguration `wireguardEnabled`): the node's
 //! key (0600 file, public key published on its Node), a userspace
 //! `wireguard-go` device (this kernel has no WireGuard module), peers computed
-//! by calinet-wg from every node's key, address and blocks and applied as a
-//! delta over the UAPI socket, the device's routing table 1 (through the route
+//! by calinet-wg from every node's key, address, blocks and tunnel addresses
+//! and applied as a delta over the UAPI socket, the device's address from
+//! IPAM, the device's routing table 1 (through the route
 //! reconciler) and the `not fwmark 0x100000 lookup 1` rule, added only once the
 //! device and its routes exist.
 
@@ -24,7 +25,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct WgOptions {
     /// Device name (Calico: `wireguard.cali`; the userspace control socket is
-    /// machine-wide, so nodes sharing a machine need distinct names).
+    /// in `/var/run/wireguard`, so nodes sharing a machine need distinct names
+    /// or mount namespaces of their own).
     pub ifname: String,
     /// The private key file (created 0600 when missing).
     pub key_file: PathBuf,

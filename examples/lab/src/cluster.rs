@@ -484,7 +484,8 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
     // As the seed article does it: calicoctl patch, here the agent's `patch`.
     for (kind, name, patch) in mode_patches(mode) {
         println!("$ calinet-agent patch {kind} {name} -p '{patch}'");
-        calinet_agent::datastore::patch(store.as_ref(), kind, name, &patch)?;
+        let what = calinet_agent::datastore::patch(store.as_ref(), kind, name, &patch)?;
+        let kind = what.split(' ').next().unwrap_or_default();
         println!("Successfully patched 1 '{kind}' resource");
     }
     converge(&mut state, store.as_ref(), since, Duration::from_secs(60))?;

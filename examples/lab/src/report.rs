@@ -1,6 +1,8 @@
 //! What the lab prints about the running cluster: the agent's views (the
 //! same tables `calinet-agent ipam show`, `get ippool -o wide`, `get
-//! workloadendpoint` and `node status` print), each node's routes, and the
+//! workloadendpoint`, `get node -o wide` and `node status` print), each node's
+//! links with their MTUs and its routes, in WireGuard mode the Node resource,
+//! the device's address and `wg showconf` (private key hidden), and the
 //! connectivity matrix with the observed paths.
 
 use std::collections::BTreeMap;
@@ -40,6 +42,8 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     )?);
     let _ = writeln!(out, "\n$ calinet-agent get ippool -o wide");
     out.push_str(&show::get_ippool(&view, Output::Wide)?);
+    let _ = writeln!(out, "\n$ calinet-agent get node -o wide");
+    out.push_str(&show::get_nodes(&view, None, Output::Wide)?);
     let _ = writeln!(out, "\n$ calinet-agent get workloadendpoint");
     out.push_str(&show::get_weps(&view, Some("default"), Output::Table)?);
     let _ = writeln!(out, "\n$ calinet-agent node status --node k8s-m");
@@ -56,6 +60,13 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     if state.mode == Mode::Wireguard
         && let Some(n) = state.nodes.first()
     {
+        let _ = writeln!(out, "\n$ calinet-agent get node {} -o yaml", n.name);
+        out.push_str(&show::get_nodes(&view, Some(&n.name), Output::Yaml)?);
+        let _ = writeln!(out, "\n[{}]$ ip addr show {WG_IFNAME}", n.name);
+        out.push_str(&testlab::cmd::run(
+            "ip",
+            &["-n", &n.netns, "addr", "show", WG_IFNAME],
+        )?);
         let _ = writeln!(out, "\n[{}]$ wg showconf {WG_IFNAME}", n.name);
         out.push_str(&hide_private_key(&wg(state, n, &["showconf", WG_IFNAME])?));
         let _ = writeln!(out, "\n[{}]$ ip rule; ip route show table 1", n.name);

@@ -240,8 +240,15 @@ impl Dataplane {
                         // The pod side is written over its own socket.
                         extra_writes += 1;
                         report.workloads_changed += 1;
-                        tracing::info!(pod = %w.pod.key(), interface = %w.spec.host_ifname,
-                            rebuilt_because = ?s.rebuilt_because, "workload plumbed");
+                        if s.changed_in_place.is_empty() {
+                            tracing::info!(pod = %w.pod.key(), interface = %w.spec.host_ifname,
+                                rebuilt_because = ?s.rebuilt_because, "workload plumbed");
+                        } else {
+                            // The pod's interfaces stay; its eth0 keeps its MTU.
+                            tracing::info!(pod = %w.pod.key(), interface = %w.spec.host_ifname,
+                                mtu = w.spec.mtu, pod_mtu_kept = ?s.pod_mtu_kept,
+                                "workload host-side MTU changed in place");
+                        }
                     }
                     self.applied
                         .insert(w.spec.host_ifname.clone(), w.spec.clone());

@@ -237,10 +237,11 @@ impl Dataplane {
             match setup {
                 Ok(s) => {
                     if s.changed {
-                        // The pod side is written over its own socket.
-                        extra_writes += 1;
                         report.workloads_changed += 1;
                         if s.changed_in_place.is_empty() {
+                            // The pod side is written over its own socket (an
+                            // in-place change writes on the host's, counted).
+                            extra_writes += 1;
                             tracing::info!(pod = %w.pod.key(), interface = %w.spec.host_ifname,
                                 rebuilt_because = ?s.rebuilt_because, "workload plumbed");
                         } else {

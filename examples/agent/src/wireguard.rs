@@ -273,4 +273,43 @@ mod tests {
                 .all(|r| r.protocol == RouteProtocol::CALICO && r.table == 1)
         );
     }
+
+    #[test]
+    fn a_peers_allowed_ips_carry_its_tunnel_addresses() {
+        let store = MemStore::new();
+        let key_b = PrivateKey::generate().unwrap();
+        // The seed's shape: block, then the node's tunnel addresses as /32s.
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 172.16.0.0/16, blockSize: 24}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: a}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec:\n  bgp: {{ipv4Address: 198.51.100.11/24}}\n  ipv4IPIPTunnelAddr: 172.16.9.9\n  wireguard: {{interfaceIPv4Address: 172.16.9.7}}\nstatus: {{wireguardPublicKey: {}}}\n",
+            key_b.public_key().to_base64()
+        );
+        apply(&store, &parse_documents("t", &text).unwrap()).unwrap();
+        let ipam = Ipam::new(&store);
+        let now = std::time::SystemTime::UNIX_EPOCH;
+        let req = AutoAssignRequest::v4("h-b".parse().unwrap(), "b".parse().unwrap(), 1);
+        let block = ipam.auto_assign(&req, now).unwrap().v4[0].block;
+        let view = read_view(&store).unwrap();
+        let (computed, _) = compute(
+            &view,
+            "a",
+            &PrivateKey::generate().unwrap(),
+            &DeviceSettings::calico_v4(),
+        )
+        .unwrap();
+        let allowed: Vec<String> = computed.device.peers[0]
+            .allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                block.to_string(),
+                "172.16.9.7/32".to_owned(),
+                "172.16.9.9/32".to_owned()
+            ]
+        );
+    }
 }

@@ -329,10 +329,19 @@ impl Agent {
     /// One reconcile; returns false when nothing changed and no resync was due.
     fn tick(&mut self, full: bool, now: Instant) -> Result<bool> {
         // The uplink's MTU is followed at run time: tunnel devices and
-        // host-side veths are set from it on the next plan.
-        let facts = self
-            .rt
-            .block_on(self.dp.local_facts(self.uplink.as_deref()))?;
+        // host-side veths are set from it on the next plan. A link dump per
+        // tick; the uplink itself (default route) is looked for again only on
+        // a full resync.
+        let facts = if full {
+            self.rt
+                .block_on(self.dp.local_facts(self.uplink.as_deref()))?
+        } else {
+            let mut f = self.facts.clone();
+            if let Some(mtu) = self.rt.block_on(self.dp.link_mtu(&f.uplink))? {
+                f.mtu = mtu;
+            }
+            f
+        };
         if facts != self.facts {
             tracing::info!(uplink = %facts.uplink, mtu = facts.mtu, was_mtu = self.facts.mtu,
                 gateway = ?facts.gateway_v4, "uplink changed; planning again");

@@ -114,6 +114,12 @@ impl Dataplane {
         Ok(wrote)
     }
 
+    /// The MTU of link `name` (`None` when it does not exist).
+    pub async fn link_mtu(&mut self, name: &str) -> Result<Option<u32>> {
+        let links = self.rec.backend_mut().links().await?;
+        Ok(links.by_name(&IfName::new(name)?).map(|l| l.mtu))
+    }
+
     /// Whether a link exists.
     pub async fn link_exists(&mut self, name: &str) -> Result<bool> {
         let links = self.rec.backend_mut().links().await?;

@@ -1,5 +1,6 @@
-//! Building the cluster (the seed article's topology from the test lab, one
-//! pod namespace per node), its resources, convergence, mode switches and
+//! Building the cluster (the seed article's topology from the test lab, a pod
+//! namespace per node and a second on k8s-w1, the underlay's MTU), its
+//! resources, convergence, mode switches (through the agent's `patch`) and
 //! teardown; [`RunningLab`] owns a cluster built by this process.
 
 use std::collections::BTreeMap;
@@ -74,7 +75,7 @@ pub fn prepare_state_dir(args: &UpArgs) -> Result<()> {
 }
 
 /// The cluster's YAML for the state's mode: pool, IPAM configuration, Felix
-/// configuration, nodes, and one pod per node with its sandbox's namespace.
+/// configuration, nodes, and the pods with their sandboxes' namespaces.
 pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
     let mut y = format!(
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\n\

@@ -110,7 +110,9 @@
 //!
 //! - Workload setup on an existing, already correct workload writes nothing
 //!   (Calico's CNI ADD always deletes and rebuilds); an existing workload that
-//!   differs is rebuilt as in Calico, and [`workload::check_workload`] says why.
+//!   differs is rebuilt as in Calico, and [`workload::check_workload`] says why;
+//!   an MTU-only difference is changed in place on the host side (the pod side
+//!   keeps its MTU until it is re-created, as Calico leaves running pods alone).
 //! - Host routes to workloads get the protocol the caller chooses (Calico's CNI
 //!   plugin uses the kernel default, and Felix later takes them over by interface).
 //! - `tunl0` is the kernel's fallback IPIP device: a parameter mismatch there is an

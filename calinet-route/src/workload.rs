@@ -131,6 +131,12 @@ pub struct SetupReport {
     pub changed: bool,
     /// When the workload existed but differed: what differed (it was rebuilt).
     pub rebuilt_because: Vec<Difference>,
+    /// When the workload existed and only its host side's MTU differed: that
+    /// difference, fixed in place (the interfaces keep their indexes).
+    pub changed_in_place: Vec<Difference>,
+    /// The pod side's MTU when it differs from the spec's and the workload was
+    /// not rebuilt: the pod keeps its MTU until it is re-created (as in Calico).
+    pub pod_mtu_kept: Option<u32>,
     /// The host side's IPv6 link-local address (the pod's IPv6 gateway).
     pub host_link_local: Option<IpAddr>,
     /// Attempts needed until the host MAC read back as `ee:ee:ee:ee:ee:ee`.
@@ -288,8 +294,11 @@ async fn pod_leftover(pod: &mut Conn, name: &IfName) -> Result<bool> {
 /// get `protocol` (the reconciler that owns them should use the same).
 ///
 /// Idempotent: when the workload already matches, nothing is written; when it
-/// exists but differs, it is deleted and rebuilt (Calico's ADD semantics). Needs a
-/// tokio runtime with the time driver.
+/// exists but differs, it is deleted and rebuilt (Calico's ADD semantics),
+/// except for MTUs: a host side whose MTU alone differs gets the new MTU in
+/// place, and the pod side keeps its MTU until the pod is re-created (Calico
+/// never deletes a running pod's interface for a configuration change). Needs
+/// a tokio runtime with the time driver.
 ///
 /// An interface named `pod_ifname` already in the pod's namespace is deleted only
 /// when it is a veth leading out of that namespace (a leftover plumbing);
@@ -302,23 +311,40 @@ pub async fn setup_workload(
     spec.validate()?;
     let mut rebuilt_because = Vec::new();
     if let Some(existing) = link::get_link(host, &spec.host_ifname).await? {
-        let (diffs, pod_mac) = check_and_pod_mac(host, spec, protocol).await?;
-        if diffs.is_empty() {
-            // Unchanged, so the index read above still holds.
+        let check = check_classified(host, spec, protocol).await?;
+        if check.rebuild.is_empty() {
+            // Only MTUs differ (or nothing): the host side is changed in place,
+            // the pod side keeps its MTU; the index read above still holds.
+            let mut changed_in_place = Vec::new();
+            if let Some(d) = check.host_mtu {
+                link::set_link(
+                    host,
+                    existing.index,
+                    &spec.host_ifname,
+                    &LinkChange {
+                        mtu: Some(spec.mtu),
+                        ..LinkChange::default()
+                    },
+                )
+                .await?;
+                changed_in_place.push(d);
+            }
             let ll = if spec.ipv6.is_some() {
                 host_link_local(host, existing.index, Duration::ZERO).await?
             } else {
                 None
             };
             return Ok(SetupReport {
-                changed: false,
+                changed: !changed_in_place.is_empty(),
                 rebuilt_because,
+                changed_in_place,
+                pod_mtu_kept: check.pod_mtu,
                 host_link_local: ll,
                 mac_attempts: 0,
-                pod_mac,
+                pod_mac: check.pod_mac,
             });
         }
-        rebuilt_because = diffs;
+        rebuilt_because = check.all();
         link::delete_link(host, &spec.host_ifname).await?;
     }
 
@@ -374,6 +400,8 @@ pub async fn setup_workload(
         Ok((host_ll, mac_attempts, pod_mac)) => Ok(SetupReport {
             changed: true,
             rebuilt_because,
+            changed_in_place: Vec::new(),
+            pod_mtu_kept: None,
             host_link_local: host_ll,
             mac_attempts,
             pod_mac,
@@ -553,20 +581,63 @@ fn diff(
     });
 }
 
-/// Compares the kernel with what [`setup_workload`] would make; empty when equal.
+/// Compares the kernel with what [`setup_workload`] would make a new
+/// workload; empty when equal. MTU differences are included, though
+/// [`setup_workload`] changes the host side's MTU in place and leaves the pod
+/// side's alone.
 pub async fn check_workload(
     host: &mut Conn,
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
 ) -> Result<Vec<Difference>> {
-    Ok(check_and_pod_mac(host, spec, protocol).await?.0)
+    Ok(check_classified(host, spec, protocol).await?.all())
 }
 
-/// [`check_workload`], plus the pod side's MAC when the pod link was found.
-async fn check_and_pod_mac(
+/// A workload's differences sorted by what [`setup_workload`] does about them.
+#[derive(Debug, Default)]
+struct Check {
+    /// Differences only a rebuild fixes.
+    rebuild: Vec<Difference>,
+    /// The host side's MTU differs (set in place).
+    host_mtu: Option<Difference>,
+    /// The pod side's MTU, when it differs (kept until the pod is re-created).
+    pod_mtu: Option<u32>,
+    /// That difference, for [`check_workload`].
+    pod_mtu_diff: Option<Difference>,
+    /// The pod side's MAC when the pod link was found.
+    pod_mac: Option<MacAddr>,
+}
+
+impl Check {
+    /// Every difference: the host MTU's, the others, the pod MTU's.
+    fn all(self) -> Vec<Difference> {
+        self.host_mtu
+            .into_iter()
+            .chain(self.rebuild)
+            .chain(self.pod_mtu_diff)
+            .collect()
+    }
+}
+
+/// Checks a workload against the kernel, MTU differences kept apart.
+async fn check_classified(
     host: &mut Conn,
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
+) -> Result<Check> {
+    let mut check = Check::default();
+    let (out, pod_mac) = check_rest(host, spec, protocol, &mut check).await?;
+    check.rebuild = out;
+    check.pod_mac = pod_mac;
+    Ok(check)
+}
+
+/// Everything but the MTUs goes to the returned list; the MTUs to `check`.
+async fn check_rest(
+    host: &mut Conn,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+    check: &mut Check,
 ) -> Result<(Vec<Difference>, Option<MacAddr>)> {
     let mut out = Vec::new();
     let h = &spec.host_ifname;
@@ -591,12 +662,14 @@ async fn check_and_pod_mac(
         );
     }
     if host_link.mtu != spec.mtu {
+        let mut d = Vec::new();
         diff(
-            &mut out,
+            &mut d,
             format!("host link {h} mtu"),
             spec.mtu,
             host_link.mtu,
         );
+        check.host_mtu = d.pop();
     }
     if !host_link.up {
         diff(&mut out, format!("host link {h} state"), "up", "down");
@@ -660,12 +733,10 @@ async fn check_and_pod_mac(
         return Ok((out, None));
     };
     if pod_link.mtu != spec.mtu {
-        diff(
-            &mut out,
-            format!("pod link {p} mtu"),
-            spec.mtu,
-            pod_link.mtu,
-        );
+        let mut d = Vec::new();
+        diff(&mut d, format!("pod link {p} mtu"), spec.mtu, pod_link.mtu);
+        check.pod_mtu_diff = d.pop();
+        check.pod_mtu = Some(pod_link.mtu);
     }
     if !pod_link.up {
         diff(&mut out, format!("pod link {p} state"), "up", "down");

@@ -182,6 +182,65 @@ fn setup_is_idempotent_check_reports_and_repairs() {
 }
 
 #[test]
+fn an_mtu_change_is_made_in_place_and_the_pod_keeps_its_mtu() {
+    testlab::require_root!();
+    let lab = Lab::new("an_mtu_change_is_made_in_place_and_the_pod_keeps_its_mtu").unwrap();
+    let seg = lab.segment("198.51.100.0/24").unwrap();
+    let n1 = lab
+        .node("n1", &seg, "198.51.100.10".parse().unwrap())
+        .unwrap();
+    let p1 = lab.pod("p1").unwrap();
+    let p2 = lab.pod("p2").unwrap();
+    let s1 = spec(&p1, "default", "mtu", "172.16.101.5", "fd00:10:244::5");
+    let other = spec(&p2, "default", "other", "172.16.101.6", "fd00:10:244::6");
+    let h = s1.host_ifname.to_string();
+    let mut s2 = s1.clone();
+    s2.mtu = 1410;
+    rt().block_on(async {
+        let mut host = Conn::open(&Netns::open(n1.path()).unwrap()).await.unwrap();
+        for s in [&s1, &other] {
+            setup_workload(&mut host, s, RouteProtocol::CALICO)
+                .await
+                .unwrap();
+        }
+        let host_before = n1.link(&h).unwrap().unwrap();
+        let pod_before = p1.link("eth0").unwrap().unwrap();
+        assert_eq!(host_before.mtu, Some(1440));
+
+        let r = setup_workload(&mut host, &s2, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(r.changed);
+        assert_eq!(r.rebuilt_because, vec![], "an MTU change is no rebuild");
+        assert_eq!(r.changed_in_place.len(), 1, "{r:#?}");
+        assert_eq!(r.changed_in_place[0].item, format!("host link {h} mtu"));
+        assert_eq!(r.pod_mtu_kept, Some(1440));
+        let host_after = n1.link(&h).unwrap().unwrap();
+        let pod_after = p1.link("eth0").unwrap().unwrap();
+        assert_eq!(host_after.mtu, Some(1410));
+        assert_eq!(host_after.ifindex, host_before.ifindex);
+        assert_eq!(pod_after.ifindex, pod_before.ifindex);
+        assert_eq!(pod_after.mtu, Some(1440), "the pod keeps its MTU");
+
+        // The check still names the pod's MTU; setup leaves it and writes nothing.
+        let diffs = check_workload(&mut host, &s2, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        let items: Vec<&str> = diffs.iter().map(|d| d.item.as_str()).collect();
+        assert_eq!(items, vec!["pod link eth0 mtu"], "{diffs:#?}");
+        let before = host.stats().writes;
+        let again = setup_workload(&mut host, &s2, RouteProtocol::CALICO)
+            .await
+            .unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.pod_mtu_kept, Some(1440));
+        assert_eq!(host.stats().writes, before);
+        // Another pod on the node still reaches it through the kept interfaces.
+        assert!(p2.ping("172.16.101.5".parse().unwrap(), Duration::from_secs(3)));
+    });
+}
+
+#[test]
 fn teardown_tolerates_missing_interface_and_namespace() {
     testlab::require_root!();
     let lab = Lab::new("teardown_tolerates_missing_interface_and_namespace").unwrap();

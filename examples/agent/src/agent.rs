@@ -134,6 +134,9 @@ struct Agent {
     dp: Dataplane,
     policy: PolicyPlane,
     wg: WgPlane,
+    /// `--uplink`, when given (else the default route's device).
+    uplink: Option<String>,
+    /// The uplink and its MTU as read on the last tick.
     facts: LocalFacts,
     metrics: Metrics,
     started: u64,
@@ -277,6 +280,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         dp,
         policy: PolicyPlane::default(),
         wg: WgPlane::new(opts.wireguard.clone()),
+        uplink: opts.uplink.clone(),
         facts,
         metrics,
         started: unix(SystemTime::now()),
@@ -378,6 +382,26 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
 impl Agent {
     /// One reconcile; returns false when nothing changed and no resync was due.
     fn tick(&mut self, full: bool, now: Instant) -> Result<bool> {
+        // The uplink's MTU is followed at run time: tunnel devices and
+        // host-side veths are set from it on the next plan. A link dump per
+        // tick; the uplink itself (default route) is looked for again only on
+        // a full resync.
+        let facts = if full {
+            self.rt
+                .block_on(self.dp.local_facts(self.uplink.as_deref()))?
+        } else {
+            let mut f = self.facts.clone();
+            if let Some(mtu) = self.rt.block_on(self.dp.link_mtu(&f.uplink))? {
+                f.mtu = mtu;
+            }
+            f
+        };
+        if facts != self.facts {
+            tracing::info!(uplink = %facts.uplink, mtu = facts.mtu, was_mtu = self.facts.mtu,
+                gateway = ?facts.gateway_v4, "uplink changed; planning again");
+            self.facts = facts;
+            self.last_converged = false;
+        }
         let mut view = self.source.snapshot()?;
         if !view.nodes.contains_key(&self.node) {
             self.create_own_node()?;
@@ -494,6 +518,15 @@ impl Agent {
         }
         let mtu = calinet_wg::routing::device_mtu(self.facts.mtu, calinet_wg::Family::V4);
         if self.rt.block_on(self.dp.ensure_link_up(&ifname, mtu))? == Some(true) {
+            writes += 1;
+        }
+        if let Some(addr) = view
+            .nodes
+            .get(&self.node)
+            .and_then(|(n, _)| n.spec.wireguard.as_ref())
+            .and_then(|w| w.interface_ipv4_address)
+            && self.rt.block_on(self.dp.ensure_address(&ifname, addr))?
+        {
             writes += 1;
         }
         let key = self.wg.key()?.clone();
@@ -653,6 +686,43 @@ impl Agent {
         } else {
             None
         };
+        // The WireGuard device's address (Calico: `wireguard-tunnel-addr-<node>`,
+        // published as `spec.wireguard.interfaceIPv4Address`).
+        let wg_handle = HandleId::tunnel(TunnelKind::Wireguard, &self.node_name);
+        let wg_addr = node_res
+            .spec
+            .wireguard
+            .as_ref()
+            .and_then(|w| w.interface_ipv4_address);
+        if view.wireguard_enabled(&self.node) {
+            let addr = match by_handle.get(wg_handle.as_str()).and_then(|v| v.first()) {
+                Some(Held {
+                    net: IpNet::V4(a), ..
+                }) => a.addr(),
+                _ => {
+                    let a = self.addresses.ipam().assign_tunnel_addr(
+                        TunnelKind::Wireguard,
+                        &self.node_name,
+                        &labels,
+                        now,
+                    )?;
+                    wrote = true;
+                    tracing::info!(address = %a.addr, block = %a.block, "assigned WireGuard interface address");
+                    match a.addr {
+                        IpAddr::V4(v4) => v4,
+                        IpAddr::V6(_) => unreachable!("an IPv4 tunnel address was asked for"),
+                    }
+                }
+            };
+            wanted_node.spec.wireguard = Some(crate::resources::NodeWireguard {
+                interface_ipv4_address: Some(addr),
+            });
+        } else if by_handle.contains_key(wg_handle.as_str()) || wg_addr.is_some() {
+            self.addresses.ipam().release_handle(&wg_handle, now)?;
+            wrote = true;
+            wanted_node.spec.wireguard = None;
+            tracing::info!("released the WireGuard interface address: WireGuard is disabled");
+        }
         // The IPIP tunnel address (`tunl0`), when a pool uses IPIP.
         let ipip_handle = HandleId::tunnel(TunnelKind::Ipip, &self.node_name);
         if plan::wants_ipip(view) {

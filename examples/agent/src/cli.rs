@@ -56,6 +56,9 @@ pub enum Command {
     Ipam(IpamCommand),
     /// Show resources.
     Get(GetArgs),
+    /// Change a resource with a JSON merge patch (RFC 7386), validated like
+    /// `apply`: `patch ippool default-ipv4-ippool -p '{"spec":{"vxlanMode":"CrossSubnet"}}'`.
+    Patch(PatchArgs),
     /// Node commands.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -99,11 +102,29 @@ pub enum IpamCommand {
     },
 }
 
-/// `get KIND`.
+/// `patch KIND NAME -p PATCH`.
+#[derive(Debug, Args)]
+pub struct PatchArgs {
+    /// `ippool` or `felixconfiguration`.
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The patch (JSON).
+    #[arg(short, long)]
+    pub patch: String,
+    /// The patch type; calicoctl's only one is a merge patch.
+    #[arg(short = 't', long = "type", default_value = "merge", value_parser = ["merge"])]
+    pub patch_type: String,
+}
+
+/// `get KIND [NAME]`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// `ippool` or `workloadendpoint` (plurals and `wep` accepted).
+    /// `ippool`, `node`, `felixconfiguration` or `workloadendpoint` (plurals
+    /// and `wep` accepted).
     pub kind: String,
+    /// Only this resource (nodes and Felix configurations).
+    pub name: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
@@ -153,8 +174,9 @@ pub struct RunArgs {
     /// Full resync interval in seconds (Calico: 90).
     #[arg(long, default_value_t = 90)]
     pub resync_secs: u64,
-    /// WireGuard device name (userspace devices share one control-socket
-    /// directory per machine, so nodes on one machine need distinct names).
+    /// WireGuard device name (`wireguard-go`'s control socket is
+    /// `/var/run/wireguard/<name>.sock`: nodes sharing a machine need distinct
+    /// names or, as the lab does, mount namespaces of their own).
     #[arg(long, default_value = calinet_wg::model::DEFAULT_IFNAME_V4)]
     pub wireguard_ifname: String,
     /// WireGuard private key file (default: beside the datastore,
@@ -332,13 +354,24 @@ pub fn execute(cli: Cli) -> Result<i32> {
                     let ns = (!g.all_namespaces).then_some(g.namespace.as_str());
                     show::get_weps(&view, ns, g.output)?
                 }
+                "node" | "nodes" => show::get_nodes(&view, g.name.as_deref(), g.output)?,
+                "felixconfiguration" | "felixconfigurations" | "felixconfig" => {
+                    show::get_felix(&view, g.name.as_deref(), g.output)?
+                }
                 other => {
                     return Err(Error::Usage(format!(
-                        "get {other}: known kinds are ippool and workloadendpoint"
+                        "get {other}: known kinds are ippool, node, felixconfiguration and workloadendpoint"
                     )));
                 }
             };
             print!("{text}");
+            Ok(0)
+        }
+        Command::Patch(p) => {
+            let store = store(&cli)?;
+            let what = datastore::patch(store.as_ref(), &p.kind, &p.name, &p.patch)?;
+            let kind = what.split(' ').next().unwrap_or_default();
+            println!("Successfully patched 1 '{kind}' resource");
             Ok(0)
         }
         Command::Node(NodeCommand::Status { node }) => {

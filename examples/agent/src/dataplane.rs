@@ -81,6 +81,38 @@ impl Dataplane {
         Ok(Some(true))
     }
 
+    /// Makes `addr`/32 the only IPv4 address of link `name` (the WireGuard
+    /// device's); returns whether it wrote. Nothing when the link is missing.
+    pub async fn ensure_address(&mut self, name: &str, addr: std::net::Ipv4Addr) -> Result<bool> {
+        let ifname = IfName::new(name)?;
+        let links = self.rec.backend_mut().links().await?;
+        let Some(l) = links.by_name(&ifname) else {
+            return Ok(false);
+        };
+        let index = l.index;
+        let want = IpNet::from(IpAddr::V4(addr));
+        let conn = self.rec.backend_mut().conn();
+        let have = link::addresses(conn, Some(index)).await?;
+        let mut wrote = false;
+        for a in &have {
+            if a.address.addr().is_ipv4() && a.address != want {
+                link::del_address(conn, index, &ifname, a.address).await?;
+                wrote = true;
+            }
+        }
+        if !have.iter().any(|a| a.address == want) {
+            link::add_address(conn, index, &ifname, want, false).await?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// The MTU of link `name` (`None` when it does not exist).
+    pub async fn link_mtu(&mut self, name: &str) -> Result<Option<u32>> {
+        let links = self.rec.backend_mut().links().await?;
+        Ok(links.by_name(&IfName::new(name)?).map(|l| l.mtu))
+    }
+
     /// Whether a link exists.
     pub async fn link_exists(&mut self, name: &str) -> Result<bool> {
         let links = self.rec.backend_mut().links().await?;

@@ -463,6 +463,95 @@ pub fn put_if_changed(
     }
 }
 
+/// The kinds `patch` takes: (accepted names, Calico kind, store key prefix).
+const PATCHABLE: [(&[&str], &str, &str); 2] = [
+    (
+        &["ippool", "ippools"],
+        "IPPool",
+        calinet_ipam::keys::POOLS_PREFIX,
+    ),
+    (
+        &["felixconfiguration", "felixconfigurations", "felixconfig"],
+        "FelixConfiguration",
+        keys::FELIX,
+    ),
+];
+
+/// Applies a JSON merge patch (RFC 7386) to `target`: objects merge key by
+/// key, `null` removes a key, anything else replaces.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// `calicoctl patch KIND NAME -p PATCH`: merges `patch` (JSON, RFC 7386) into
+/// the stored resource and writes the result through [`apply`], so it is
+/// validated like `apply` (a bad patch is an error and nothing is written).
+/// Returns the patched resource's description (`IPPool default-ipv4-ippool`).
+pub fn patch(store: &dyn Store, kind: &str, name: &str, patch: &str) -> Result<String> {
+    let lower = kind.to_ascii_lowercase();
+    let Some((_, calico_kind, prefix)) = PATCHABLE
+        .iter()
+        .find(|(n, _, _)| n.contains(&lower.as_str()))
+    else {
+        return Err(Error::Usage(format!(
+            "patch {kind}: patchable kinds are ippool and felixconfiguration"
+        )));
+    };
+    let patch_value: serde_json::Value = serde_json::from_str(patch).map_err(|e| {
+        Error::Usage(format!(
+            "patch {calico_kind} {name}: the patch is not JSON: {e}"
+        ))
+    })?;
+    if !patch_value.is_object() {
+        return Err(Error::Usage(format!(
+            "patch {calico_kind} {name}: a merge patch of a resource must be a JSON object, not {patch_value}"
+        )));
+    }
+    let key = format!("{prefix}{name}");
+    let stored = store.get(&key)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "patch {calico_kind} {name}: resource does not exist"
+        ))
+    })?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&stored.value).map_err(|source| Error::Decode {
+            key: key.clone(),
+            source,
+        })?;
+    merge_patch(&mut value, &patch_value);
+    // The patch may not rename or retype the resource.
+    let obj = value
+        .as_object_mut()
+        .expect("a stored resource is an object");
+    obj.insert("apiVersion".into(), crate::resources::CALICO_API.into());
+    obj.insert("kind".into(), (*calico_kind).into());
+    let patched_name = value.pointer("/metadata/name").and_then(|n| n.as_str());
+    if patched_name != Some(name) {
+        return Err(Error::Usage(format!(
+            "patch {calico_kind} {name}: metadata.name cannot be patched (got {patched_name:?})"
+        )));
+    }
+    let origin = format!("patch of {calico_kind} {name}");
+    let docs = crate::resources::parse_documents(&origin, &value.to_string())?;
+    apply(store, &docs)?;
+    Ok(format!("{calico_kind} {name}"))
+}
+
 /// Deletes `key` if present.
 pub fn delete_if_present(store: &dyn Store, key: &str) -> Result<bool, StoreError> {
     match store.get(key)? {
@@ -478,6 +567,37 @@ mod tests {
     use calinet_ipam::MemStore;
 
     const POOL: &str = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p1}\nspec: {cidr: 172.16.0.0/16, blockSize: 24}\n";
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // RFC 7386, appendix A (a selection).
+        for (target, patch, result) in [
+            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
+            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
+            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (
+                r#"{"a":{"b":"c"}}"#,
+                r#"{"a":{"b":"d","c":null}}"#,
+                r#"{"a":{"b":"d"}}"#,
+            ),
+            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
+            (r#"["a","b"]"#, r#"["c","d"]"#, r#"["c","d"]"#),
+            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
+            (r#"[1,2]"#, r#"{"a":"b","c":null}"#, r#"{"a":"b"}"#),
+            (
+                r#"{}"#,
+                r#"{"a":{"bb":{"ccc":null}}}"#,
+                r#"{"a":{"bb":{}}}"#,
+            ),
+        ] {
+            let mut t: serde_json::Value = serde_json::from_str(target).unwrap();
+            merge_patch(&mut t, &serde_json::from_str(patch).unwrap());
+            let want: serde_json::Value = serde_json::from_str(result).unwrap();
+            assert_eq!(t, want, "{target} + {patch}");
+        }
+    }
 
     #[test]
     fn apply_is_all_or_nothing() {

@@ -270,6 +270,85 @@ pub fn get_ippool(view: &ClusterView, output: Output) -> Result<String> {
     }
 }
 
+/// `get node [NAME]`: calicoctl's `NAME` table, `-o wide` with `ASN IPV4
+/// IPV6` (the default AS in parentheses), `-o yaml|json` the resources with
+/// the tunnel and WireGuard fields the agents publish.
+pub fn get_nodes(view: &ClusterView, name: Option<&str>, output: Output) -> Result<String> {
+    let nodes: Vec<&crate::resources::CalicoNode> = match name {
+        Some(n) => vec![
+            &view
+                .nodes
+                .get(n)
+                .ok_or_else(|| Error::Usage(format!("resource does not exist: Node({n})")))?
+                .0,
+        ],
+        None => view.nodes.values().map(|(n, _)| n).collect(),
+    };
+    let bgp = |n: &crate::resources::CalicoNode| n.spec.bgp.clone().unwrap_or_default();
+    match output {
+        Output::Table => Ok(plain_table(
+            &["NAME"],
+            nodes
+                .iter()
+                .map(|n| vec![n.metadata.name.clone()])
+                .collect(),
+        )),
+        Output::Wide => Ok(plain_table(
+            &["NAME", "ASN", "IPV4", "IPV6"],
+            nodes
+                .iter()
+                .map(|n| {
+                    let b = bgp(n);
+                    let asn = b
+                        .extra
+                        .get("asNumber")
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "(64512)".into());
+                    vec![
+                        n.metadata.name.clone(),
+                        asn,
+                        b.ipv4_address.map(|a| a.to_string()).unwrap_or_default(),
+                        b.ipv6_address.map(|a| a.to_string()).unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        )),
+        _ if name.is_some() => encode(&nodes[0], output),
+        _ => encode(&list("NodeList", &nodes), output),
+    }
+}
+
+/// `get felixconfiguration [NAME]`: calicoctl's `NAME` table (also for
+/// `-o wide`), `-o yaml|json` the resources.
+pub fn get_felix(view: &ClusterView, name: Option<&str>, output: Output) -> Result<String> {
+    let felix: Vec<&crate::resources::FelixConfiguration> = match name {
+        Some(n) => vec![view.felix.get(n).ok_or_else(|| {
+            Error::Usage(format!("resource does not exist: FelixConfiguration({n})"))
+        })?],
+        None => view.felix.values().collect(),
+    };
+    match output {
+        Output::Table | Output::Wide => Ok(plain_table(
+            &["NAME"],
+            felix
+                .iter()
+                .map(|f| vec![f.metadata.name.clone()])
+                .collect(),
+        )),
+        _ if name.is_some() => encode(&felix[0], output),
+        _ => encode(&list("FelixConfigurationList", &felix), output),
+    }
+}
+
+/// calicoctl's list document (`apiVersion`, `items`, `kind`).
+fn list<T: Serialize>(kind: &str, items: &[T]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": crate::resources::CALICO_API,
+        "items": items,
+        "kind": kind,
+    })
+}
+
 /// calicoctl's plain `get` table: left-aligned columns separated by spaces.
 pub fn plain_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();

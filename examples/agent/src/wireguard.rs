@@ -1,8 +1,9 @@
 //! WireGuard between nodes (FelixConfiguration `wireguardEnabled`): the node's
 //! key (0600 file, public key published on its Node), a userspace
 //! `wireguard-go` device (this kernel has no WireGuard module), peers computed
-//! by calinet-wg from every node's key, address and blocks and applied as a
-//! delta over the UAPI socket, the device's routing table 1 (through the route
+//! by calinet-wg from every node's key, address, blocks and tunnel addresses
+//! and applied as a delta over the UAPI socket, the device's address from
+//! IPAM, the device's routing table 1 (through the route
 //! reconciler) and the `not fwmark 0x100000 lookup 1` rule, added only once the
 //! device and its routes exist.
 
@@ -24,7 +25,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct WgOptions {
     /// Device name (Calico: `wireguard.cali`; the userspace control socket is
-    /// machine-wide, so nodes sharing a machine need distinct names).
+    /// in `/var/run/wireguard`, so nodes sharing a machine need distinct names
+    /// or mount namespaces of their own).
     pub ifname: String,
     /// The private key file (created 0600 when missing).
     pub key_file: PathBuf,
@@ -61,7 +63,20 @@ pub fn node_states(view: &ClusterView) -> Vec<NodeState> {
                     }
                 }
             }
-            if let Some(t) = n.spec.ipv4_vxlan_tunnel_addr {
+            // The peer's tunnel addresses, as `wg showconf` shows in Calico.
+            let wg_addr = n
+                .spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv4_address);
+            for t in [
+                wg_addr,
+                n.spec.ipv4_ipip_tunnel_addr,
+                n.spec.ipv4_vxlan_tunnel_addr,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 s.tunnel_addresses.push(IpAddr::V4(t));
             }
             Some(s)
@@ -256,6 +271,45 @@ mod tests {
             routes
                 .iter()
                 .all(|r| r.protocol == RouteProtocol::CALICO && r.table == 1)
+        );
+    }
+
+    #[test]
+    fn a_peers_allowed_ips_carry_its_tunnel_addresses() {
+        let store = MemStore::new();
+        let key_b = PrivateKey::generate().unwrap();
+        // The seed's shape: block, then the node's tunnel addresses as /32s.
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 172.16.0.0/16, blockSize: 24}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: a}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec:\n  bgp: {{ipv4Address: 198.51.100.11/24}}\n  ipv4IPIPTunnelAddr: 172.16.9.9\n  wireguard: {{interfaceIPv4Address: 172.16.9.7}}\nstatus: {{wireguardPublicKey: {}}}\n",
+            key_b.public_key().to_base64()
+        );
+        apply(&store, &parse_documents("t", &text).unwrap()).unwrap();
+        let ipam = Ipam::new(&store);
+        let now = std::time::SystemTime::UNIX_EPOCH;
+        let req = AutoAssignRequest::v4("h-b".parse().unwrap(), "b".parse().unwrap(), 1);
+        let block = ipam.auto_assign(&req, now).unwrap().v4[0].block;
+        let view = read_view(&store).unwrap();
+        let (computed, _) = compute(
+            &view,
+            "a",
+            &PrivateKey::generate().unwrap(),
+            &DeviceSettings::calico_v4(),
+        )
+        .unwrap();
+        let allowed: Vec<String> = computed.device.peers[0]
+            .allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                block.to_string(),
+                "172.16.9.7/32".to_owned(),
+                "172.16.9.9/32".to_owned()
+            ]
         );
     }
 }

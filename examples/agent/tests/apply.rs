@@ -305,3 +305,150 @@ fn the_agent_has_no_lab_command() {
         r.stderr
     );
 }
+
+const NODES_AND_FELIX: &str = "\
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: k8s-w1}
+spec:
+  bgp: {ipv4Address: 192.168.10.101/24}
+  ipv4VXLANTunnelAddr: 172.16.158.0
+  wireguard: {interfaceIPv4Address: 172.16.158.7}
+status: {wireguardPublicKey: jxNeYHsHg3YYdVMNO1IfkfjKjYR7nKzdYzKStmG+cEk=}
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec: {wireguardEnabled: false}
+";
+
+#[test]
+fn patch_merges_validates_and_get_shows_nodes_and_felix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ds.db");
+    let f = write(dir.path(), "good.yaml", GOOD);
+    assert_eq!(agent(&db, &["apply", "-f", &f]).code, 0);
+    let f = write(dir.path(), "nodes.yaml", NODES_AND_FELIX);
+    let r = agent(&db, &["apply", "-f", &f]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The seed article's commands.
+    let r = agent(
+        &db,
+        &[
+            "patch",
+            "ippool",
+            "default-ipv4-ippool",
+            "-p",
+            r#"{"spec":{"vxlanMode":"CrossSubnet"}}"#,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Successfully patched 1 'IPPool' resource\n");
+    let wide = agent(&db, &["get", "ippool", "-o", "wide"]).stdout;
+    let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[3..5], ["Never", "CrossSubnet"], "{wide}");
+    let r = agent(
+        &db,
+        &[
+            "patch",
+            "felixconfiguration",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"wireguardEnabled":true}}"#,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "Successfully patched 1 'FelixConfiguration' resource\n"
+    );
+    let felix = agent(&db, &["get", "felixconfiguration", "default", "-o", "yaml"]).stdout;
+    assert!(felix.contains("wireguardEnabled: true"), "{felix}");
+    let words = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+    assert_eq!(
+        words(agent(&db, &["get", "felixconfiguration"]).stdout),
+        ["NAME", "default"]
+    );
+
+    // Bad patches: a clear error, nothing written.
+    let before = snapshot(&db);
+    for (args, needle) in [
+        (
+            [
+                "ippool",
+                "default-ipv4-ippool",
+                r#"{"spec":{"vxlanMode":"Sometimes"}}"#,
+            ],
+            "vxlanMode",
+        ),
+        (
+            [
+                "ippool",
+                "default-ipv4-ippool",
+                r#"{"spec":{"ipipMode":"Always"}}"#,
+            ],
+            "cannot both be enabled",
+        ),
+        (
+            [
+                "ippool",
+                "default-ipv4-ippool",
+                r#"{"spec":{"cidr":"10.0.0.0/16"}}"#,
+            ],
+            "immutable",
+        ),
+        (["ippool", "default-ipv4-ippool", "{not json"], "not JSON"),
+        (["ippool", "nope", r#"{"spec":{}}"#], "does not exist"),
+        (
+            [
+                "ippool",
+                "default-ipv4-ippool",
+                r#"{"metadata":{"name":"x"}}"#,
+            ],
+            "metadata.name",
+        ),
+        (["node", "k8s-w1", "{}"], "patchable kinds"),
+    ] {
+        let r = agent(&db, &["patch", args[0], args[1], "-p", args[2]]);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stdout);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+        assert_eq!(snapshot(&db), before, "{args:?} changed something");
+    }
+
+    // get node: the table, -o wide, -o yaml with the agent-published fields.
+    assert_eq!(
+        words(agent(&db, &["get", "node"]).stdout),
+        ["NAME", "k8s-m", "k8s-w1"]
+    );
+    let wide = agent(&db, &["get", "nodes", "-o", "wide"]).stdout;
+    let lines: Vec<Vec<&str>> = wide
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "ASN", "IPV4", "IPV6"],
+            vec!["k8s-m", "(64512)", "198.51.100.10/24"],
+            vec!["k8s-w1", "(64512)", "192.168.10.101/24"]
+        ]
+    );
+    let yaml = agent(&db, &["get", "node", "k8s-w1", "-o", "yaml"]).stdout;
+    for field in [
+        "ipv4Address: 192.168.10.101/24",
+        "ipv4VXLANTunnelAddr: 172.16.158.0",
+        "interfaceIPv4Address: 172.16.158.7",
+        "wireguardPublicKey: jxNeYHsHg3YYdVMNO1IfkfjKjYR7nKzdYzKStmG+cEk=",
+    ] {
+        assert!(yaml.contains(field), "{field}:\n{yaml}");
+    }
+    let missing = agent(&db, &["get", "node", "k8s-w9"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("Node(k8s-w9)"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -83,6 +83,11 @@ pub struct UpArgs {
     /// SQLite file.
     #[arg(long)]
     pub etcd: bool,
+    /// The underlay's MTU (every node's uplink, the router's and the outside
+    /// host's links); 9001 gives the seed article's numbers (tunl0 and pod
+    /// veths 8981, wireguard.cali 8941).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    pub underlay_mtu: u32,
 }
 
 impl UpArgs {
@@ -96,6 +101,7 @@ impl UpArgs {
             timeout: 60,
             agent_bin: None,
             etcd: false,
+            underlay_mtu: 1500,
         }
     }
 
@@ -112,6 +118,8 @@ impl UpArgs {
             self.state_dir.clone().into(),
             "--timeout".into(),
             self.timeout.to_string().into(),
+            "--underlay-mtu".into(),
+            self.underlay_mtu.to_string().into(),
         ];
         if let Some(b) = &self.agent_bin {
             v.extend(["--agent-bin".into(), b.clone().into()]);

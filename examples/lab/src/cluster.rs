@@ -1,5 +1,6 @@
-//! Building the cluster (the seed article's topology from the test lab, one
-//! pod namespace per node), its resources, convergence, mode switches and
+//! Building the cluster (the seed article's topology from the test lab, a pod
+//! namespace per node and a second on k8s-w1, the underlay's MTU), its
+//! resources, convergence, mode switches (through the agent's `patch`) and
 //! teardown; [`RunningLab`] owns a cluster built by this process.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use crate::cli::UpArgs;
 use crate::error::{Error, Result};
 use crate::report::{LabReport, report};
 use crate::state::{self, LabNode, LabPod, LabState, Mode, state_file, unix_now};
-use crate::supervise::{self, fault_file, spawn_agent, stop_agent, stop_etcd, wg_ifname};
+use crate::supervise::{self, fault_file, spawn_agent, stop_agent, stop_etcd};
 
 /// Prints one progress line.
 pub fn progress(step: &str) {
@@ -74,7 +75,7 @@ pub fn prepare_state_dir(args: &UpArgs) -> Result<()> {
 }
 
 /// The cluster's YAML for the state's mode: pool, IPAM configuration, Felix
-/// configuration, nodes, and one pod per node with its sandbox's namespace.
+/// configuration, nodes, and the pods with their sandboxes' namespaces.
 pub fn cluster_yaml(state: &LabState, block_size: u8) -> String {
     let mut y = format!(
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\n\
@@ -147,12 +148,25 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
     );
     let lab = testlab::Lab::new("calinet-lab")?;
     let seed = testlab::seed::SeedCluster::build(&lab)?;
+    if args.underlay_mtu != 1500 {
+        progress(&format!("underlay MTU {}", args.underlay_mtu));
+        for ns in lab.namespaces() {
+            set_mtu(&ns, args.underlay_mtu)?;
+        }
+    }
     let mut pods = Vec::new();
-    for n in &seed.nodes {
-        let ns = lab.pod(&format!("pod-{}", n.name))?;
+    // One pod per node, and a second on k8s-w1 for the seed article's
+    // same-node experiment.
+    let names = seed
+        .nodes
+        .iter()
+        .map(|n| (format!("web-{}", n.name), n.name.clone()))
+        .chain([("web2-k8s-w1".to_owned(), "k8s-w1".to_owned())]);
+    for (name, node) in names {
+        let ns = lab.pod(&format!("pod-{name}"))?;
         pods.push(LabPod {
-            name: format!("web-{}", n.name),
-            node: n.name.clone(),
+            name,
+            node,
             netns: ns.name().to_owned(),
         });
     }
@@ -191,6 +205,24 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
     Ok((lab, state))
 }
 
+/// Sets `mtu` on every link of `ns` but the loopback: ports first, then the
+/// bridges (a bridge's MTU may not exceed its ports').
+fn set_mtu(ns: &testlab::Netns, mtu: u32) -> Result<()> {
+    let links = ns.links()?;
+    let is_bridge = |l: &testlab::ipjson::Link| {
+        l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()) == Some("bridge")
+    };
+    let mut order: Vec<&testlab::ipjson::Link> = links
+        .iter()
+        .filter(|l| l.link_type.as_deref() != Some("loopback"))
+        .collect();
+    order.sort_by_key(|l| is_bridge(l));
+    for l in order {
+        ns.ip(&["link", "set", "dev", &l.ifname, "mtu", &mtu.to_string()])?;
+    }
+    Ok(())
+}
+
 /// Starts etcd (with `--etcd`) and the agents, applies the cluster and waits
 /// for convergence; the state file is updated after each process started.
 fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
@@ -211,8 +243,12 @@ fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
         None => state.datastore.display().to_string(),
     };
     progress(&format!(
-        "datastore {where_} : pool {} /{} (mode {}), 4 nodes, 4 pods",
-        state.pool, args.block_size, state.mode
+        "datastore {where_} : pool {} /{} (mode {}), {} nodes, {} pods",
+        state.pool,
+        args.block_size,
+        state.mode,
+        state.nodes.len(),
+        state.pods.len()
     ));
     let store = crate::store::open(&state)?;
     apply_text(store.as_ref(), &cluster_yaml(&state, args.block_size))?;
@@ -266,7 +302,7 @@ fn converge(
                 view.statuses.get(&n.name).is_some_and(|(s, _)| {
                     s.converged
                         && s.last_reconcile >= since
-                        && s.endpoints == 1
+                        && s.endpoints == state.pods.iter().filter(|p| p.node == n.name).count()
                         && s.peers.len() == state.nodes.len() - 1
                         && s.peers.iter().all(|p| {
                             let peer = state.nodes.iter().find(|m| m.name == p.node);
@@ -382,7 +418,7 @@ fn stop_processes(state: &LabState) {
         stop_agent(a);
     }
     for n in &state.nodes {
-        supervise::stop_wireguard_go(&wg_ifname(state, n));
+        supervise::stop_wireguard_go(n);
     }
     if let Some(e) = &state.etcd {
         stop_etcd(e);
@@ -413,23 +449,46 @@ pub fn down(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The patches that switch the cluster to `mode`: the pool's encapsulation
+/// and Felix's `wireguardEnabled`.
+pub fn mode_patches(mode: Mode) -> [(&'static str, &'static str, String); 2] {
+    [
+        (
+            "ippool",
+            "default-ipv4-ippool",
+            format!(
+                r#"{{"spec":{{"ipipMode":"{}","vxlanMode":"{}"}}}}"#,
+                mode.ipip_mode(),
+                mode.vxlan_mode()
+            ),
+        ),
+        (
+            "felixconfiguration",
+            "default",
+            format!(
+                r#"{{"spec":{{"wireguardEnabled":{}}}}}"#,
+                mode == Mode::Wireguard
+            ),
+        ),
+    ]
+}
+
 /// Switches the running lab to `mode` and waits for it to re-converge.
 pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
     require_root()?;
     check_mode(mode)?;
     let mut state = state::load(state_dir)?;
     let store = crate::store::open(&state)?;
-    let view = read_view(store.as_ref())?;
-    let block_size = view
-        .ipam
-        .pools
-        .first()
-        .map(calinet_ipam::IpPool::block_size)
-        .unwrap_or(24);
     progress(&format!("switching the lab from {} to {mode}", state.mode));
     state.mode = mode;
     let since = unix_now();
-    apply_text(store.as_ref(), &cluster_yaml(&state, block_size))?;
+    // As the seed article does it: calicoctl patch, here the agent's `patch`.
+    for (kind, name, patch) in mode_patches(mode) {
+        println!("$ calinet-agent patch {kind} {name} -p '{patch}'");
+        let what = calinet_agent::datastore::patch(store.as_ref(), kind, name, &patch)?;
+        let kind = what.split(' ').next().unwrap_or_default();
+        println!("Successfully patched 1 '{kind}' resource");
+    }
     converge(&mut state, store.as_ref(), since, Duration::from_secs(60))?;
     state::save(state_dir, &state)?;
     Ok(state)

@@ -1,11 +1,15 @@
 //! `calinet-lab`: the seed article's cluster in network namespaces (four
 //! nodes on two subnets, a router, an outside host, built with the test lab),
 //! one `calinet-agent run` process per node sharing one datastore (a SQLite
-//! file, or etcd in the router namespace), a pod per node, and what a user
-//! wants to see: the agent's `ipam show`, `get ippool`, `get
-//! workloadendpoint` and `node status` tables, each node's routes, and a
-//! connectivity matrix whose paths are *observed* with `tcpdump` on the
-//! sending node's uplink, not assumed.
+//! file, or etcd in the router namespace), a pod per node plus a second on
+//! k8s-w1 (the seed's same-node pair), an underlay MTU of choice
+//! (`--underlay-mtu 9001` for the seed's numbers), and what a user wants to
+//! see: the agent's `ipam show`, `get ippool`, `get node`, `get
+//! workloadendpoint` and `node status` tables, each node's links with their
+//! MTUs and its routes, and a connectivity matrix whose paths are *observed*
+//! with `tcpdump` on the sending node's uplink (for the same-node pair on the
+//! pods' `cali` interfaces), not assumed. Mode switches go through the
+//! agent's `patch`, as the seed uses `calicoctl patch`.
 //!
 //! `calinet-lab up` leaves the cluster running (owned by a detached
 //! `calinet-lab hold`) and records it in a state file

@@ -26,6 +26,10 @@ pub enum ObservedPath {
     Wireguard,
     /// Leaving with the node's address as source (natOutgoing).
     Masqueraded,
+    /// Seen on the pods' `cali*` interfaces, nothing on the uplink (two pods
+    /// on one node).
+    #[serde(rename = "same-node")]
+    SameNode,
     /// Nothing seen on the uplink.
     NotSeen,
 }
@@ -38,6 +42,7 @@ impl std::fmt::Display for ObservedPath {
             ObservedPath::Ipip => "IPIP",
             ObservedPath::Wireguard => "WireGuard",
             ObservedPath::Masqueraded => "direct+SNAT",
+            ObservedPath::SameNode => "same-node",
             ObservedPath::NotSeen => "not seen",
         })
     }
@@ -64,6 +69,14 @@ pub fn pod_addr(view: &ClusterView, pod: &str) -> Option<IpAddr> {
         .values()
         .find(|(w, _)| w.spec.pod == pod)
         .and_then(|(w, _)| w.spec.ip_networks.first().map(|n| n.addr()))
+}
+
+/// The host-side interface of pod `pod`'s workload endpoint.
+pub fn pod_interface(view: &ClusterView, pod: &str) -> Option<String> {
+    view.weps
+        .values()
+        .find(|(w, _)| w.spec.pod == pod)
+        .map(|(w, _)| w.spec.interface_name.clone())
 }
 
 /// One ping (2 s) from namespace `netns` to `addr`.
@@ -102,15 +115,28 @@ pub fn probe_all(state: &LabState, view: &ClusterView) -> Result<Vec<Probe>> {
                 "eth0",
                 "icmp or udp port 4789 or udp port 51820 or ip proto 4",
             )?;
+            // A pod on the same node: also watch the target's cali interface.
+            let same_node = dst_node.is_some_and(|d| d.name == node.name);
+            let local = match pod_interface(view, to) {
+                Some(ifname) if same_node => Some(uplink.capture(&ifname, "icmp")?),
+                _ => None,
+            };
             let reachable = ping(&p.netns, *addr);
             let packets = cap.stop()?;
-            let path = classify(
+            let mut path = classify(
                 &packets.lines,
                 src,
                 *addr,
                 node.addr,
                 dst_node.map(|n| n.addr),
             );
+            if let Some(local) = local {
+                let seen = local.stop()?;
+                let inner = format!("{src} > {addr}: ICMP echo request");
+                if path == ObservedPath::NotSeen && seen.lines.iter().any(|l| l.contains(&inner)) {
+                    path = ObservedPath::SameNode;
+                }
+            }
             probes.push(Probe {
                 from: p.name.clone(),
                 to: to.clone(),

@@ -1,6 +1,8 @@
 //! What the lab prints about the running cluster: the agent's views (the
 //! same tables `calinet-agent ipam show`, `get ippool -o wide`, `get
-//! workloadendpoint` and `node status` print), each node's routes, and the
+//! workloadendpoint`, `get node -o wide` and `node status` print), each node's
+//! links with their MTUs and its routes, in WireGuard mode the Node resource,
+//! the device's address and `wg showconf` (private key hidden), and the
 //! connectivity matrix with the observed paths.
 
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ use calinet_agent::show::{self, IpamShowFlags, Output};
 use crate::error::Result;
 use crate::probe::{Probe, probe_all};
 use crate::state::{LabState, Mode, unix_now};
-use crate::supervise::wg_ifname;
+use crate::supervise::{WG_IFNAME, wg};
 
 /// The lab's printout and the probe results.
 #[derive(Debug, Clone)]
@@ -40,24 +42,33 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     )?);
     let _ = writeln!(out, "\n$ calinet-agent get ippool -o wide");
     out.push_str(&show::get_ippool(&view, Output::Wide)?);
+    let _ = writeln!(out, "\n$ calinet-agent get node -o wide");
+    out.push_str(&show::get_nodes(&view, None, Output::Wide)?);
     let _ = writeln!(out, "\n$ calinet-agent get workloadendpoint");
     out.push_str(&show::get_weps(&view, Some("default"), Output::Table)?);
     let _ = writeln!(out, "\n$ calinet-agent node status --node k8s-m");
     out.push_str(&show::node_status(&view, "k8s-m", unix_now(), 15)?);
     for n in &state.nodes {
-        let _ = writeln!(out, "\n[{}]$ ip route", n.name);
+        let _ = writeln!(out, "\n[{}]$ ip link | grep mtu", n.name);
+        out.push_str(&links_with_mtu(&testlab::cmd::run(
+            "ip",
+            &["-n", &n.netns, "link"],
+        )?));
+        let _ = writeln!(out, "[{}]$ ip route", n.name);
         out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "route"])?);
     }
     if state.mode == Mode::Wireguard
         && let Some(n) = state.nodes.first()
     {
-        // `wg show`, not `showconf`: it never prints the private key.
-        let ifname = wg_ifname(state, n);
-        let _ = writeln!(out, "\n[{}]$ wg show {ifname}", n.name);
+        let _ = writeln!(out, "\n$ calinet-agent get node {} -o yaml", n.name);
+        out.push_str(&show::get_nodes(&view, Some(&n.name), Output::Yaml)?);
+        let _ = writeln!(out, "\n[{}]$ ip addr show {WG_IFNAME}", n.name);
         out.push_str(&testlab::cmd::run(
             "ip",
-            &["netns", "exec", &n.netns, "wg", "show", &ifname],
+            &["-n", &n.netns, "addr", "show", WG_IFNAME],
         )?);
+        let _ = writeln!(out, "\n[{}]$ wg showconf {WG_IFNAME}", n.name);
+        out.push_str(&hide_private_key(&wg(state, n, &["showconf", WG_IFNAME])?));
         let _ = writeln!(out, "\n[{}]$ ip rule; ip route show table 1", n.name);
         out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "rule"])?);
         out.push_str(&testlab::cmd::run(
@@ -72,6 +83,29 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     );
     out.push_str(&render_matrix(&probes));
     Ok(LabReport { text: out, probes })
+}
+
+/// The first line of each link in `ip link` output (name, flags, MTU).
+pub fn links_with_mtu(ip_link: &str) -> String {
+    ip_link
+        .lines()
+        .filter(|l| l.contains(" mtu "))
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// `wg showconf` without the private key (the report is printed and kept).
+pub fn hide_private_key(showconf: &str) -> String {
+    showconf
+        .lines()
+        .map(|l| {
+            if l.starts_with("PrivateKey") {
+                "PrivateKey = (hidden)\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
 }
 
 /// The matrix: rows are sources, columns targets, each cell reachability and
@@ -136,6 +170,21 @@ mod tests {
             reachable,
             path,
         }
+    }
+
+    #[test]
+    fn link_lines_and_a_hidden_key() {
+        let ip = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\n    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n2: eth0@if7: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 9001 qdisc noqueue state UP mode DEFAULT group default qlen 1000\n    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff link-netns r\n";
+        assert_eq!(
+            links_with_mtu(ip),
+            "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\n\
+             2: eth0@if7: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 9001 qdisc noqueue state UP mode DEFAULT group default qlen 1000\n"
+        );
+        let conf = "[Interface]\nListenPort = 51820\nFwMark = 0x100000\nPrivateKey = aGVsbG8=\n\n[Peer]\nAllowedIPs = 172.16.158.0/24, 172.16.158.7/32\n";
+        let shown = hide_private_key(conf);
+        assert!(!shown.contains("aGVsbG8="), "{shown}");
+        assert!(shown.contains("PrivateKey = (hidden)\n"), "{shown}");
+        assert!(shown.contains("AllowedIPs = 172.16.158.0/24, 172.16.158.7/32\n"));
     }
 
     #[test]

@@ -38,21 +38,55 @@ pub fn fault_file(state: &LabState, node: &str) -> PathBuf {
     state.state_dir.join(format!("datastore-outage-{node}"))
 }
 
-/// A WireGuard device name unique on the machine: `wg<lab id>n<i>`, the lab id
-/// being the digits of the router namespace's name (the lab's pid).
-pub fn wg_ifname(state: &LabState, node: &LabNode) -> String {
-    let i = state
-        .nodes
-        .iter()
-        .position(|n| n.name == node.name)
-        .unwrap_or(0);
-    let id: String = state
-        .router
-        .chars()
-        .filter(char::is_ascii_digit)
-        .take(9)
-        .collect();
-    format!("wg{id}n{i}")
+/// The WireGuard device: Calico's name on every node. Each node's agent (and
+/// the `wireguard-go` it starts) runs in a mount namespace of its own where
+/// [`wg_run_dir`] is mounted on `/run/wireguard`, so the nodes' control
+/// sockets (`/var/run/wireguard/<name>.sock`) do not collide.
+pub const WG_IFNAME: &str = "wireguard.cali";
+
+/// Where `node`'s WireGuard control socket lives (mounted on `/run/wireguard`
+/// for its agent).
+pub fn wg_run_dir(state: &LabState, node: &str) -> PathBuf {
+    state.state_dir.join(format!("wireguard-{node}"))
+}
+
+/// `unshare -m --propagation slave sh -c SCRIPT DIR PROGRAM ARGS...`: runs
+/// PROGRAM in a mount namespace of its own with DIR mounted on
+/// /run/wireguard. Slave, not private: mounts made later outside (the
+/// `/run/netns/*` of pods created after the agent started) must still reach
+/// it, while its own mount stays inside (and vanishes with it).
+const PRIVATE_WG_DIR: [&str; 6] = [
+    "-m",
+    "--propagation",
+    "slave",
+    "sh",
+    "-c",
+    "mount --bind \"$0\" /run/wireguard && exec \"$@\"",
+];
+
+/// Creates `node`'s WireGuard directory and the mount point.
+fn prepare_wg_dir(state: &LabState, node: &str) -> Result<PathBuf> {
+    let dir = wg_run_dir(state, node);
+    for d in [dir.as_path(), Path::new("/run/wireguard")] {
+        std::fs::create_dir_all(d).map_err(|source| Error::Io {
+            what: "create the WireGuard socket directory",
+            path: d.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Runs `wg ARGS` in `node`'s namespaces (network and WireGuard socket
+/// directory); returns its output.
+pub fn wg(state: &LabState, node: &LabNode, args: &[&str]) -> Result<String> {
+    let dir = prepare_wg_dir(state, &node.name)?;
+    let dir = dir.to_string_lossy();
+    let mut argv = vec!["netns", "exec", &node.netns, "unshare"];
+    argv.extend(PRIVATE_WG_DIR);
+    argv.extend([dir.as_ref(), "wg"]);
+    argv.extend(args);
+    Ok(testlab::cmd::run("ip", &argv)?)
 }
 
 /// `--datastore FILE` or `--etcd-endpoints URL`.
@@ -67,14 +101,18 @@ fn datastore_args(state: &LabState) -> Vec<OsString> {
 /// appended to, so a restarted agent's log follows its predecessor's.
 pub fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
     let log = state.state_dir.join(format!("agent-{}.log", node.name));
-    let child = DetachedCommand::new(&state.agent_bin, &log)
+    let wg_dir = prepare_wg_dir(state, &node.name)?;
+    // `unshare` and `sh` exec in place: the pid is the agent's.
+    let child = DetachedCommand::new("unshare", &log)
         .in_netns(&Netns::existing(&node.netns)?)
+        .args(PRIVATE_WG_DIR)
+        .arg(wg_dir)
+        .arg(&state.agent_bin)
         .args(datastore_args(state))
         .args(["run", "--node", &node.name, "--poll-ms", "300"])
         // Frequent full resyncs, so the lab exercises them (Calico: 90 s).
         .args(["--resync-secs", "8"])
-        // wireguard-go's control sockets share /var/run/wireguard machine-wide.
-        .args(["--wireguard-ifname", &wg_ifname(state, node)])
+        .args(["--wireguard-ifname", WG_IFNAME])
         .arg("--datastore-fault-file")
         .arg(fault_file(state, &node.name))
         .spawn()?;
@@ -98,11 +136,20 @@ pub fn stop_agent(agent: &LabAgent) {
     }
 }
 
-/// Stops the `wireguard-go -f <ifname>` an agent started (it outlives agent
-/// restarts like a kernel device would). Found by its exact command line.
-pub fn stop_wireguard_go(ifname: &str) {
-    for pid in testlab::pids_with_cmdline(&["wireguard-go", "-f", ifname]) {
-        testlab::stop_pid(pid, false, Duration::from_secs(3));
+/// Stops the `wireguard-go -f wireguard.cali` the agent of `node` started
+/// (it outlives agent restarts like a kernel device would): found by its
+/// exact command line and by running in the node's network namespace.
+pub fn stop_wireguard_go(node: &LabNode) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(ns) = std::fs::metadata(format!("/run/netns/{}", node.netns)) else {
+        return;
+    };
+    let want = format!("net:[{}]", ns.ino());
+    for pid in testlab::pids_with_cmdline(&["wireguard-go", "-f", WG_IFNAME]) {
+        let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap_or_default();
+        if net.to_string_lossy() == want {
+            testlab::stop_pid(pid, false, Duration::from_secs(3));
+        }
     }
 }
 

@@ -27,10 +27,14 @@ fn agent_bin() -> std::path::PathBuf {
 
 fn same_subnet(a: &str, b: &str) -> bool {
     // k8s-w0 is the only node on 203.0.113.0/24.
-    (a == "web-k8s-w0") == (b == "web-k8s-w0")
+    a.ends_with("k8s-w0") == b.ends_with("k8s-w0")
 }
 
 fn expected(mode: Mode, p: &Probe) -> ObservedPath {
+    if p.from.ends_with("k8s-w1") && p.to.ends_with("k8s-w1") {
+        // The seed article's same-node pair: only the cali interfaces see it.
+        return ObservedPath::SameNode;
+    }
     if p.to == "outside" {
         // natOutgoing: the pod's packets leave with the node's address.
         return ObservedPath::Masqueraded;
@@ -48,7 +52,7 @@ fn expected(mode: Mode, p: &Probe) -> ObservedPath {
 fn check(lab: &RunningLab, mode: Mode) {
     let r = lab.report().expect("report");
     println!("mode {mode}:\n{}", r.text);
-    assert_eq!(r.probes.len(), 16, "4 pods x (3 pods + outside)");
+    assert_eq!(r.probes.len(), 25, "5 pods x (4 pods + outside)");
     for p in &r.probes {
         assert!(
             p.reachable,
@@ -145,17 +149,33 @@ fn datastore_outage_keeps_the_dataplane(lab: &mut RunningLab) {
     let e2 = metric(lab, "k8s-w1", errors).unwrap();
     assert!(e2 - e1 < 6.0, "retries back off: {e1} -> {e2} in 3 s");
     lab.datastore_outage("k8s-w1", false).unwrap();
-    eventually("the late pod is reachable", || {
-        lab.ping_pod("web-k8s-m", "late-k8s-w1").unwrap_or(false)
-    });
+    let t0 = Instant::now();
+    while !lab.ping_pod("web-k8s-m", "late-k8s-w1").unwrap_or(false) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let log = &lab
+                .state
+                .agents
+                .iter()
+                .find(|a| a.node == "k8s-w1")
+                .unwrap()
+                .log;
+            let text = std::fs::read_to_string(log).unwrap();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            panic!(
+                "the late pod is not reachable within 20 s; k8s-w1's log (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(
         metric(lab, "k8s-w1", "calinet_workload_endpoints"),
-        Some(2.0)
+        Some(3.0)
     );
     lab.remove_pod("late-k8s-w1", &yaml).unwrap();
     eventually("the late pod's endpoint and address are gone", || {
         let view = lab.view().unwrap();
-        view.weps.len() == 4
+        view.weps.len() == 5
             && calinet_agent::show::ipam_check(&view).1 == 0
             && calinet_agent::show::ipam_show(
                 &view,
@@ -163,7 +183,7 @@ fn datastore_outage_keeps_the_dataplane(lab: &mut RunningLab) {
                 calinet_agent::show::Output::Json,
             )
             .unwrap()
-            .contains("\"ipsInUse\": 8")
+            .contains("\"ipsInUse\": 9")
     });
 }
 
@@ -204,6 +224,50 @@ fn restart_without_writes(lab: &mut RunningLab, node: &str) -> String {
     m
 }
 
+/// Each pod's interfaces: (pod, host-side cali index, pod-side eth0 index).
+fn pod_interfaces(lab: &RunningLab) -> Vec<(String, u32, u32)> {
+    let view = lab.view().unwrap();
+    lab.state
+        .pods
+        .iter()
+        .map(|p| {
+            let node = lab.state.nodes.iter().find(|n| n.name == p.node).unwrap();
+            let cali = calinet_lab::probe::pod_interface(&view, &p.name).unwrap();
+            let host = testlab::Netns::existing(&node.netns).unwrap();
+            let pod = testlab::Netns::existing(&p.netns).unwrap();
+            (
+                p.name.clone(),
+                host.link(&cali).unwrap().unwrap().ifindex,
+                pod.link("eth0").unwrap().unwrap().ifindex,
+            )
+        })
+        .collect()
+}
+
+/// The MTU of `ifname` on `node` (`None`: no such link).
+fn mtu(lab: &RunningLab, node: &str, ifname: &str) -> Option<u32> {
+    let n = lab.state.nodes.iter().find(|n| n.name == node).unwrap();
+    testlab::Netns::existing(&n.netns)
+        .unwrap()
+        .link(ifname)
+        .unwrap()
+        .and_then(|l| l.mtu)
+}
+
+/// The host-side MTUs of every pod on `node` and of its pods' eth0.
+fn pod_mtus(lab: &RunningLab, node: &str) -> (Vec<u32>, Vec<u32>) {
+    let view = lab.view().unwrap();
+    let mut host = Vec::new();
+    let mut pod = Vec::new();
+    for p in lab.state.pods.iter().filter(|p| p.node == node) {
+        let cali = calinet_lab::probe::pod_interface(&view, &p.name).unwrap();
+        host.push(mtu(lab, node, &cali).unwrap());
+        let ns = testlab::Netns::existing(&p.netns).unwrap();
+        pod.push(ns.link("eth0").unwrap().unwrap().mtu.unwrap());
+    }
+    (host, pod)
+}
+
 fn metric(lab: &RunningLab, node: &str, name: &str) -> Option<f64> {
     lab.metrics(node).ok().and_then(|m| sample(&m, name))
 }
@@ -218,13 +282,21 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = UpArgs::new(Mode::Vxlan, dir.path().join("lab"));
     args.agent_bin = Some(agent_bin());
+    // The seed article's jumbo underlay.
+    args.underlay_mtu = 9001;
     let mut lab = RunningLab::up(&args).expect("lab up");
     check(&lab, Mode::Vxlan);
-
+    assert_eq!(mtu(&lab, "k8s-w1", "eth0"), Some(9001));
+    assert_eq!(mtu(&lab, "k8s-w1", "vxlan.calico"), Some(8951));
+    assert_eq!(
+        pod_mtus(&lab, "k8s-w1"),
+        (vec![8951, 8951], vec![8951, 8951])
+    );
+    let interfaces = pod_interfaces(&lab);
     // Restart a converged agent: it must find everything in place.
     let m = restart_without_writes(&mut lab, "k8s-w1");
-    assert_eq!(sample(&m, "calinet_routes"), Some(5.0), "{m}");
-    assert_eq!(sample(&m, "calinet_workload_endpoints"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "calinet_routes"), Some(6.0), "{m}");
+    assert_eq!(sample(&m, "calinet_workload_endpoints"), Some(2.0), "{m}");
     assert_eq!(sample(&m, "calinet_vxlan_neighbours"), Some(3.0), "{m}");
     check(&lab, Mode::Vxlan);
 
@@ -234,15 +306,73 @@ fn lab_modes_matrix_observed_paths_and_restart_without_writes() {
     for mode in [Mode::Crosssubnet, Mode::Direct] {
         lab.switch_mode(mode).expect("mode switch");
         check(&lab, mode);
+        assert_eq!(
+            pod_interfaces(&lab),
+            interfaces,
+            "{mode}: no pod interface rebuilt"
+        );
     }
+    // Direct: no overhead, the host sides follow in place, the pods keep theirs.
+    assert_eq!(
+        pod_mtus(&lab, "k8s-w1"),
+        (vec![9001, 9001], vec![8951, 8951])
+    );
+    // The agent follows its uplink's MTU at run time.
+    let w1 = lab.state.nodes.iter().find(|n| n.name == "k8s-w1").unwrap();
+    testlab::Netns::existing(&w1.netns)
+        .unwrap()
+        .ip(&["link", "set", "eth0", "mtu", "9000"])
+        .unwrap();
+    eventually("the host sides follow the uplink's MTU", || {
+        pod_mtus(&lab, "k8s-w1").0 == vec![9000, 9000]
+    });
+    assert_eq!(
+        pod_interfaces(&lab),
+        interfaces,
+        "an MTU change rebuilds nothing"
+    );
+    check(&lab, Mode::Direct);
     policy_is_enforced(&lab);
     if testlab::Feature::check(testlab::Feature::WireguardGo).is_ok() {
         lab.switch_mode(Mode::Wireguard).expect("mode switch");
         check(&lab, Mode::Wireguard);
+        assert_eq!(
+            pod_interfaces(&lab),
+            interfaces,
+            "wireguard: no pod interface rebuilt"
+        );
+        // Calico's device name and MTU (the seed's 8941 on a 9001 underlay).
+        assert_eq!(mtu(&lab, "k8s-m", "wireguard.cali"), Some(8941));
+        assert_eq!(mtu(&lab, "k8s-w1", "wireguard.cali"), Some(8940));
+        let r = lab.report().unwrap();
+        assert!(r.text.contains("wg showconf wireguard.cali"), "{}", r.text);
+        // Every peer's AllowedIPs: its block and its WireGuard address.
+        let view = lab.view().unwrap();
+        for n in lab.state.nodes.iter().filter(|n| n.name != "k8s-m") {
+            let (node, _) = &view.nodes[&n.name];
+            let a = node
+                .spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv4_address)
+                .expect("a WireGuard address published on the Node");
+            assert!(
+                r.text.contains(&format!("{a}/32")),
+                "{n:?} {a}:\n{}",
+                r.text
+            );
+        }
         // WireGuard too: device, peers, table 1 and the rule are found in place.
         let m = restart_without_writes(&mut lab, "k8s-m");
         assert_eq!(sample(&m, "calinet_wireguard_peers"), Some(3.0), "{m}");
         check(&lab, Mode::Wireguard);
+        lab.switch_mode(Mode::Vxlan).expect("mode switch");
+        check(&lab, Mode::Vxlan);
+        assert_eq!(
+            pod_interfaces(&lab),
+            interfaces,
+            "vxlan again: no pod interface rebuilt"
+        );
     } else {
         eprintln!("wireguard mode not checked: wireguard-go missing");
     }
@@ -309,7 +439,7 @@ fn etcd_restart_under_a_running_lab() {
         lab.ping_pod("web-k8s-w0", "after-etcd").unwrap_or(false)
     });
     let view = lab.view().unwrap();
-    assert_eq!(view.weps.len(), 5);
+    assert_eq!(view.weps.len(), 6);
     assert_eq!(
         calinet_agent::show::ipam_check(&view).1,
         0,

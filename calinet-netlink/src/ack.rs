@@ -34,13 +34,14 @@ impl Nack {
         }
     }
 
-    /// The error for this rejection of `request` (described for a person).
-    pub fn into_error(self, request: impl Into<String>) -> Error {
-        Error::Kernel {
+    /// The error for this rejection of `request` (described for a person), as
+    /// an [`Error::Kernel`] or any error type that converts from [`Error`].
+    pub fn into_error<E: From<Error>>(self, request: impl Into<String>) -> E {
+        E::from(Error::Kernel {
             request: request.into(),
             errno: self.errno,
             message: self.describe(),
-        }
+        })
     }
 }
 
@@ -279,7 +280,7 @@ mod tests {
             nack.describe(),
             "No such device (os error 19): no such device"
         );
-        let err = nack.into_error("rule add 99: from all lookup 1");
+        let err: Error = nack.into_error("rule add 99: from all lookup 1");
         assert_eq!(err.errno(), Some(libc::ENODEV));
         assert!(
             err.to_string()

@@ -130,7 +130,7 @@ fn a_batch_error_is_matched_to_its_request() -> Res {
     sock.transact(&w.finish()?, &mut acks, &mut [0; 8192], "rule add 10")?;
     let (i, nack) = acks.first_failure().expect("duplicate rule refused");
     assert_eq!((i, nack.errno), (0, libc::EEXIST));
-    let err = nack.clone().into_error("rule add 10: from all lookup 1010");
+    let err: calinet_netlink::Error = nack.clone().into_error("rule add 10: from all lookup 1010");
     assert!(
         err.to_string()
             .contains("rule add 10: from all lookup 1010 failed"),

@@ -315,10 +315,10 @@ pub fn parse_rule(payload: &[u8]) -> Result<Option<RuleSpec>> {
             FRA_FWMASK => mask = Some(a.u32().map_err(decode)?),
             FRA_TABLE => r.table = a.u32().map_err(decode)?,
             FRA_PROTOCOL => r.protocol = RouteProtocol(a.u8().map_err(decode)?),
-            FRA_SUPPRESS_IFGROUP | FRA_SUPPRESS_PREFIXLEN => {
-                if a.u32().map_err(decode)? != u32::MAX {
-                    return Ok(None);
-                }
+            FRA_SUPPRESS_IFGROUP | FRA_SUPPRESS_PREFIXLEN
+                if a.u32().map_err(decode)? != u32::MAX =>
+            {
+                return Ok(None);
             }
             t if UNMODELLED.contains(&t) => return Ok(None),
             _ => {}

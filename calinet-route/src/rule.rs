@@ -472,6 +472,30 @@ mod tests {
         assert_eq!(m, want);
         let msg = messages(&m).next().unwrap().unwrap();
         assert_eq!(parse_rule(msg.payload).unwrap(), Some(wg()));
+        // The kernel adds FRA_SUPPRESS_PREFIXLEN = -1 to every rule it reports
+        // (seen in an RTM_GETRULE dump of `ip rule add ... protocol 80`); unset,
+        // it does not make the rule foreign. Set, it does.
+        for (value, ours) in [(u32::MAX, true), (0, false)] {
+            let mut w = Writer::new();
+            let mm = w.begin_message(RTM_NEWRULE, 0, 1);
+            w.family_header(&fib_rule_hdr(
+                RuleFamily::V4,
+                1,
+                FR_ACT_TO_TBL,
+                FIB_RULE_INVERT,
+            ));
+            w.attr_u32(FRA_TABLE, 1);
+            w.attr_u32(FRA_SUPPRESS_PREFIXLEN, value);
+            w.attr_u8(FRA_PROTOCOL, 80);
+            w.attr_u32(FRA_PRIORITY, 99);
+            w.attr_u32(FRA_FWMARK, 0x10_0000);
+            w.attr_u32(FRA_FWMASK, 0x10_0000);
+            w.end_message(mm);
+            let b = w.finish().unwrap();
+            let msg = messages(&b).next().unwrap().unwrap();
+            let parsed = parse_rule(msg.payload).unwrap();
+            assert_eq!(parsed == Some(wg()), ours, "{value:#x}: {parsed:?}");
+        }
     }
 
     #[test]

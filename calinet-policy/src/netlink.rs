@@ -18,9 +18,9 @@
 //! for the script backend's text, so both backends produce the same kernel
 //! state.
 
-use std::ffi::c_void;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+
+use calinet_netlink::{Acks, Netns, Protocol, Socket};
 
 use crate::Error;
 use crate::ir::{Diff, Ruleset};
@@ -255,182 +255,85 @@ pub fn diff_transaction_in(table: &str, d: &Diff, buf: Vec<u8>) -> Result<Transa
 /// A netfilter netlink socket, bound to the network namespace it was opened in.
 #[derive(Debug)]
 pub struct NetlinkSocket {
-    fd: OwnedFd,
+    sock: Socket,
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn nl_err(operation: &str, errno: i32) -> Error {
+fn plumbing_err(e: calinet_netlink::Error) -> Error {
+    let errno = match &e {
+        calinet_netlink::Error::Socket { source, .. }
+        | calinet_netlink::Error::Netns { source, .. } => source.raw_os_error().unwrap_or(0),
+        other => other.errno().unwrap_or(0),
+    };
+    let detail = match &e {
+        calinet_netlink::Error::Socket { source, .. }
+        | calinet_netlink::Error::Netns { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    let operation = match e {
+        calinet_netlink::Error::Socket { operation, .. } => operation,
+        calinet_netlink::Error::Netns { path, .. } => format!("enter {}", path.display()),
+        _ => "netfilter netlink".to_owned(),
+    };
     Error::Netlink {
-        operation: operation.to_owned(),
+        operation,
         errno,
-        detail: std::io::Error::from_raw_os_error(errno).to_string(),
+        detail,
     }
 }
 
 impl NetlinkSocket {
+    fn configure(sock: Socket) -> Result<Self, Error> {
+        // Big transactions (tens of thousands of rules) go out in one sendmsg.
+        sock.set_buffers(64 << 20, 64 << 20).map_err(plumbing_err)?;
+        // A transaction the kernel never answers must not hang the caller.
+        sock.set_recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(plumbing_err)?;
+        // Errors echo only the refused message's header, with the kernel's text.
+        sock.set_cap_ack(true).map_err(plumbing_err)?;
+        sock.set_ext_ack(true).map_err(plumbing_err)?;
+        Ok(NetlinkSocket { sock })
+    }
+
     /// Opens a socket in the current network namespace.
     pub fn open() -> Result<Self, Error> {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(nl_err("socket(AF_NETLINK, NETLINK_NETFILTER)", errno()));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Big transactions (tens of thousands of rules) go out in one sendmsg.
-        for (opt, what) in [
-            (libc::SO_SNDBUFFORCE, "SO_SNDBUFFORCE"),
-            (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE"),
-        ] {
-            let size: libc::c_int = 64 << 20;
-            // SAFETY: setsockopt with a valid int option value.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const size).cast::<c_void>(),
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
-            if r < 0 {
-                return Err(nl_err(what, errno()));
-            }
-        }
-        // A transaction the kernel never answers must not hang the caller.
-        let tv = libc::timeval {
-            tv_sec: 30,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast::<c_void>(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(nl_err("SO_RCVTIMEO", errno()));
-        }
-        Ok(NetlinkSocket { fd })
+        NetlinkSocket::configure(Socket::open(Protocol::Netfilter).map_err(plumbing_err)?)
     }
 
     /// Opens a socket inside the network namespace at `netns` (e.g.
-    /// `/run/netns/<name>`), from a short-lived thread, leaving the caller's
-    /// namespace alone.
+    /// `/run/netns/<name>`); the calling thread returns to its own namespace
+    /// before this returns.
     pub fn open_in(netns: &Path) -> Result<Self, Error> {
-        let file = std::fs::File::open(netns).map_err(|e| Error::Netlink {
-            operation: format!("open {}", netns.display()),
-            errno: e.raw_os_error().unwrap_or(0),
-            detail: e.to_string(),
-        })?;
-        let path = netns.display().to_string();
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only; the thread ends right after.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                return Err(nl_err(&format!("setns {path}"), errno()));
-            }
-            NetlinkSocket::open()
-        })
-        .join()
-        .map_err(|_| Error::Netlink {
-            operation: "netns thread".into(),
-            errno: 0,
-            detail: "panicked".into(),
-        })?
+        let ns = Netns::open(netns).map_err(plumbing_err)?;
+        NetlinkSocket::configure(Socket::open_in(&ns, Protocol::Netfilter).map_err(plumbing_err)?)
     }
 
     /// Sends one transaction and waits for the kernel's verdict on it.
     pub fn send(&self, tx: &Transaction) -> Result<(), Error> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: sockaddr_nl zeroed = the kernel.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: buffer and address are valid for the call.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                tx.bytes.as_ptr().cast::<c_void>(),
-                tx.bytes.len(),
-                0,
-                (&raw const addr).cast::<libc::sockaddr>(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(nl_err("sendto(nf_tables batch)", errno()));
+        // The batch begin is seq 1, its messages 2.., the batch end `end_seq`
+        // (kept from encoding: finding it in the bytes walks every message
+        // header of a multi-megabyte batch).
+        let mut acks = Acks::new(2, tx.messages).until(tx.end_seq);
+        let mut rx = vec![0u8; 1 << 16];
+        self.sock
+            .transact(&tx.bytes, &mut acks, &mut rx, "nf_tables batch")
+            .map_err(plumbing_err)?;
+        if let Some((i, nack)) = acks.first_failure() {
+            let seq = 2 + i as u32;
+            let what = tx.describe(seq).unwrap_or_default();
+            return Err(Error::Netlink {
+                operation: format!("nf_tables transaction (message seq {seq}{what})"),
+                errno: nack.errno,
+                detail: nack.describe(),
+            });
         }
-        // Kept from encoding: finding it in the bytes walks every message header
-        // of a multi-megabyte batch (~2 ms of cache misses for a full load).
-        let end_seq = tx.end_seq;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut first_error: Option<Error> = None;
-        loop {
-            // The kernel runs the batch inside sendto, so every answer is queued
-            // by now; after a failure it never acknowledges the batch end, so
-            // once an error is in hand only what is already queued is read.
-            let flags = if first_error.is_some() {
-                libc::MSG_DONTWAIT
-            } else {
-                0
-            };
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast::<c_void>(), buf.len(), flags) };
-            if n < 0 {
-                let e = errno();
-                if e == libc::EINTR {
-                    continue;
-                }
-                if let Some(err) = first_error
-                    && e == libc::EAGAIN
-                {
-                    return Err(err);
-                }
-                return Err(nl_err("recv(nf_tables ack)", e));
-            }
-            let mut off = 0usize;
-            let n = n as usize;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                if len < 16 || off + len > n {
-                    break;
-                }
-                if ty == libc::NLMSG_ERROR as u16 && off + 20 <= n {
-                    let code =
-                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or([0; 4]));
-                    if code != 0 && first_error.is_none() {
-                        let what = tx.describe(seq).unwrap_or_default();
-                        first_error = Some(Error::Netlink {
-                            operation: format!("nf_tables transaction (message seq {seq}{what})"),
-                            errno: -code,
-                            detail: std::io::Error::from_raw_os_error(-code).to_string(),
-                        });
-                    }
-                    if seq == end_seq {
-                        return match first_error {
-                            Some(e) => Err(e),
-                            None => Ok(()),
-                        };
-                    }
-                }
-                off += (len + 3) & !3;
-            }
+        if let Some(nack) = acks.closing() {
+            return Err(Error::Netlink {
+                operation: format!("nf_tables transaction (batch end, seq {})", tx.end_seq),
+                errno: nack.errno,
+                detail: nack.describe(),
+            });
         }
+        Ok(())
     }
 }
 

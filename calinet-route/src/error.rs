@@ -154,5 +154,42 @@ impl Error {
     }
 }
 
+impl From<calinet_netlink::Error> for Error {
+    /// Kernel-plumbing errors as this crate's variants of the same meaning, so
+    /// callers match one set of variants whichever layer failed.
+    fn from(e: calinet_netlink::Error) -> Self {
+        use calinet_netlink::Error as P;
+        match e {
+            P::Kernel {
+                request,
+                errno,
+                message,
+            } => Error::Netlink {
+                request,
+                errno,
+                message,
+            },
+            P::Socket { operation, source } => Error::Transport {
+                context: operation,
+                source,
+            },
+            P::Netns { path, source } => Error::Netns { path, source },
+            P::Sysctl {
+                path,
+                netns,
+                source,
+            } => Error::Sysctl {
+                path,
+                netns,
+                source,
+            },
+            other => Error::Decode {
+                context: "netlink framing".into(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

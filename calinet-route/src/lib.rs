@@ -6,12 +6,15 @@
 //! [`NeighbourSpec`], [`FdbSpec`], [`LinkSpec`], [`WorkloadSpec`], the validated
 //! [`IfName`]); the pure planner ([`plan_routes`], [`plan_neighbours`],
 //! [`plan_fdb`]); the netlink edge ([`NetlinkBackend`], [`nl::Conn`]) and the
-//! [`Reconciler`] over any [`Backend`]; workload plumbing ([`workload`]); tunnel
+//! [`Reconciler`] over any [`Backend`]; routing rules ([`rule`]); workload plumbing ([`workload`]); tunnel
 //! links, addresses and host-MTU detection ([`link`]).
 //!
 //! **Does not own:** deciding which routes, tunnels, neighbours or FDB entries a
 //! node needs (`calinet-encap`, `calinet-wg`), address allocation
-//! (`calinet-ipam`), policy rules (`calinet-policy`), or `ip rule`s.
+//! (`calinet-ipam`) or policy rules (`calinet-policy`).
+//!
+//! Routing rules (`ip rule`) are specs too ([`RuleSpec`]), reconciled by
+//! [`reconcile_rules`], which owns the rules tagged with its protocol.
 //!
 //! Every kernel operation names the namespace it works in: a [`Netns`] (an open
 //! `/run/netns/NAME` or `/proc/PID/ns/net`). Sockets are created by the calling
@@ -129,6 +132,7 @@ pub mod plan;
 #[cfg(feature = "proptest")]
 pub mod proptest_support;
 pub mod reconcile;
+pub mod rule;
 pub mod spec;
 pub mod workload;
 
@@ -140,6 +144,7 @@ pub use plan::{
     ObservedFdb, ObservedNeighbour, Plan, Replacement, plan_fdb, plan_neighbours, plan_routes,
 };
 pub use reconcile::{Pending, PendingReason, Reconciler, Report, ResyncTimer};
+pub use rule::{RuleFamily, RulePlan, RuleReport, RuleSpec, plan_rules, reconcile_rules};
 pub use spec::{
     CALICO_VNI, DEFAULT_WORKLOAD_PREFIX, FdbSpec, IfName, IpipSpec, LinkKind, LinkSpec, MAIN_TABLE,
     MacAddr, NeighbourSpec, Ownership, POD_GATEWAY_V4, RouteKey, RouteProtocol, RouteScope,

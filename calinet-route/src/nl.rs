@@ -1,6 +1,11 @@
 //! The netlink transport: one `NETLINK_ROUTE` socket bound to one namespace, with
 //! consistent dumps and pipelined batches of writes.
 //!
+//! The socket, the framing constants, `NLMSG_ERROR` parsing, the matching of
+//! answers to requests ([`calinet_netlink::Acks`]) and the rejection type
+//! ([`Nack`]) come from `calinet-netlink`; this module adds the tokio reactor,
+//! dump retries and `netlink-packet-route` message encoding.
+//!
 //! Messages are built and parsed with `netlink-packet-route`; the socket is driven
 //! here rather than through `rtnetlink::Handle` because the reconciler needs three
 //! things that handle hides: the `NLM_F_DUMP_INTR` flag of dump messages, the
@@ -12,24 +17,20 @@
 //! arrives every error of the batch has arrived too (rtnetlink processes a datagram's
 //! messages in order).
 
-use std::os::fd::AsRawFd;
-
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkSerializable,
-    ParseableParametrized,
+use calinet_netlink::consts::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_HDRLEN as HDR, NLMSG_NOOP, NLMSG_OVERRUN,
 };
+use calinet_netlink::{Acks, Protocol, Socket, align4, messages, parse_error};
+use netlink_packet_core::{NetlinkSerializable, ParseableParametrized};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
+
+pub use calinet_netlink::Nack;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-const HDR: usize = 16;
 /// How many times a dump is retried when interrupted or overrun.
 pub const DUMP_ATTEMPTS: u32 = 10;
 /// Upper bound on the bytes of one `send` (several hundred route messages).
@@ -47,35 +48,6 @@ pub struct Stats {
     pub redumps: u64,
     /// `send` calls that carried writes.
     pub sends: u64,
-}
-
-/// A kernel rejection of one request of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Nack {
-    /// Positive errno.
-    pub errno: i32,
-    /// The extended-ack message, if the kernel gave one.
-    pub message: Option<String>,
-}
-
-impl Nack {
-    /// `strerror` plus the kernel's extended message.
-    pub fn describe(&self) -> String {
-        let base = std::io::Error::from_raw_os_error(self.errno).to_string();
-        match &self.message {
-            Some(m) => format!("{base}: {m}"),
-            None => base,
-        }
-    }
-
-    /// The crate's error for this rejection of `request`.
-    pub(crate) fn into_error(self, request: String) -> crate::error::Error {
-        crate::error::Error::Netlink {
-            request,
-            errno: self.errno,
-            message: self.describe(),
-        }
-    }
 }
 
 /// One netlink socket inside one namespace.
@@ -96,86 +68,28 @@ enum DumpOutcome {
 }
 
 fn open_socket(netns: &Netns) -> Result<Socket> {
-    let transport = |context: &str, source: std::io::Error| Error::Transport {
-        context: format!("{context} in netns {netns}"),
-        source,
-    };
-    netns.run(|| -> Result<Socket> {
-        let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| transport("socket()", e))?;
-        s.bind_auto().map_err(|e| transport("bind", e))?;
-        s.set_non_blocking(true)
-            .map_err(|e| transport("O_NONBLOCK", e))?;
-        // Errors carry only the failing request's header, plus a message.
-        s.set_cap_ack(true)
-            .map_err(|e| transport("NETLINK_CAP_ACK", e))?;
-        s.set_ext_ack(true)
-            .map_err(|e| transport("NETLINK_EXT_ACK", e))?;
-        // Large buffers so that a big dump or many errors do not overrun; the
-        // FORCE variants need CAP_NET_ADMIN, the plain ones are the fallback.
-        let fd = s.as_raw_fd();
-        set_buf(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
-        set_buf(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
-        Ok(s)
-    })?
+    let s = Socket::open_in(netns, Protocol::Route)?;
+    s.set_nonblocking(true)?;
+    // Errors carry only the failing request's header, plus a message.
+    s.set_cap_ack(true)?;
+    s.set_ext_ack(true)?;
+    // Large buffers so that a big dump or many errors do not overrun.
+    s.set_buffers(8 << 20, 4 << 20)?;
+    Ok(s)
 }
 
-fn set_buf(fd: i32, force: i32, plain: i32, size: i32) {
-    let len = std::mem::size_of::<i32>() as libc::socklen_t;
-    let ptr = &size as *const i32 as *const libc::c_void;
-    // SAFETY: valid fd and a pointer to an i32 of the stated length.
-    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, force, ptr, len) };
-    if rc != 0 {
-        // SAFETY: as above.
-        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, plain, ptr, len) };
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Parses an `NLMSG_ERROR` payload: (errno, seq of the failing request, ext-ack msg).
-fn parse_error(payload: &[u8], capped: bool) -> (i32, u32, Option<String>) {
-    if payload.len() < 4 + HDR {
-        return (0, 0, None);
-    }
-    let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    let orig_len = u32_at(payload, 4) as usize;
-    let orig_seq = u32_at(payload, 4 + 8);
-    // With NETLINK_CAP_ACK only the request header is echoed; otherwise the whole
-    // request. Extended-ack TLVs follow.
-    let skip = if capped { HDR } else { orig_len.max(HDR) };
-    let mut at = 4 + align4(skip);
-    let mut msg = None;
-    while at + 4 <= payload.len() {
-        let len = u16_at(payload, at) as usize;
-        let kind = u16_at(payload, at + 2) & 0x3fff;
-        if len < 4 || at + len > payload.len() {
-            break;
-        }
-        // NLMSGERR_ATTR_MSG = 1
-        if kind == 1 {
-            let raw = &payload[at + 4..at + len];
-            let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-            msg = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
-        }
-        at += align4(len);
-    }
-    (-code, orig_seq, msg)
+/// Parses an `NLMSG_ERROR` payload: (errno, ext-ack msg); a short one is no
+/// answer at all.
+fn error_of(flags: u16, payload: &[u8]) -> (i32, Option<String>) {
+    parse_error(flags, payload)
+        .map(|e| (e.errno, e.message))
+        .unwrap_or((0, None))
 }
 
 /// Why one datagram of a dump could not be used.
 #[derive(Debug)]
 enum ScanError {
-    BadLength { len: usize, at: usize, of: usize },
+    BadLength(String),
     Decode(String),
     Kernel(Nack),
 }
@@ -183,9 +97,9 @@ enum ScanError {
 impl ScanError {
     fn context(self, what: &str, netns: &Netns) -> Error {
         match self {
-            ScanError::BadLength { len, at, of } => Error::Decode {
+            ScanError::BadLength(message) => Error::Decode {
                 context: format!("dump of {what} in netns {netns}"),
-                message: format!("bad message length {len} at offset {at} of {of}"),
+                message,
             },
             ScanError::Decode(message) => Error::Decode {
                 context: format!("dump of {what} in netns {netns}"),
@@ -210,19 +124,10 @@ fn scan_dump(
     interrupted: &mut bool,
     out: &mut Vec<RouteNetlinkMessage>,
 ) -> std::result::Result<Option<DumpOutcome>, ScanError> {
-    let n = buf.len();
-    let mut at = 0;
-    while at + HDR <= n {
-        let len = u32_at(buf, at) as usize;
-        if len < HDR || at + len > n {
-            return Err(ScanError::BadLength { len, at, of: n });
-        }
-        let kind = u16_at(buf, at + 4);
-        let flags = u16_at(buf, at + 6);
-        let mseq = u32_at(buf, at + 8);
-        let payload = &buf[at + HDR..at + len];
-        at += align4(len);
-        if mseq != seq {
+    for msg in messages(buf) {
+        let msg = msg.map_err(|e| ScanError::BadLength(e.to_string()))?;
+        let (kind, flags, payload) = (msg.ty, msg.flags, msg.payload);
+        if msg.seq != seq {
             // Leftovers of an earlier request; not part of this dump.
             continue;
         }
@@ -238,7 +143,7 @@ fn scan_dump(
                 }));
             }
             NLMSG_ERROR => {
-                let (errno, _, message) = parse_error(payload, true);
+                let (errno, message) = error_of(flags, payload);
                 if errno == libc::EINTR || errno == libc::EBUSY {
                     // Some dumps report an inconsistent snapshot as EINTR.
                     return Ok(Some(DumpOutcome::Interrupted));
@@ -349,14 +254,8 @@ impl Conn {
                     context: context.to_string(),
                     source,
                 })?;
-            match guard.try_io(|inner| inner.get_ref().send(buf, 0)) {
-                Ok(Ok(n)) if n == buf.len() => return Ok(()),
-                Ok(Ok(n)) => {
-                    return Err(Error::Transport {
-                        context: context.to_string(),
-                        source: std::io::Error::other(format!("short send {n} of {}", buf.len())),
-                    });
-                }
+            match guard.try_io(|inner| inner.get_ref().send(buf)) {
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(source)) => {
                     return Err(Error::Transport {
                         context: context.to_string(),
@@ -373,17 +272,7 @@ impl Conn {
         loop {
             let mut guard = self.fd.readable().await?;
             let rx = &mut self.rx;
-            match guard.try_io(|inner| {
-                let fd = inner.get_ref().as_raw_fd();
-                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
-                let n =
-                    unsafe { libc::recv(fd, rx.as_mut_ptr().cast(), rx.len(), libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|inner| inner.get_ref().recv(rx, false)) {
                 Ok(res) => return res,
                 Err(_would_block) => continue,
             }
@@ -488,22 +377,15 @@ impl Conn {
                 context: format!("receiving reply to {what} in netns {}", self.netns),
                 source,
             })?;
-            let mut at = 0;
-            while at + HDR <= n {
-                let len = u32_at(&self.rx, at) as usize;
-                if len < HDR || at + len > n {
-                    break;
-                }
-                let kind = u16_at(&self.rx, at + 4);
-                let mseq = u32_at(&self.rx, at + 8);
-                let payload = &self.rx[at + HDR..at + len];
-                at += align4(len);
-                if mseq != seq {
+            for msg in messages(&self.rx[..n]) {
+                let Ok(msg) = msg else { break };
+                let (kind, payload) = (msg.ty, msg.payload);
+                if msg.seq != seq {
                     continue;
                 }
                 match kind {
                     NLMSG_ERROR => {
-                        let (errno, _, message) = parse_error(payload, true);
+                        let (errno, message) = error_of(msg.flags, payload);
                         return Ok(if errno == 0 {
                             Ok(replies)
                         } else {
@@ -534,11 +416,13 @@ impl Conn {
         requests: &[(RouteNetlinkMessage, u16)],
         what: &str,
     ) -> Result<Vec<Option<Nack>>> {
-        let mut results: Vec<Option<Nack>> = vec![None; requests.len()];
         if requests.is_empty() {
-            return Ok(results);
+            return Ok(Vec::new());
         }
+        // Sequence numbers are contiguous: requests base.., then the NOOP.
         let base = self.seq.wrapping_add(1);
+        let noop = base.wrapping_add(requests.len() as u32);
+        let mut acks = Acks::new(base, requests.len()).until(noop);
         let mut buf = Vec::with_capacity(BATCH_BYTES + 1024);
         let mut i = 0;
         while i < requests.len() {
@@ -550,19 +434,17 @@ impl Conn {
                 i += 1;
             }
             let last = i == requests.len();
-            let noop_seq = if last {
+            if last {
                 let s = self.next_seq();
+                debug_assert_eq!(s, noop);
                 Conn::encode_noop(&mut buf, s);
-                Some(s)
-            } else {
-                None
-            };
+            }
             self.send_all(&buf, &format!("sending {what} in netns {}", self.netns))
                 .await?;
             self.stats.sends += 1;
             // The kernel handled the datagram during send(); collect what failed so
             // far without waiting (keeps the receive queue short).
-            if let Err(e) = self.collect(base, &mut results, noop_seq, what).await {
+            if let Err(e) = self.collect(&mut acks, last, what).await {
                 // After an overrun, acks of this batch are lost: the outcome of
                 // its requests is unknown. Start the next batch on a clean socket;
                 // the caller re-dumps and re-plans.
@@ -576,70 +458,30 @@ impl Conn {
             }
         }
         self.stats.writes += requests.len() as u64;
-        Ok(results)
+        Ok(acks.into_results())
     }
 
-    /// Reads error messages and maps them to request indices (`seq - base`). When
-    /// `until` is given, waits for that sequence's ack; otherwise drains only what
-    /// is queued.
-    async fn collect(
-        &mut self,
-        base: u32,
-        results: &mut [Option<Nack>],
-        until: Option<u32>,
-        what: &str,
-    ) -> Result<()> {
+    /// Reads answers into `acks`. When `wait`, until the closing NOOP's ack;
+    /// otherwise drains only what is queued.
+    async fn collect(&mut self, acks: &mut Acks, wait: bool, what: &str) -> Result<()> {
         loop {
-            let n = if until.is_some() {
+            let n = if wait {
                 self.recv().await
             } else {
-                let fd = self.fd.get_ref().as_raw_fd();
-                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
-                let n = unsafe {
-                    libc::recv(
-                        fd,
-                        self.rx.as_mut_ptr().cast(),
-                        self.rx.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        return Ok(());
-                    }
-                    Err(e)
-                } else {
-                    Ok(n as usize)
+                match self.fd.get_ref().recv(&mut self.rx, false) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    other => other,
                 }
             };
             let n = n.map_err(|source| Error::Transport {
                 context: format!("receiving results of {what} in netns {}", self.netns),
                 source,
             })?;
-            let mut at = 0;
-            let mut done = false;
-            while at + HDR <= n {
-                let len = u32_at(&self.rx, at) as usize;
-                if len < HDR || at + len > n {
-                    break;
-                }
-                let kind = u16_at(&self.rx, at + 4);
-                let mseq = u32_at(&self.rx, at + 8);
-                if kind == NLMSG_ERROR {
-                    let (errno, seq, message) = parse_error(&self.rx[at + HDR..at + len], true);
-                    if Some(mseq) == until && Some(seq) == until {
-                        done = true;
-                    } else if errno != 0 {
-                        let idx = seq.wrapping_sub(base) as usize;
-                        if let Some(slot) = results.get_mut(idx) {
-                            *slot = Some(Nack { errno, message });
-                        }
-                    }
-                }
-                at += align4(len);
-            }
-            if done {
+            acks.feed(&self.rx[..n]).map_err(|e| Error::Decode {
+                context: format!("results of {what} in netns {}", self.netns),
+                message: e.to_string(),
+            })?;
+            if acks.is_complete() {
                 return Ok(());
             }
         }
@@ -668,19 +510,9 @@ pub struct LinkEvents {
 impl LinkEvents {
     /// Subscribes inside `netns`. Call inside a tokio runtime.
     pub async fn open(netns: &Netns) -> Result<Self> {
-        let transport = |context: &str, source: std::io::Error| Error::Transport {
-            context: format!("{context} in netns {netns}"),
-            source,
-        };
-        let sock = netns.run(|| -> Result<Socket> {
-            let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| transport("socket()", e))?;
-            // RTMGRP_LINK = 1
-            s.bind(&netlink_sys::SocketAddr::new(0, 1))
-                .map_err(|e| transport("bind to RTMGRP_LINK", e))?;
-            s.set_non_blocking(true)
-                .map_err(|e| transport("O_NONBLOCK", e))?;
-            Ok(s)
-        })??;
+        // RTMGRP_LINK = 1
+        let sock = netns.run(|| Socket::open_groups(Protocol::Route, 1))??;
+        sock.set_nonblocking(true)?;
         let fd = register(sock).map_err(|e| Error::Transport {
             context: format!("registering link-event socket of netns {netns} with tokio"),
             source: e,
@@ -704,17 +536,7 @@ impl LinkEvents {
                     source,
                 })?;
             let rx = &mut self.rx;
-            let res = guard.try_io(|inner| {
-                let fd = inner.get_ref().as_raw_fd();
-                // SAFETY: rx is a valid writable buffer of rx.len() bytes.
-                let n =
-                    unsafe { libc::recv(fd, rx.as_mut_ptr().cast(), rx.len(), libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let res = guard.try_io(|inner| inner.get_ref().recv(rx, false));
             let n = match res {
                 Err(_would_block) => continue,
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -729,15 +551,10 @@ impl LinkEvents {
                 Ok(Ok(n)) => n,
             };
             let mut names = Vec::new();
-            let mut at = 0;
-            while at + HDR <= n {
-                let len = u32_at(&self.rx, at) as usize;
-                if len < HDR || at + len > n {
-                    break;
-                }
-                let kind = u16_at(&self.rx, at + 4);
+            for msg in messages(&self.rx[..n]) {
+                let Ok(msg) = msg else { break };
                 if let Ok(RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)) =
-                    RouteNetlinkMessage::parse_with_param(&self.rx[at + HDR..at + len], kind)
+                    RouteNetlinkMessage::parse_with_param(msg.payload, msg.ty)
                 {
                     for a in &l.attributes {
                         if let netlink_packet_route::link::LinkAttribute::IfName(name) = a {
@@ -745,7 +562,6 @@ impl LinkEvents {
                         }
                     }
                 }
-                at += align4(len);
             }
             return Ok(LinkEvent::Changed(names));
         }
@@ -840,10 +656,10 @@ mod tests {
         while p.len() % 4 != 0 {
             p.push(0);
         }
-        let (errno, seq, m) = parse_error(&p, true);
-        assert_eq!((errno, seq), (19, 7));
-        assert_eq!(m.as_deref(), Some("no such device"));
-        let nack = Nack { errno, message: m };
+        let e = parse_error(0x100, &p).unwrap();
+        assert_eq!((e.errno, e.request_seq), (19, 7));
+        assert_eq!(e.message.as_deref(), Some("no such device"));
+        let nack = Nack::new(e.errno, e.message);
         assert!(
             nack.describe().contains("No such device"),
             "{}",

@@ -387,7 +387,7 @@ pub async fn setup_workload(
             &what,
         )
         .await?
-        .map_err(|n| n.into_error(what.clone()))?;
+        .map_err(|n| n.into_error::<Error>(what.clone()))?;
     let created = replies.iter().find_map(|m| match m {
         RouteNetlinkMessage::NewLink(l) => {
             let state = crate::kernel::link_from_message(l)?;
@@ -809,10 +809,12 @@ pub async fn teardown_workload(
                     }
                 }
             }
-            Err(Error::Netns { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(calinet_netlink::Error::Netns { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 report.netns_missing = true;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(report)

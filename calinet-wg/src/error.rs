@@ -145,26 +145,15 @@ pub enum Error {
         /// Public key of the peer.
         peer: String,
     },
-    /// Reading or writing a routing rule failed at the socket.
-    #[error("routing rule `{rule}`: {op} failed")]
-    RuleIo {
+    /// calinet-route could not apply the device's routing rule.
+    #[cfg(feature = "route")]
+    #[error("routing rule `{rule}` could not be applied")]
+    Rule {
         /// The rule, as `ip rule` shows it.
         rule: String,
-        /// What was attempted.
-        op: &'static str,
         /// The cause.
         #[source]
-        source: std::io::Error,
-    },
-    /// The kernel refused a routing rule request.
-    #[error("routing rule `{rule}`: {op} refused with errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
-    RuleErrno {
-        /// The rule, as `ip rule` shows it.
-        rule: String,
-        /// What was attempted.
-        op: &'static str,
-        /// The errno (positive).
-        errno: i32,
+        source: Box<calinet_route::Error>,
     },
     /// `wg showconf` text could not be parsed.
     #[error("showconf line {line_no}: {reason}")]

@@ -49,16 +49,16 @@
 //!
 //! # Routing
 //!
-//! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), the rule
-//! `not from all fwmark M/M lookup T` priority 99 ([`routing::FwmarkRule`],
-//! programmed by [`routing::RuleSocket`] over rtnetlink since calinet-route has
-//! no rules), and with the `route` feature the device's table as calinet-route
-//! `RouteSpec`s (`throw` routes for nodes without a usable key) plus
+//! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), and with the `route`
+//! feature the device's table as calinet-route `RouteSpec`s (`throw` routes for
+//! nodes without a usable key), the rule `not from all fwmark M/M lookup T`
+//! priority 99 as a calinet-route `RuleSpec` (`routing::rule_spec`), applied by
+//! calinet-route's rule reconciler (`routing::apply_rule`), and
 //! `rule_decision`, which holds the rule back until device and routes exist.
 //!
 //! # Features
 //!
-//! `route` (table routes as calinet-route specs), `tokio`
+//! `route` (table routes and the fwmark rule as calinet-route specs), `tokio`
 //! (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
 //! checkers in `proptest_support`).
 //!

@@ -1,8 +1,8 @@
 //! Lab test (root): three nodes, each running wireguard-go with its own
 //! device name, programmed by calinet-wg through the UAPI backend; pod
 //! traffic crosses the underlay only as WireGuard UDP. Routes go through
-//! calinet-route (real netlink), the fwmark rule through calinet-wg's
-//! rtnetlink `RuleSocket`.
+//! calinet-route (real netlink), the fwmark rule as a calinet-route
+//! `RuleSpec` through calinet-route's rule reconciler.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,7 +14,7 @@ use calinet_route::Backend as _;
 use calinet_wg::backend::sync;
 use calinet_wg::backend::uapi::UapiBackend;
 use calinet_wg::routing::{
-    FwmarkRule, RuleDecision, RuleSocket, device_mtu, missing_routes, route_specs, rule_decision,
+    RuleDecision, apply_rule, device_mtu, missing_routes, route_specs, rule_decision,
 };
 use calinet_wg::{
     DeviceSettings, Family, IfName, NodeState, PrivateKey, compute_device, key, normalized,
@@ -111,8 +111,9 @@ fn program(n: &LabNode, states: &[NodeState]) -> Res<calinet_wg::backend::ApplyR
         "missing: {:?}",
         missing_routes(&desired, &observed)
     );
-    let rule = FwmarkRule::for_device(&n.settings);
-    n.node.enter(move || RuleSocket::open()?.ensure(&rule))??;
+    apply_rule(&ns, &n.settings, true)?;
+    // Idempotent: a second apply writes nothing.
+    assert!(!apply_rule(&ns, &n.settings, true)?);
     Ok(report)
 }
 

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -175,7 +174,7 @@ impl Netns {
         let file = self.open()?;
         let path = self.path();
         std::thread::spawn(move || {
-            enter_current_thread(&file, path)?;
+            enter_current_thread(file, path)?;
             Ok(f())
         })
         .join()
@@ -194,7 +193,7 @@ impl Netns {
         let file = self.open()?;
         let path = self.path();
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || match enter_current_thread(&file, path) {
+        let handle = std::thread::spawn(move || match enter_current_thread(file, path) {
             // `f` must not run in the wrong namespace.
             Err(e) => {
                 let _ = entered_tx.send(Err(e));
@@ -291,20 +290,19 @@ impl<T> NetnsThread<T> {
     }
 }
 
-/// Moves the calling thread into the namespace open as `file`.
-pub(crate) fn enter_current_thread(file: &File, path: PathBuf) -> Result<()> {
-    // SAFETY: setns on a valid open namespace fd; CLONE_NEWNET only affects the
-    // calling thread, which the caller owns.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::Io {
+/// Moves the calling thread into the namespace open as `file` (through
+/// calinet-netlink, the workspace's one place for `setns`).
+pub(crate) fn enter_current_thread(file: File, path: PathBuf) -> Result<()> {
+    calinet_netlink::Netns::from_file(file, path.clone())
+        .enter_thread()
+        .map_err(|e| Error::Io {
             what: "setns into",
             path,
-            source: std::io::Error::last_os_error(),
+            source: match e {
+                calinet_netlink::Error::Netns { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            },
         })
-    }
 }
 
 /// A TCP echo server running in a namespace (see [`Netns::tcp_listen`]).

@@ -12,18 +12,11 @@ use crate::ir::{
     port_ranges, v4_ranges, v6_ranges,
 };
 
-// Netlink and nfnetlink framing.
-const NLMSG_HDRLEN: usize = 16;
-const NLA_HDRLEN: usize = 4;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+// Netlink and nfnetlink framing: calinet-netlink's (the workspace's one copy).
+use calinet_netlink::consts::{
+    NFNL_SUBSYS_NFTABLES, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use calinet_netlink::{Mark, Writer, nfnl};
 const NFPROTO_INET: u8 = 1;
 
 // nf_tables message types.
@@ -159,19 +152,14 @@ const DATA_MAX: usize = 16;
 /// back to back in one buffer.
 #[derive(Debug)]
 pub(super) struct Encoder {
-    buf: Vec<u8>,
+    /// The batch, framed by calinet-netlink's writer (which also keeps the
+    /// first reason the batch cannot be sent: a name holding a NUL byte, an
+    /// attribute too long for its 16-bit length).
+    w: Writer,
     seq: u32,
     messages: usize,
     set_id: u32,
-    /// Why the batch cannot be sent (the first problem seen: a name holding a
-    /// NUL byte, an attribute too long for its 16-bit length).
-    invalid: Option<String>,
 }
-
-/// Where a message or a nested attribute starts, to patch its length when it
-/// ends.
-#[derive(Clone, Copy, Debug)]
-struct Mark(usize);
 
 /// How set elements are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,18 +172,15 @@ impl Encoder {
     /// A batch written into `buf` (emptied first; its allocation is reused),
     /// with room for about `capacity` bytes reserved up front so a big batch
     /// does not grow and copy, opened with `BATCH_BEGIN`.
-    pub(super) fn new(mut buf: Vec<u8>, capacity: usize) -> Encoder {
-        buf.clear();
-        buf.reserve(capacity);
-        let mut e = Encoder {
-            buf,
-            seq: 1,
+    pub(super) fn new(buf: Vec<u8>, capacity: usize) -> Encoder {
+        let mut w = Writer::with_buffer(buf, capacity);
+        nfnl::batch_begin(&mut w, 1, NFNL_SUBSYS_NFTABLES);
+        Encoder {
+            w,
+            seq: 2,
             messages: 0,
             set_id: 0,
-            invalid: None,
-        };
-        e.batch_marker(NFNL_MSG_BATCH_BEGIN, 0);
-        e
+        }
     }
 
     /// Closes the batch with `BATCH_END`, the one message the kernel acknowledges
@@ -204,121 +189,67 @@ impl Encoder {
     /// (batch begin/end excluded) and the batch end's sequence number, or why
     /// the batch is invalid.
     pub(super) fn finish(mut self) -> Result<(Vec<u8>, usize, u32), String> {
-        if let Some(why) = self.invalid {
-            return Err(why);
-        }
         let end_seq = self.seq;
-        self.batch_marker(NFNL_MSG_BATCH_END, NLM_F_ACK);
-        Ok((self.buf, self.messages, end_seq))
+        nfnl::batch_end(&mut self.w, end_seq, NFNL_SUBSYS_NFTABLES);
+        match self.w.finish() {
+            Ok(bytes) => Ok((bytes, self.messages, end_seq)),
+            Err(calinet_netlink::Error::Encode { reason }) => Err(reason),
+            Err(other) => Err(other.to_string()),
+        }
     }
 
-    fn batch_marker(&mut self, ty: u16, flags: u16) {
-        let m = self.header(ty, flags, 0, NFNL_SUBSYS_NFTABLES);
-        self.patch_len32(m);
-    }
-
-    fn header(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> Mark {
-        let m = Mark(self.buf.len());
-        let mut h = [0u8; NLMSG_HDRLEN + 4];
-        // h[0..4]: length, patched when the message ends; h[12..16]: port id 0.
-        h[4..6].copy_from_slice(&ty.to_ne_bytes());
-        h[6..8].copy_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        h[8..12].copy_from_slice(&self.seq.to_ne_bytes());
-        // struct nfgenmsg: family, version NFNETLINK_V0, res_id (big endian).
-        h[16] = family;
-        h[18..20].copy_from_slice(&res_id.to_be_bytes());
-        self.buf.extend_from_slice(&h);
+    fn begin(&mut self, kind: u16, flags: u16) -> Mark {
+        let m = self.w.begin_message(
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | flags,
+            self.seq,
+        );
+        self.w.family_header(&nfnl::nfgenmsg(NFPROTO_INET, 0));
         self.seq += 1;
         m
     }
 
-    fn begin(&mut self, kind: u16, flags: u16) -> Mark {
-        self.header((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, NFPROTO_INET, 0)
-    }
-
     fn end(&mut self, m: Mark) {
-        self.patch_len32(m);
+        self.w.end_message(m);
         self.messages += 1;
     }
 
-    fn patch_len32(&mut self, m: Mark) {
-        let len = (self.buf.len() - m.0) as u32;
-        self.buf[m.0..m.0 + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn refuse(&mut self, why: impl FnOnce() -> String) {
-        if self.invalid.is_none() {
-            self.invalid = Some(why());
-        }
-    }
-
+    #[inline]
     fn attr_header(&mut self, ty: u16, payload_len: usize) {
-        let Ok(len) = u16::try_from(NLA_HDRLEN + payload_len) else {
-            self.refuse(|| {
-                format!("an attribute of {payload_len} bytes does not fit netlink's 16-bit length")
-            });
-            return self.buf.extend_from_slice(&[0; 4]);
-        };
-        let mut h = [0u8; 4];
-        h[..2].copy_from_slice(&len.to_ne_bytes());
-        h[2..].copy_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&h);
+        self.w.attr_header(ty, payload_len);
     }
 
+    #[inline]
     fn pad(&mut self) {
-        let n = self.buf.len().next_multiple_of(4) - self.buf.len();
-        self.buf.extend_from_slice(&[0u8; 3][..n]);
+        self.w.pad();
     }
 
+    #[inline]
     fn attr(&mut self, ty: u16, data: &[u8]) {
-        self.attr_header(ty, data.len());
-        self.buf.extend_from_slice(data);
-        self.pad();
+        self.w.attr(ty, data);
     }
 
+    #[inline]
     fn be32(&mut self, ty: u16, v: u32) {
-        let mut a = [0u8; 8];
-        a[..2].copy_from_slice(&8u16.to_ne_bytes());
-        a[2..4].copy_from_slice(&ty.to_ne_bytes());
-        a[4..].copy_from_slice(&v.to_be_bytes());
-        self.buf.extend_from_slice(&a);
+        self.w.attr_be32(ty, v);
     }
 
     /// A NUL-terminated string. Names come from the compiler or are validated
-    /// interface names; one holding a NUL fails the transaction.
+    /// interface names; one holding a NUL fails the transaction (the kernel
+    /// would read a different name).
+    #[inline]
     fn strz(&mut self, ty: u16, s: &str) {
-        let b = s.as_bytes();
-        if has_nul(b) {
-            // The kernel would read a different name (cut at the NUL, or not
-            // matching the object): refused when the batch is finished.
-            self.refuse(|| format!("name {s:?} holds a NUL byte"));
-        }
-        self.strz_bytes(ty, b);
+        self.w.attr_str(ty, s);
     }
 
-    /// Too long a name is not cut here: the kernel refuses it (a cut name could
-    /// name another object).
-    fn strz_bytes(&mut self, ty: u16, b: &[u8]) {
-        self.attr_header(ty, b.len() + 1);
-        self.buf.extend_from_slice(b);
-        self.buf.push(0);
-        self.pad();
-    }
-
+    #[inline]
     fn nest(&mut self, ty: u16) -> Mark {
-        let m = Mark(self.buf.len());
-        self.attr_header(ty | NLA_F_NESTED, 0);
-        m
+        self.w.begin_nested(ty)
     }
 
+    #[inline]
     fn nest_end(&mut self, m: Mark) {
-        let Ok(len) = u16::try_from(self.buf.len() - m.0) else {
-            let n = self.buf.len() - m.0;
-            return self.refuse(|| {
-                format!("a nested attribute of {n} bytes does not fit netlink's 16-bit length")
-            });
-        };
-        self.buf[m.0..m.0 + 2].copy_from_slice(&len.to_ne_bytes());
+        self.w.end_nested(m);
     }
 
     // --- tables and chains ---
@@ -414,14 +345,15 @@ impl Encoder {
             return Err("Comment too big");
         }
         self.attr_header(NFTA_RULE_USERDATA, 2 + tlv_len);
-        self.buf.push(UDATA_RULE_COMMENT);
-        self.buf.push(tlv_len as u8);
+        let buf = self.w.bytes_mut();
+        buf.push(UDATA_RULE_COMMENT);
+        buf.push(tlv_len as u8);
         if nuls == 0 {
-            self.buf.extend_from_slice(text);
+            buf.extend_from_slice(text);
         } else {
-            self.buf.extend(text.iter().copied().filter(|&c| c != 0));
+            buf.extend(text.iter().copied().filter(|&c| c != 0));
         }
-        self.buf.push(0);
+        buf.push(0);
         self.pad();
         Ok(())
     }
@@ -777,12 +709,12 @@ impl ElemWriter<'_, '_> {
             Some(o) => o,
             None => self.reopen(),
         };
-        let at = self.enc.buf.len();
+        let at = self.enc.w.len();
         self.index += 1;
         self.enc.elem(self.index, key, flags, goto);
-        if self.enc.buf.len() - list.0 > usize::from(u16::MAX) {
+        if self.enc.w.len() - list.offset() > usize::from(u16::MAX) {
             // Too long for this message: drop it here and start the next with it.
-            self.enc.buf.truncate(at);
+            self.enc.w.bytes_mut().truncate(at);
             self.close();
             self.reopen();
             self.index = 1;
@@ -882,24 +814,9 @@ pub(super) fn set_shape(e: &SetElems) -> (u32, u32, u32) {
     }
 }
 
-/// Whether `b` holds a NUL byte, eight bytes at a time: names are short, and a
-/// `memchr` call per string was a tenth of the build.
-pub(super) fn has_nul(b: &[u8]) -> bool {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut words = b.chunks_exact(8);
-    for w in &mut words {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        let v = u64::from_ne_bytes(a);
-        // Sets the high bit of a byte that was zero (and only then, if no
-        // earlier byte was).
-        if v.wrapping_sub(LOW) & !v & HIGH != 0 {
-            return true;
-        }
-    }
-    words.remainder().contains(&0)
-}
+/// The NUL check the writer applies to names (tested here too).
+#[cfg(test)]
+pub(super) use calinet_netlink::message::has_nul;
 
 fn op(negate: bool) -> u32 {
     if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }

@@ -33,17 +33,12 @@ pub const WG_CMD_GET_DEVICE: u8 = 0;
 /// `WG_CMD_SET_DEVICE`.
 pub const WG_CMD_SET_DEVICE: u8 = 1;
 
-const GENL_HDRLEN: usize = 4;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+use calinet_netlink::consts::{
+    CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_CMD_GETFAMILY, GENL_HDRLEN, GENL_ID_CTRL,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+};
+use calinet_netlink::genl::genl_header as genl;
+use calinet_netlink::{Protocol, Socket};
 
 mod a {
     pub const DEV_IFNAME: u16 = 2;
@@ -122,10 +117,6 @@ impl MessageSizer for NetlinkSizer {
 pub use crate::nl::RawMessage;
 use crate::nl::{Msg, NLA_HDRLEN, NLMSG_HDRLEN, ack_errno, malformed, nla};
 pub use crate::nl::{attributes, messages};
-
-fn genl(cmd: u8, version: u8) -> [u8; 4] {
-    [cmd, version, 0, 0]
-}
 
 fn sockaddr(ep: &SocketAddr) -> Vec<u8> {
     let mut b = Vec::with_capacity(28);
@@ -491,9 +482,13 @@ pub fn parse_family(buf: &[u8]) -> Result<u16> {
     Err(malformed("-", "no family id in controller reply"))
 }
 
+/// Receive buffer: a generic netlink dump datagram is at most a few pages.
+const RX_BYTES: usize = 256 * 1024;
+
 /// The kernel backend: one generic netlink socket.
 pub struct KernelBackend {
-    socket: netlink_sys::Socket,
+    socket: Socket,
+    rx: Vec<u8>,
     family: u16,
     seq: u32,
     budget: usize,
@@ -519,19 +514,21 @@ impl KernelBackend {
                 source,
             }
         };
-        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_GENERIC)
-            .map_err(io("open generic netlink socket"))?;
-        socket.bind_auto().map_err(io("bind"))?;
+        let socket = Socket::open(Protocol::Generic).map_err(|e| match e {
+            calinet_netlink::Error::Socket { source, .. } => {
+                io("open generic netlink socket")(source)
+            }
+            other => io("open generic netlink socket")(std::io::Error::other(other.to_string())),
+        })?;
+        let mut rx = vec![0u8; RX_BYTES];
         socket
-            .connect(&netlink_sys::SocketAddr::new(0, 0))
-            .map_err(io("connect"))?;
-        socket
-            .send(&encode_get_family(1), 0)
+            .send(&encode_get_family(1))
             .map_err(io("send CTRL_CMD_GETFAMILY"))?;
-        let (reply, _) = socket.recv_from_full().map_err(io("receive family"))?;
-        let family = parse_family(&reply)?;
+        let n = socket.recv(&mut rx, true).map_err(io("receive family"))?;
+        let family = parse_family(&rx[..n])?;
         Ok(Self {
             socket,
+            rx,
             family,
             seq: 2,
             budget: DEFAULT_BUDGET,
@@ -554,15 +551,15 @@ impl Backend for KernelBackend {
         };
         self.seq = self.seq.wrapping_add(1);
         self.socket
-            .send(&encode_get(ifname, self.family, self.seq), 0)
+            .send(&encode_get(ifname, self.family, self.seq))
             .map_err(io("send get device"))?;
         let mut all = ObservedDevice::default();
         loop {
-            let (buf, _) = self
+            let n = self
                 .socket
-                .recv_from_full()
+                .recv(&mut self.rx, true)
                 .map_err(io("receive get device"))?;
-            let done = merge_get(&name, self.family, &buf, &mut all)?;
+            let done = merge_get(&name, self.family, &self.rx[..n], &mut all)?;
             if done {
                 return Ok(all);
             }
@@ -583,12 +580,12 @@ impl Backend for KernelBackend {
         for part in &parts {
             self.seq = self.seq.wrapping_add(1);
             let mut msg = zeroize::Zeroizing::new(encode_one(ifname, self.family, self.seq, part));
-            self.socket.send(&msg, 0).map_err(io("send set device"))?;
-            let (reply, _) = self
+            self.socket.send(&msg).map_err(io("send set device"))?;
+            let n = self
                 .socket
-                .recv_from_full()
+                .recv(&mut self.rx, true)
                 .map_err(io("receive set ack"))?;
-            for m in messages(&name, &reply)? {
+            for m in messages(&name, &self.rx[..n])? {
                 if m.ty == NLMSG_ERROR {
                     check_ack(&name, "set device", &m)?;
                 }

@@ -45,7 +45,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Opens netlink in the calling thread's namespace.
     pub async fn open() -> Result<Self> {
-        let ns = Netns::current()?;
+        let ns = Netns::current().map_err(calinet_route::Error::from)?;
         let backend = NetlinkBackend::open(&ns).await?;
         // Calico's ownership: protocol 80 routes in the main table.
         // WireGuard's routing table (1) is ours too.

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use calinet_route::{RouteProtocol, RouteSpec};
 use calinet_wg::backend::uapi::UapiBackend;
-use calinet_wg::routing::{FwmarkRule, RuleSocket};
 use calinet_wg::{Computed, DeviceSettings, NodeState, PrivateKey, PublicKey};
 
 use crate::datastore::ClusterView;
@@ -203,13 +202,9 @@ impl WgPlane {
 
     /// Adds (`want`) or removes the fwmark rule; returns whether it wrote.
     pub fn rule(&mut self, settings: &DeviceSettings, want: bool) -> Result<bool> {
-        let rule = FwmarkRule::for_device(settings);
-        let mut sock = RuleSocket::open()?;
-        let wrote = if want {
-            sock.ensure(&rule)?
-        } else {
-            sock.remove(&rule)?
-        };
+        let rule = calinet_wg::routing::rule_spec(settings);
+        let netns = calinet_route::Netns::current().map_err(calinet_route::Error::from)?;
+        let wrote = calinet_wg::routing::apply_rule(&netns, settings, want)?;
         if wrote {
             tracing::info!(%rule, added = want, "WireGuard routing rule");
         }

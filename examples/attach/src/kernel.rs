@@ -40,7 +40,9 @@ impl KernelPlumber {
                     source,
                 },
             })?;
-        let host_ns = Netns::current().map_err(plumb_err("opening the host namespace".into()))?;
+        let host_ns = Netns::current()
+            .map_err(calinet_route::Error::from)
+            .map_err(plumb_err("opening the host namespace".into()))?;
         Ok(KernelPlumber {
             rt,
             host_ns,

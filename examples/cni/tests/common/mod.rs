@@ -7,8 +7,6 @@ pub mod schema;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,19 +143,10 @@ impl Call {
                 cmd.env(k, v);
             }
         }
-        let ns_file = host.map(|p| std::fs::File::open(p).expect("open host netns"));
-        if let Some(f) = &ns_file {
-            let fd = f.as_raw_fd();
-            // SAFETY: only async-signal-safe calls between fork and exec: setns
-            // on an fd that stays open in the parent until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        if let Some(p) = host {
+            calinet_netlink::Netns::open(p)
+                .expect("open host netns")
+                .spawn_inside(&mut cmd);
         }
         let cpu_before = children_cpu();
         let start = Instant::now();
@@ -176,7 +165,6 @@ impl Call {
         let out = child.wait_with_output().expect("wait for plugin");
         let elapsed = start.elapsed();
         let cpu = children_cpu().saturating_sub(cpu_before);
-        drop(ns_file);
         Outcome {
             status: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),

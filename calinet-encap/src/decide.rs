@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::model::{Input, Node, Pool};
 use crate::mtu::{EncapsInUse, Mtus};
-use crate::types::{EncapMode, Family, IfName, MacAddr, NodeName};
+use calinet_types::{EncapMode, Family, IfName, MacAddr, NodeName};
 
 /// Name of the IPIP device.
 pub const IPIP_DEVICE: &str = "tunl0";
@@ -408,7 +408,7 @@ fn tunnels(mode: EncapMode, same_subnet: bool) -> bool {
 }
 
 fn path_for(input: &Input, dst: IpNet, remote: &Node, pool: Option<&Pool>) -> Result<Path, Error> {
-    let family = Family::of_net(dst);
+    let family = Family::of(dst);
     let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
         (p.ipip_mode, p.vxlan_mode)
     });

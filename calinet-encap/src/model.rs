@@ -5,10 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{EncapMode, Family, IfName, MacAddr, NodeName};
+use calinet_types::{EncapMode, Family, IfName, MacAddr, NodeName};
 
-/// A node as the decisions see it (local or remote). Field names follow
-/// Calico's `Node` resource (`spec.bgp.ipv4Address`, `spec.ipv4VXLANTunnelAddr`, ...).
+/// A node as the decisions see it (local or remote): a flat decision input
+/// holding the parts of Calico's `Node` resource ([`calinet_types::Node`]) the
+/// decisions read, built from one with [`Node::from_calico`]. Its serde field
+/// names are those of the resource's fields (`ipv4Address`,
+/// `ipv4VXLANTunnelAddr`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
@@ -71,6 +74,26 @@ impl Node {
             vxlan_tunnel_mac_addr: None,
             vxlan_tunnel_mac_addr_v6: None,
         }
+    }
+
+    /// The decision input of a Calico `Node` resource: its name, addresses,
+    /// tunnel addresses and stated VTEP MACs.
+    ///
+    /// # Errors
+    ///
+    /// When `metadata.name` is not a valid node name.
+    pub fn from_calico(node: &calinet_types::Node) -> Result<Self, crate::Error> {
+        let bgp = node.spec.bgp.as_ref();
+        Ok(Self {
+            name: node.node_name()?,
+            ipv4_address: bgp.and_then(|b| b.ipv4_address),
+            ipv6_address: bgp.and_then(|b| b.ipv6_address),
+            ipv4_ipip_tunnel_addr: node.ipip_tunnel_addr(),
+            ipv4_vxlan_tunnel_addr: node.spec.ipv4_vxlan_tunnel_addr,
+            ipv6_vxlan_tunnel_addr: node.spec.ipv6_vxlan_tunnel_addr,
+            vxlan_tunnel_mac_addr: node.spec.vxlan_tunnel_mac_addr,
+            vxlan_tunnel_mac_addr_v6: node.spec.vxlan_tunnel_mac_addr_v6,
+        })
     }
 
     /// Sets the uplink address of the family of `addr`.

@@ -3,7 +3,6 @@
 //! decisions of every node are applied through calinet-route (links, routes,
 //! neighbours, FDB), the kernel is checked with `ip -j` / `bridge -j`, and
 //! pod-to-pod pings are captured with tcpdump in the underlay namespace.
-#![cfg(feature = "route")]
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

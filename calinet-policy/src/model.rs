@@ -23,19 +23,9 @@ pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 /// Prefix Calico gives namespace labels inherited by workloads (`pcns.<key>`).
 pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 
-/// Object metadata (the fields calinet reads; others are ignored).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    /// Resource name.
-    pub name: String,
-    /// Namespace (namespaced resources only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
+/// Object metadata: calinet-types' one `ObjectMeta` (name, namespace, labels,
+/// and every other field kept as-is).
+pub use calinet_types::ObjectMeta;
 
 /// A rule action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -446,10 +436,7 @@ impl<S: Default> Resource<S> {
         Resource {
             api_version: CALICO_API.to_owned(),
             kind: kind.to_owned(),
-            metadata: ObjectMeta {
-                name: name.to_owned(),
-                ..ObjectMeta::default()
-            },
+            metadata: ObjectMeta::named(name),
             spec,
         }
     }

@@ -7,8 +7,8 @@
 //! generic netlink encodings, `wg showconf` rendering, the device MTU.
 //! Does not own: node discovery, block allocation or publishing the public key
 //! (inputs from and outputs to the caller), creating the interface, or
-//! programming routes (calinet-route does that from the specs produced behind
-//! the `route` feature).
+//! programming routes (calinet-route does that from the calinet-types
+//! `RouteSpec`s produced here).
 //!
 //! # Example: the seed article's four nodes
 //!
@@ -52,13 +52,13 @@
 //! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), the rule
 //! `not from all fwmark M/M lookup T` priority 99 ([`routing::FwmarkRule`],
 //! programmed by [`routing::RuleSocket`] over rtnetlink since calinet-route has
-//! no rules), and with the `route` feature the device's table as calinet-route
+//! no rules), and the device's table as calinet-types
 //! `RouteSpec`s (`throw` routes for nodes without a usable key) plus
 //! `rule_decision`, which holds the rule back until device and routes exist.
 //!
 //! # Features
 //!
-//! `route` (table routes as calinet-route specs), `tokio`
+//! `tokio`
 //! (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
 //! checkers in `proptest_support`).
 //!
@@ -81,6 +81,7 @@ pub mod routing;
 pub mod seed;
 pub mod showconf;
 
+pub use calinet_types::RouteSpec;
 pub use delta::{DeviceDelta, PeerUpdate, plan_delta, split};
 pub use error::{Error, Result};
 pub use key::{PresharedKey, PrivateKey, PublicKey};

@@ -1,10 +1,10 @@
-//! Routing the device needs: its MTU, its routing table (as calinet-route
-//! `RouteSpec`s, behind the `route` feature), and
+//! Routing the device needs: its MTU, its routing table (as calinet-types
+//! `RouteSpec`s, which calinet-route programs), and
 //! the rule `not from all fwmark M/M lookup T` (priority 99).
 //!
 //! Order matters: the rule sends every unmarked packet to table T, so it is
 //! added only after the device is up and the table's routes exist
-//! (`rule_decision`, `route` feature, says when); otherwise traffic to peers would hit an
+//! (`rule_decision` says when); otherwise traffic to peers would hit an
 //! empty table and fall through unencrypted or be dropped mid-update.
 //! calinet-route has no rule support, so [`RuleSocket`] programs the rule
 //! through rtnetlink (`RTM_NEWRULE`) itself.
@@ -18,7 +18,7 @@ use crate::nl::{Msg, ack_errno, attributes, messages};
 /// The device MTU: the host MTU (smallest MTU of the up uplinks) minus
 /// WireGuard's overhead, 60 bytes over IPv4 and 80 over IPv6 (seed: 9001 -> 8941).
 pub fn device_mtu(host_mtu: u32, family: Family) -> u32 {
-    host_mtu.saturating_sub(family.overhead())
+    host_mtu.saturating_sub(crate::model::overhead(family))
 }
 
 /// `not from all fwmark M/M lookup T` at a priority.
@@ -344,16 +344,13 @@ impl RuleSocket {
     }
 }
 
-#[cfg(feature = "route")]
 pub use with_route::{RuleDecision, missing_routes, route_specs, rule_decision};
 
-#[cfg(feature = "route")]
 mod with_route {
     use std::collections::BTreeMap;
 
-    use calinet_route::{IfName as RouteIfName, RouteKey, RouteSpec, RouteType};
+    use calinet_types::{RouteKey, RouteSpec, RouteType};
 
-    use crate::error::{Error, Result};
     use crate::model::DeviceSettings;
     use crate::peers::Computed;
 
@@ -361,12 +358,8 @@ mod with_route {
     /// every peer range, `throw range table T` for every fallback range (nodes
     /// without a usable key, the local node's own ranges), so a wider peer
     /// route never captures them. Where a range is both, the throw wins.
-    pub fn route_specs(settings: &DeviceSettings, computed: &Computed) -> Result<Vec<RouteSpec>> {
-        let device =
-            RouteIfName::new(settings.ifname.as_str()).map_err(|_| Error::InvalidIfName {
-                name: settings.ifname.to_string(),
-                reason: "rejected by calinet-route",
-            })?;
+    pub fn route_specs(settings: &DeviceSettings, computed: &Computed) -> Vec<RouteSpec> {
+        let device = &settings.ifname;
         let mut by_key: BTreeMap<RouteKey, RouteSpec> = BTreeMap::new();
         for peer in &computed.device.peers {
             for net in &peer.allowed_ips {
@@ -380,7 +373,7 @@ mod with_route {
                 by_key.insert(r.key(), r);
             }
         }
-        Ok(by_key.into_values().collect())
+        by_key.into_values().collect()
     }
 
     /// Whether the fwmark rule may be installed now.
@@ -480,15 +473,14 @@ mod tests {
         assert!(!other.matches(&rules[0]));
     }
 
-    #[cfg(feature = "route")]
     #[test]
     fn table_routes_for_the_seed() {
-        use calinet_route::RouteType;
+        use calinet_types::RouteType;
         let (mut nodes, key) = crate::seed::nodes();
         nodes[1].public_key = None; // k8s-w0 falls back
         let s = DeviceSettings::calico_v4();
         let c = crate::compute_device(&crate::seed::local(), &key, &s, &nodes, &Default::default());
-        let routes = route_specs(&s, &c).unwrap();
+        let routes = route_specs(&s, &c);
         let show: Vec<String> = routes.iter().map(ToString::to_string).collect();
         assert!(
             show.contains(

@@ -19,6 +19,7 @@ use calinet_wg::{Computed, DeviceSettings, NodeState, PrivateKey, PublicKey};
 
 use crate::datastore::ClusterView;
 use crate::error::{Error, Result};
+use crate::resources::NodeExt as _;
 
 /// WireGuard settings of the agent.
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ pub fn compute(
         &node_states(view),
         &Default::default(),
     );
-    let routes = calinet_wg::routing::route_specs(settings, &computed)?
+    let routes = calinet_wg::routing::route_specs(settings, &computed)
         .into_iter()
         .map(|r| r.protocol(RouteProtocol::CALICO))
         .collect();

@@ -1,4 +1,6 @@
-//! Validated newtypes and Calico's IPAM resources as serde types.
+//! Validated newtypes and Calico's IPAM resources as serde types. Node names,
+//! families, encapsulation modes and object metadata are calinet-types',
+//! re-exported here.
 //!
 //! Resources read and write Calico's JSON field names. Unknown fields are kept
 //! (`extra`) so a document written by a newer Calico survives a round trip.

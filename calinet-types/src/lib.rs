@@ -30,7 +30,7 @@
 //! }"#)?;
 //! let name = node.node_name()?;
 //! let uplink: IfName = "eth0".parse()?;
-//! let via = node.address(Family::V4).expect("stated").addr();
+//! let via = node.spec.address(Family::V4).expect("stated").addr();
 //! let route = RouteSpec::via("172.16.158.0/24".parse().unwrap(), via)
 //!     .device(uplink)
 //!     .onlink()
@@ -38,7 +38,7 @@
 //! route.validate()?;
 //! assert_eq!(route.to_string(), "172.16.158.0/24 via 198.51.100.101 dev eth0 proto 80 onlink");
 //! // Calico's VTEP MAC for the node, unless the Node states one.
-//! let mac = node.vtep_mac(Family::V4).unwrap_or_else(|| MacAddr::calico_vtep(&name, Family::V4));
+//! let mac = node.spec.vtep_mac(Family::V4).unwrap_or_else(|| MacAddr::calico_vtep(&name, Family::V4));
 //! assert_eq!(mac.to_string(), "66:74:91:32:7c:04");
 //! // Bad input names itself and the rule.
 //! let err = "vxlan.calico.long".parse::<IfName>().unwrap_err();

@@ -30,7 +30,7 @@ pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 ///   "status": {"wireguardPublicKey": "rWepcpPRToZHtb563t5AKAhIHT69rMgTOIuCE8o3AgE="}}"#;
 /// let node: Node = serde_json::from_str(yaml).unwrap();
 /// assert_eq!(node.node_name().unwrap().as_str(), "k8s-w1");
-/// assert_eq!(node.address(Family::V4).unwrap().to_string(), "198.51.100.101/24");
+/// assert_eq!(node.spec.address(Family::V4).unwrap().to_string(), "198.51.100.101/24");
 /// assert_eq!(node.spec.vxlan_tunnel_mac_addr.unwrap().to_string(), "66:74:91:32:7c:04");
 /// assert!(node.spec.extra.contains_key("orchRefs")); // kept, not typed
 /// let back: serde_json::Value = serde_json::to_value(&node).unwrap();
@@ -207,29 +207,31 @@ impl Node {
     pub fn node_name(&self) -> Result<NodeName> {
         self.metadata.name.parse()
     }
+}
 
-    /// The node's address (with its subnet) of a family, from `spec.bgp`.
+impl NodeSpec {
+    /// The node's address (with its subnet) of a family, from `bgp`.
     #[must_use]
     pub fn address(&self, family: Family) -> Option<IpNet> {
-        let bgp = self.spec.bgp.as_ref()?;
+        let bgp = self.bgp.as_ref()?;
         match family {
             Family::V4 => bgp.ipv4_address.map(IpNet::V4),
             Family::V6 => bgp.ipv6_address.map(IpNet::V6),
         }
     }
 
-    /// The address of `tunl0`, from `spec.bgp.ipv4IPIPTunnelAddr`.
+    /// The address of `tunl0`, from `bgp.ipv4IPIPTunnelAddr`.
     #[must_use]
     pub fn ipip_tunnel_addr(&self) -> Option<Ipv4Addr> {
-        self.spec.bgp.as_ref()?.ipv4_ipip_tunnel_addr
+        self.bgp.as_ref()?.ipv4_ipip_tunnel_addr
     }
 
     /// The VXLAN tunnel address of a family.
     #[must_use]
     pub fn vxlan_tunnel_addr(&self, family: Family) -> Option<IpAddr> {
         match family {
-            Family::V4 => self.spec.ipv4_vxlan_tunnel_addr.map(IpAddr::V4),
-            Family::V6 => self.spec.ipv6_vxlan_tunnel_addr.map(IpAddr::V6),
+            Family::V4 => self.ipv4_vxlan_tunnel_addr.map(IpAddr::V4),
+            Family::V6 => self.ipv6_vxlan_tunnel_addr.map(IpAddr::V6),
         }
     }
 
@@ -237,21 +239,19 @@ impl Node {
     #[must_use]
     pub fn vtep_mac(&self, family: Family) -> Option<MacAddr> {
         match family {
-            Family::V4 => self.spec.vxlan_tunnel_mac_addr,
-            Family::V6 => self.spec.vxlan_tunnel_mac_addr_v6,
+            Family::V4 => self.vxlan_tunnel_mac_addr,
+            Family::V6 => self.vxlan_tunnel_mac_addr_v6,
         }
     }
 
-    /// `spec.bgp`, created empty when absent.
+    /// `bgp`, created empty when absent.
     pub fn bgp_mut(&mut self) -> &mut NodeBgp {
-        self.spec.bgp.get_or_insert_with(NodeBgp::default)
+        self.bgp.get_or_insert_with(NodeBgp::default)
     }
 
-    /// `spec.wireguard`, created empty when absent.
+    /// `wireguard`, created empty when absent.
     pub fn wireguard_mut(&mut self) -> &mut NodeWireguard {
-        self.spec
-            .wireguard
-            .get_or_insert_with(NodeWireguard::default)
+        self.wireguard.get_or_insert_with(NodeWireguard::default)
     }
 }
 
@@ -280,17 +280,20 @@ mod tests {
             "future": {"top": 1}
         });
         let node: Node = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(node.ipip_tunnel_addr(), Some("172.16.1.1".parse().unwrap()));
+        assert_eq!(
+            node.spec.ipip_tunnel_addr(),
+            Some("172.16.1.1".parse().unwrap())
+        );
         assert_eq!(
             node.spec.bgp.as_ref().unwrap().route_reflector_cluster_id,
             Some("244.0.0.1".parse().unwrap())
         );
         assert_eq!(
-            node.vtep_mac(Family::V6).unwrap().to_string(),
+            node.spec.vtep_mac(Family::V6).unwrap().to_string(),
             "66:01:02:03:04:06"
         );
         assert_eq!(
-            node.vxlan_tunnel_addr(Family::V6),
+            node.spec.vxlan_tunnel_addr(Family::V6),
             Some("fd00:10::".parse().unwrap())
         );
         assert_eq!(node.metadata.labels["a"], "b");

@@ -474,7 +474,7 @@ impl Agent {
                 ))
             })?;
         let mut node = CalicoNode::new(&self.node_name);
-        node.bgp_mut().ipv4_address = Some(addr);
+        node.spec.bgp_mut().ipv4_address = Some(addr);
         let key = format!("{}{}", keys::NODES, self.node);
         match self
             .store
@@ -581,9 +581,9 @@ impl Agent {
                     }
                 }
             };
-            wanted_node.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
+            wanted_node.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
         } else if by_handle.contains_key(ipip_handle.as_str())
-            || node_res.ipip_tunnel_addr().is_some()
+            || node_res.spec.ipip_tunnel_addr().is_some()
         {
             self.ipam.release_handle(&ipip_handle, now)?;
             wrote = true;

@@ -370,7 +370,7 @@ mod tests {
         }
         assert!(wants_ipip(&view) && !wants_vxlan(&view));
         for (i, (_, (n, _))) in view.nodes.iter_mut().enumerate() {
-            n.bgp_mut().ipv4_ipip_tunnel_addr = Some(Ipv4Addr::new(172, 16, 200, i as u8));
+            n.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(Ipv4Addr::new(172, 16, 200, i as u8));
         }
         let d = plan(&view, "a", &facts(), &BTreeMap::new()).unwrap();
         assert_eq!(d.specs.links[0].name.as_str(), "tunl0");

@@ -46,10 +46,10 @@ impl NodeExt for CalicoNode {
         s.vxlan_tunnel_mac_addr = s
             .vxlan_tunnel_mac_addr
             .or(stored.spec.vxlan_tunnel_mac_addr);
-        if let Some(tunnel) = stored.ipip_tunnel_addr()
-            && self.ipip_tunnel_addr().is_none()
+        if let Some(tunnel) = stored.spec.ipip_tunnel_addr()
+            && self.spec.ipip_tunnel_addr().is_none()
         {
-            self.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
+            self.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
         }
         if self.spec.wireguard.is_none() {
             self.spec.wireguard = stored.spec.wireguard.clone();

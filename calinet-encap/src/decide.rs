@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::model::{Input, Node, Pool};
 use crate::mtu::{EncapsInUse, Mtus};
-use crate::types::{EncapMode, Family, IfName, MacAddr, NodeName};
+use calinet_types::{EncapMode, Family, IfName, MacAddr, NodeName};
 
 /// Name of the IPIP device.
 pub const IPIP_DEVICE: &str = "tunl0";
@@ -408,7 +408,7 @@ fn tunnels(mode: EncapMode, same_subnet: bool) -> bool {
 }
 
 fn path_for(input: &Input, dst: IpNet, remote: &Node, pool: Option<&Pool>) -> Result<Path, Error> {
-    let family = Family::of_net(dst);
+    let family = Family::of(dst);
     let (ipip, vxlan) = pool.map_or((EncapMode::Never, EncapMode::Never), |p| {
         (p.ipip_mode, p.vxlan_mode)
     });
@@ -461,7 +461,8 @@ fn wanted_devices(input: &Input, in_use: EncapsInUse, mtu: &Mtus) -> Result<Vec<
     let mut devices = Vec::new();
     if in_use.ipip {
         let address = local
-            .ipv4_ipip_tunnel_addr
+            .spec
+            .ipip_tunnel_addr()
             .ok_or_else(|| missing(Family::V4, "IPIP tunnel address", IPIP_DEVICE))?;
         devices.push(Device::Ipip(IpipDevice {
             name: ipip_device_name(),
@@ -596,23 +597,20 @@ fn validate_nodes(input: &Input) -> Result<HashMap<&NodeName, &Node>, Error> {
         }
         let addrs = [
             (
-                node.ipv4_address.map(|a| IpAddr::V4(a.addr())),
+                node.address(Family::V4).map(|a| a.addr()),
                 "IPv4 node address",
             ),
             (
-                node.ipv6_address.map(|a| IpAddr::V6(a.addr())),
+                node.address(Family::V6).map(|a| a.addr()),
                 "IPv6 node address",
             ),
             (
-                node.ipv4_ipip_tunnel_addr.map(IpAddr::V4),
+                node.spec.ipip_tunnel_addr().map(IpAddr::V4),
                 "IPIP tunnel address",
             ),
+            (node.vxlan_tunnel_addr(Family::V4), "VXLAN tunnel address"),
             (
-                node.ipv4_vxlan_tunnel_addr.map(IpAddr::V4),
-                "VXLAN tunnel address",
-            ),
-            (
-                node.ipv6_vxlan_tunnel_addr.map(IpAddr::V6),
+                node.vxlan_tunnel_addr(Family::V6),
                 "IPv6 VXLAN tunnel address",
             ),
         ];
@@ -636,9 +634,12 @@ fn validate_nodes(input: &Input) -> Result<HashMap<&NodeName, &Node>, Error> {
                 }
             }
         }
-        for mac in [node.vxlan_tunnel_mac_addr, node.vxlan_tunnel_mac_addr_v6]
-            .into_iter()
-            .flatten()
+        for mac in [
+            node.spec.vxlan_tunnel_mac_addr,
+            node.spec.vxlan_tunnel_mac_addr_v6,
+        ]
+        .into_iter()
+        .flatten()
         {
             if mac.is_multicast() {
                 return Err(Error::MulticastVtepMac {

@@ -4,43 +4,16 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::types::{Family, NodeName};
+use calinet_types::{Family, NodeName};
 
 /// Everything that can be wrong with an input. Each variant names the input
 /// (pool, block, node, device) and the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A node name is not a valid Kubernetes node name.
-    #[error("invalid node name {name:?}: {rule}")]
-    InvalidNodeName {
-        /// The rejected text.
-        name: String,
-        /// The rule it broke.
-        rule: &'static str,
-    },
-    /// An interface name is not a valid Linux interface name.
-    #[error("invalid interface name {name:?}: {rule}")]
-    InvalidIfName {
-        /// The rejected text.
-        name: String,
-        /// The rule it broke.
-        rule: &'static str,
-    },
-    /// A MAC address could not be parsed.
-    #[error("invalid MAC address {mac:?}: {rule}")]
-    InvalidMac {
-        /// The rejected text.
-        mac: String,
-        /// The rule it broke.
-        rule: &'static str,
-    },
-    /// An encapsulation mode other than `Never`, `Always` or `CrossSubnet`.
-    #[error("invalid encapsulation mode {mode:?}: expected Never, Always or CrossSubnet")]
-    InvalidEncapMode {
-        /// The rejected text.
-        mode: String,
-    },
+    /// A name, MAC or mode broke one of the vocabulary's rules.
+    #[error(transparent)]
+    Vocabulary(#[from] calinet_types::Error),
     /// A VTEP MAC stated for a node is multicast, which a VXLAN FDB cannot use.
     #[error("node {node}: VTEP MAC {mac} is a multicast address; a VTEP needs a unicast MAC")]
     MulticastVtepMac {

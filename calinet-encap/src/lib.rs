@@ -7,8 +7,9 @@
 //! the remote nodes, pools, blocks, borrowed addresses) by [`decide`]. No netlink,
 //! no I/O, no clock.
 //!
-//! **Does not own:** applying them. With the `route` feature, `route` turns the
-//! decisions into `calinet-route`'s spec types, which its reconciler applies.
+//! **Does not own:** applying them. The `route` module turns the decisions into
+//! calinet-types' spec types ([`RouteSpec`], [`LinkSpec`], ...), which
+//! calinet-route's reconciler applies; this crate does not depend on it.
 //! WireGuard devices and peers are `calinet-wg`'s; only their MTU is here.
 //!
 //! # Example: the seed article's cluster under each mode
@@ -40,10 +41,6 @@
 //!
 //! # Cargo features
 //!
-//! - `route`: the `route` module converts [`Decisions`] into `calinet-route`'s
-//!   `RouteSpec`, `LinkSpec`, `NeighbourSpec` and `FdbSpec`
-//!   (`decisions.route_specs(RouteProtocol::CALICO)`), plus the links to delete
-//!   and `tunl0` to quiesce after a mode switch.
 //! - `proptest`: the `proptest_support` module exports a whole-cluster strategy
 //!   and the invariant checkers this crate's property tests use.
 //!
@@ -88,13 +85,15 @@ mod decide;
 mod error;
 mod model;
 mod mtu;
-mod types;
 
 #[cfg(feature = "proptest")]
 pub mod proptest_support;
-#[cfg(feature = "route")]
 pub mod route;
 
+pub use calinet_types::{
+    EncapMode, Family, FdbSpec, IfName, LinkSpec, MacAddr, NeighbourSpec, NodeName, RouteProtocol,
+    RouteSpec,
+};
 pub use decide::{
     Decisions, Device, FdbEntry, IPIP_DEVICE, IpipDevice, Neighbour, Path, PathKind,
     VXLAN_DEVICE_V4, VXLAN_DEVICE_V6, VXLAN_PORT, VXLAN_VNI, VxlanDevice, decide, same_subnet,
@@ -106,4 +105,3 @@ pub use mtu::{
     EncapsInUse, IPIP_OVERHEAD, Mtus, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, WIREGUARD_OVERHEAD_V4,
     WIREGUARD_OVERHEAD_V6,
 };
-pub use types::{EncapMode, Family, IfName, MacAddr, NodeName};

@@ -2,59 +2,22 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{EncapMode, Family, IfName, MacAddr, NodeName};
+use calinet_types::{EncapMode, Family, IfName, MacAddr, NodeName, NodeSpec};
 
-/// A node as the decisions see it (local or remote). Field names follow
-/// Calico's `Node` resource (`spec.bgp.ipv4Address`, `spec.ipv4VXLANTunnelAddr`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A node as the decisions see it (local or remote): its validated name and
+/// its Calico `Node` spec ([`NodeSpec`], Calico's field names:
+/// `bgp.ipv4Address`, `ipv4VXLANTunnelAddr`, `vxlanTunnelMACAddr`, ...),
+/// built from the resource with [`Node::from_calico`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// The node name.
     pub name: NodeName,
-    /// The node's IPv4 uplink address with its prefix length, e.g. `192.168.10.10/24`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4_address: Option<Ipv4Net>,
-    /// The node's IPv6 uplink address with its prefix length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_address: Option<Ipv6Net>,
-    /// The address of the node's `tunl0`.
-    #[serde(
-        default,
-        rename = "ipv4IPIPTunnelAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
-    /// The address of the node's `vxlan.calico`.
-    #[serde(
-        default,
-        rename = "ipv4VXLANTunnelAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
-    /// The address of the node's `vxlan-v6.calico`.
-    #[serde(
-        default,
-        rename = "ipv6VXLANTunnelAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv6_vxlan_tunnel_addr: Option<Ipv6Addr>,
-    /// The node's stated IPv4 VTEP MAC; derived from the name when absent.
-    #[serde(
-        default,
-        rename = "vxlanTunnelMACAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub vxlan_tunnel_mac_addr: Option<MacAddr>,
-    /// The node's stated IPv6 VTEP MAC; derived from `"<name>-v6"` when absent.
-    #[serde(
-        default,
-        rename = "vxlanTunnelMACAddrV6",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub vxlan_tunnel_mac_addr_v6: Option<MacAddr>,
+    /// The node's Calico spec (addresses, tunnel addresses, stated VTEP MACs).
+    #[serde(flatten)]
+    pub spec: NodeSpec,
 }
 
 impl Node {
@@ -63,22 +26,29 @@ impl Node {
     pub fn new(name: NodeName) -> Self {
         Self {
             name,
-            ipv4_address: None,
-            ipv6_address: None,
-            ipv4_ipip_tunnel_addr: None,
-            ipv4_vxlan_tunnel_addr: None,
-            ipv6_vxlan_tunnel_addr: None,
-            vxlan_tunnel_mac_addr: None,
-            vxlan_tunnel_mac_addr_v6: None,
+            spec: NodeSpec::default(),
         }
+    }
+
+    /// The decision input of a Calico `Node` resource: its name and spec.
+    ///
+    /// # Errors
+    ///
+    /// When `metadata.name` is not a valid node name.
+    pub fn from_calico(node: &calinet_types::Node) -> Result<Self, crate::Error> {
+        Ok(Self {
+            name: node.node_name()?,
+            spec: node.spec.clone(),
+        })
     }
 
     /// Sets the uplink address of the family of `addr`.
     #[must_use]
     pub fn with_address(mut self, addr: IpNet) -> Self {
+        let bgp = self.spec.bgp_mut();
         match addr {
-            IpNet::V4(a) => self.ipv4_address = Some(a),
-            IpNet::V6(a) => self.ipv6_address = Some(a),
+            IpNet::V4(a) => bgp.ipv4_address = Some(a),
+            IpNet::V6(a) => bgp.ipv6_address = Some(a),
         }
         self
     }
@@ -86,7 +56,7 @@ impl Node {
     /// Sets the `tunl0` address.
     #[must_use]
     pub fn with_ipip_tunnel(mut self, addr: Ipv4Addr) -> Self {
-        self.ipv4_ipip_tunnel_addr = Some(addr);
+        self.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(addr);
         self
     }
 
@@ -94,8 +64,8 @@ impl Node {
     #[must_use]
     pub fn with_vxlan_tunnel(mut self, addr: IpAddr) -> Self {
         match addr {
-            IpAddr::V4(a) => self.ipv4_vxlan_tunnel_addr = Some(a),
-            IpAddr::V6(a) => self.ipv6_vxlan_tunnel_addr = Some(a),
+            IpAddr::V4(a) => self.spec.ipv4_vxlan_tunnel_addr = Some(a),
+            IpAddr::V6(a) => self.spec.ipv6_vxlan_tunnel_addr = Some(a),
         }
         self
     }
@@ -104,8 +74,8 @@ impl Node {
     #[must_use]
     pub fn with_vtep_mac(mut self, family: Family, mac: MacAddr) -> Self {
         match family {
-            Family::V4 => self.vxlan_tunnel_mac_addr = Some(mac),
-            Family::V6 => self.vxlan_tunnel_mac_addr_v6 = Some(mac),
+            Family::V4 => self.spec.vxlan_tunnel_mac_addr = Some(mac),
+            Family::V6 => self.spec.vxlan_tunnel_mac_addr_v6 = Some(mac),
         }
         self
     }
@@ -113,29 +83,21 @@ impl Node {
     /// The uplink address (with prefix) of a family.
     #[must_use]
     pub fn address(&self, family: Family) -> Option<IpNet> {
-        match family {
-            Family::V4 => self.ipv4_address.map(IpNet::V4),
-            Family::V6 => self.ipv6_address.map(IpNet::V6),
-        }
+        self.spec.address(family)
     }
 
     /// The VXLAN tunnel address of a family.
     #[must_use]
     pub fn vxlan_tunnel_addr(&self, family: Family) -> Option<IpAddr> {
-        match family {
-            Family::V4 => self.ipv4_vxlan_tunnel_addr.map(IpAddr::V4),
-            Family::V6 => self.ipv6_vxlan_tunnel_addr.map(IpAddr::V6),
-        }
+        self.spec.vxlan_tunnel_addr(family)
     }
 
     /// The VTEP MAC of a family: the stated one, else Calico's derived one.
     #[must_use]
     pub fn vtep_mac(&self, family: Family) -> MacAddr {
-        let stated = match family {
-            Family::V4 => self.vxlan_tunnel_mac_addr,
-            Family::V6 => self.vxlan_tunnel_mac_addr_v6,
-        };
-        stated.unwrap_or_else(|| MacAddr::calico_vtep(&self.name, family))
+        self.spec
+            .vtep_mac(family)
+            .unwrap_or_else(|| MacAddr::calico_vtep(&self.name, family))
     }
 }
 
@@ -277,7 +239,7 @@ pub struct Wireguard {
 }
 
 /// Everything the decisions for one node depend on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Input {
     /// The node the decisions are for.

@@ -276,7 +276,7 @@ pub fn check_decisions(input: &Input, d: &Decisions) -> Result<(), String> {
                 p.node, remote.name
             ));
         }
-        let family = Family::of_net(dst);
+        let family = Family::of(dst);
         let node_ip = remote
             .address(family)
             .ok_or("path to a node without address")?

@@ -1,9 +1,8 @@
-//! Conversion of [`Decisions`] into `calinet-route`'s spec types (feature `route`),
-//! so an agent composes the two crates in a few lines:
+//! [`Decisions`] as calinet-types' spec types, which calinet-route's reconciler
+//! applies, so an agent composes the two crates in a few lines:
 //!
 //! ```
-//! use calinet_encap::{Block, EncapMode, Input, Node, Pool, Uplink, decide};
-//! use calinet_route::RouteProtocol;
+//! use calinet_encap::{Block, EncapMode, Input, Node, Pool, RouteProtocol, Uplink, decide};
 //!
 //! let local = Node::new("n1".parse().unwrap())
 //!     .with_address("198.51.100.11/24".parse().unwrap())
@@ -34,13 +33,14 @@
 //! assert!(!specs.quiesce_links[0].up && specs.quiesce_links[0].addresses.is_empty());
 //! ```
 
-use calinet_route as cr;
-use calinet_route::{FdbSpec, LinkSpec, NeighbourSpec, RouteProtocol, RouteSpec, VxlanSpec};
+use calinet_types::{
+    FdbSpec, IfName, LinkSpec, NeighbourSpec, RouteProtocol, RouteSpec, VxlanSpec,
+};
 use ipnet::IpNet;
 
-use crate::{Decisions, Device, FdbEntry, IfName, MacAddr, Neighbour, Path};
+use crate::{Decisions, Device, FdbEntry, Neighbour, Path};
 
-/// Everything `calinet-route` needs to make a node match its decisions.
+/// Everything calinet-route needs to make a node match its decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpecs {
     /// Paths and blackholes, sorted by destination; hand them to the route
@@ -53,28 +53,18 @@ pub struct RouteSpecs {
     /// VTEP FDB entries.
     pub fdb: Vec<FdbSpec>,
     /// VXLAN links that must not exist (after a mode switch): delete them.
-    pub remove_links: Vec<cr::IfName>,
+    pub remove_links: Vec<IfName>,
     /// Links to quiesce only if they exist, never to create: `tunl0` when IPIP
     /// is not wanted. The kernel creates `tunl0` itself with the `ipip` module
     /// and refuses to delete it, so it is set down with no address instead.
     pub quiesce_links: Vec<LinkSpec>,
 }
 
-/// Both crates apply the kernel's `dev_valid_name` rules, so a name valid here
-/// is valid there; the property test `ifname_rules_agree` holds them together.
-fn ifname(name: &IfName) -> cr::IfName {
-    cr::IfName::new(name.as_str()).expect("calinet-encap and calinet-route IfName rules agree")
-}
-
-fn mac(m: MacAddr) -> cr::MacAddr {
-    cr::MacAddr(m.octets())
-}
-
 /// The route of one path: `dst via X dev D [onlink] proto P`.
 #[must_use]
 pub fn path_route(path: &Path, protocol: RouteProtocol) -> RouteSpec {
     let r = RouteSpec::via(path.dst, path.via)
-        .device(ifname(&path.dev))
+        .device(path.dev.clone())
         .protocol(protocol);
     if path.onlink { r.onlink() } else { r }
 }
@@ -95,12 +85,12 @@ pub fn link(device: &Device) -> LinkSpec {
         Device::Vxlan(d) => {
             let mut vx = VxlanSpec::new(d.vni);
             vx.port = d.port;
-            vx.parent = Some(ifname(&d.parent));
+            vx.parent = Some(d.parent.clone());
             vx.local = Some(d.local);
             vx.learning = d.learning;
-            LinkSpec::vxlan(ifname(&d.name), vx)
+            LinkSpec::vxlan(d.name.clone(), vx)
                 .mtu(d.mtu)
-                .mac(mac(d.mac))
+                .mac(d.mac)
                 .address(IpNet::from(d.address))
         }
     }
@@ -109,17 +99,17 @@ pub fn link(device: &Device) -> LinkSpec {
 /// The neighbour spec of a VTEP neighbour.
 #[must_use]
 pub fn neighbour(n: &Neighbour) -> NeighbourSpec {
-    NeighbourSpec::new(ifname(&n.dev), n.ip, mac(n.mac))
+    NeighbourSpec::new(n.dev.clone(), n.ip, n.mac)
 }
 
 /// The FDB spec of a VTEP FDB entry.
 #[must_use]
 pub fn fdb(e: &FdbEntry) -> FdbSpec {
-    FdbSpec::new(ifname(&e.dev), mac(e.mac), e.dst)
+    FdbSpec::new(e.dev.clone(), e.mac, e.dst)
 }
 
 impl Decisions {
-    /// Converts the decisions into `calinet-route` specs, routes tagged with
+    /// The decisions as specs for calinet-route, routes tagged with
     /// `protocol` (Calico uses 80, [`RouteProtocol::CALICO`]).
     #[must_use]
     pub fn route_specs(&self, protocol: RouteProtocol) -> RouteSpecs {
@@ -143,7 +133,7 @@ impl Decisions {
                 .unwanted_devices()
                 .iter()
                 .filter(|n| n.as_str() != crate::IPIP_DEVICE)
-                .map(ifname)
+                .cloned()
                 .collect(),
             quiesce_links: if self.device(crate::IPIP_DEVICE).is_none() {
                 vec![LinkSpec::ipip_tunl0().up(false)]
@@ -157,15 +147,6 @@ impl Decisions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-        #[test]
-        fn ifname_rules_agree(s in "[a-z0-9./: _\\-]{0,17}") {
-            prop_assert_eq!(s.parse::<IfName>().is_ok(), cr::IfName::new(s.as_str()).is_ok(), "{:?}", s);
-        }
-    }
 
     #[test]
     fn every_spec_validates() {

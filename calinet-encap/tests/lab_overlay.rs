@@ -3,7 +3,6 @@
 //! decisions of every node are applied through calinet-route (links, routes,
 //! neighbours, FDB), the kernel is checked with `ip -j` / `bridge -j`, and
 //! pod-to-pod pings are captured with tcpdump in the underlay namespace.
-#![cfg(feature = "route")]
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -912,8 +911,8 @@ impl Overlay {
                     .find(|r| r.name.as_str() == n.name)
                     .unwrap()
             };
-            node.ipv6_address = Some(n.addr);
-            node.ipv6_vxlan_tunnel_addr = Some(n.block.network());
+            node.spec.bgp_mut().ipv6_address = Some(n.addr);
+            node.spec.ipv6_vxlan_tunnel_addr = Some(n.block.network());
             input.blocks.push(calinet_encap::Block::new(
                 IpNet::V6(n.block),
                 n.name.parse().unwrap(),

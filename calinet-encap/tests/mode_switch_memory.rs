@@ -4,7 +4,6 @@
 //! the new mode's routes, links and VTEP entries. This covers the IPIP
 //! switches, which this kernel cannot run (no IPIP); the lab tests cover the
 //! VXLAN ones on the real kernel.
-#![cfg(feature = "route")]
 
 use std::collections::BTreeSet;
 

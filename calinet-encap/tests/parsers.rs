@@ -6,10 +6,10 @@ use calinet_encap::{EncapMode, IfName, Input, MacAddr, NodeName, decide};
 use proptest::prelude::*;
 
 const VALID_INPUT: &str = r#"{
-    "local": {"name": "k8s-w1", "ipv4Address": "198.51.100.101/24",
+    "local": {"name": "k8s-w1", "bgp": {"ipv4Address": "198.51.100.101/24"},
               "ipv4VXLANTunnelAddr": "172.16.158.0"},
     "uplink": {"name": "eth0", "mtu": 1500, "gatewayV4": "198.51.100.1"},
-    "remotes": [{"name": "k8s-w0", "ipv4Address": "203.0.113.100/24",
+    "remotes": [{"name": "k8s-w0", "bgp": {"ipv4Address": "203.0.113.100/24"},
                  "ipv4VXLANTunnelAddr": "172.16.34.0"}],
     "pools": [{"name": "p", "cidr": "172.16.0.0/16", "vxlanMode": "CrossSubnet"}],
     "blocks": [{"cidr": "172.16.34.0/24", "node": "k8s-w0"},

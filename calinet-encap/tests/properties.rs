@@ -47,7 +47,7 @@ proptest! {
                 let cross = pool.ipip_mode == EncapMode::CrossSubnet
                     || pool.vxlan_mode == EncapMode::CrossSubnet;
                 let remote = input.node(&p.node).unwrap();
-                let node_ip = remote.address(calinet_encap::Family::of_net(p.dst)).unwrap().addr();
+                let node_ip = remote.address(calinet_encap::Family::of(p.dst)).unwrap().addr();
                 if cross && same_subnet(&input.local, node_ip) {
                     prop_assert_eq!(p.kind, PathKind::Direct, "{}", p);
                 }

@@ -1,7 +1,6 @@
 //! Decisions converted to calinet-route specs, per mode (feature `route`).
 //! IPIP's kernel side cannot run here (no IPIP in this kernel), so its specs
 //! are checked in full here.
-#![cfg(feature = "route")]
 
 use calinet_encap::{Block, EncapMode, Input, Node, Pool, Uplink, decide};
 use calinet_route::{LinkKind, RouteProtocol};

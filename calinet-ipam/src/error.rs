@@ -8,6 +8,9 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A node name, family or mode broke one of the vocabulary's rules.
+    #[error(transparent)]
+    Vocabulary(#[from] calinet_types::Error),
     /// A name (node, handle, pool, ...) broke a syntax rule.
     #[error("invalid {kind} {value:?}: {rule}")]
     InvalidName {

@@ -1,4 +1,6 @@
-//! Validated newtypes and Calico's IPAM resources as serde types.
+//! Validated newtypes and Calico's IPAM resources as serde types. Node names,
+//! families, encapsulation modes and object metadata are calinet-types',
+//! re-exported here.
 //!
 //! Resources read and write Calico's JSON field names. Unknown fields are kept
 //! (`extra`) so a document written by a newer Calico survives a round trip.
@@ -12,10 +14,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+pub use calinet_types::{EncapMode, Extra, Family, NodeName, ObjectMeta};
 
-/// Extra (unknown) JSON fields kept for lossless round trips.
-pub type Extra = BTreeMap<String, Value>;
+use crate::error::{Error, Result};
 
 /// IPv4 block prefix lengths Calico allows.
 pub const V4_BLOCK_SIZES: std::ops::RangeInclusive<u8> = 20..=32;
@@ -28,51 +29,19 @@ pub const V6_DEFAULT_BLOCK_SIZE: u8 = 122;
 /// The handle Calico gives to Windows-reserved addresses.
 pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
 
-/// Address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    /// IPv4.
-    V4,
-    /// IPv6.
-    V6,
+/// Allowed block prefix lengths of a family.
+pub fn block_sizes(family: Family) -> std::ops::RangeInclusive<u8> {
+    match family {
+        Family::V4 => V4_BLOCK_SIZES,
+        Family::V6 => V6_BLOCK_SIZES,
+    }
 }
 
-impl Family {
-    /// The family of an address.
-    pub fn of(addr: IpAddr) -> Family {
-        if addr.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-    /// "ipv4" / "ipv6" as in Calico's keys.
-    pub fn key_part(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-    /// "IPv4" / "IPv6" for messages.
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-    /// Allowed block prefix lengths.
-    pub fn block_sizes(self) -> std::ops::RangeInclusive<u8> {
-        match self {
-            Family::V4 => V4_BLOCK_SIZES,
-            Family::V6 => V6_BLOCK_SIZES,
-        }
-    }
-    /// Default block prefix length.
-    pub fn default_block_size(self) -> u8 {
-        match self {
-            Family::V4 => V4_DEFAULT_BLOCK_SIZE,
-            Family::V6 => V6_DEFAULT_BLOCK_SIZE,
-        }
+/// Default block prefix length of a family.
+pub fn default_block_size(family: Family) -> u8 {
+    match family {
+        Family::V4 => V4_DEFAULT_BLOCK_SIZE,
+        Family::V6 => V6_DEFAULT_BLOCK_SIZE,
     }
 }
 
@@ -108,40 +77,6 @@ macro_rules! string_newtype_serde {
         }
     };
 }
-
-/// A node (host) name: 1..=253 characters of `[A-Za-z0-9._-]`, starting and
-/// ending with a letter or digit. It is part of store keys, so no `/`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeName(String);
-
-impl FromStr for NodeName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |rule| {
-            Err(Error::InvalidName {
-                kind: "node name",
-                value: s.to_owned(),
-                rule,
-            })
-        };
-        if s.is_empty() || s.len() > 253 {
-            return bad("must be 1 to 253 characters long");
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        {
-            return bad("may contain only letters, digits, '.', '-' and '_'");
-        }
-        let first = s.as_bytes()[0];
-        let last = s.as_bytes()[s.len() - 1];
-        if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-            return bad("must start and end with a letter or digit");
-        }
-        Ok(NodeName(s.to_owned()))
-    }
-}
-string_newtype_serde!(NodeName);
 
 /// An allocation handle id (e.g. `k8s-pod-network.<containerID>`,
 /// `vxlan-tunnel-addr-<node>`): 1..=512 printable ASCII characters without
@@ -213,14 +148,14 @@ impl BlockCidr {
     /// Validate a network as a block CIDR.
     pub fn new(net: IpNet) -> Result<BlockCidr> {
         let fam = Family::of(net.addr());
-        if !fam.block_sizes().contains(&net.prefix_len()) {
+        if !block_sizes(fam).contains(&net.prefix_len()) {
             return Err(Error::InvalidCidr {
                 context: "block".into(),
                 value: net.to_string(),
                 rule: format!(
                     "{} block prefix must be in {:?}",
                     fam.label(),
-                    fam.block_sizes()
+                    block_sizes(fam)
                 ),
             });
         }
@@ -319,31 +254,8 @@ impl<'de> Deserialize<'de> for BlockCidr {
     }
 }
 
-/// Resource metadata (only `name` is interpreted).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    /// The resource name.
-    pub name: String,
-    /// Other metadata, kept as-is.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
 fn default_api_version() -> String {
     "projectcalico.org/v3".into()
-}
-
-/// Encapsulation mode of a pool (`ipipMode`, `vxlanMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[non_exhaustive]
-pub enum EncapMode {
-    /// Never encapsulate.
-    #[default]
-    Never,
-    /// Always encapsulate.
-    Always,
-    /// Encapsulate only across subnets.
-    CrossSubnet,
 }
 
 /// What a pool's addresses may be used for (`allowedUses`).
@@ -440,7 +352,7 @@ macro_rules! resource {
                 $name {
                     kind: $kind.into(),
                     api_version: default_api_version(),
-                    metadata: ObjectMeta { name: name.into(), extra: Extra::new() },
+                    metadata: ObjectMeta::named(name),
                     spec,
                     extra: Extra::new(),
                 }
@@ -495,7 +407,7 @@ impl IpPool {
     pub fn block_size(&self) -> u8 {
         self.spec
             .block_size
-            .unwrap_or_else(|| self.family().default_block_size())
+            .unwrap_or_else(|| default_block_size(self.family()))
     }
     /// Effective node selector.
     pub fn node_selector(&self) -> &str {
@@ -568,10 +480,10 @@ impl IpPool {
             });
         }
         let bs = self.block_size();
-        if !fam.block_sizes().contains(&bs) {
+        if !block_sizes(fam).contains(&bs) {
             return bad(format!(
                 "blockSize {bs} out of range {:?} for {}",
-                fam.block_sizes(),
+                block_sizes(fam),
                 fam.label()
             ));
         }

@@ -233,10 +233,7 @@ fn newtypes_validate_once() {
         assert!(
             matches!(
                 bad.parse::<NodeName>(),
-                Err(Error::InvalidName {
-                    kind: "node name",
-                    ..
-                })
+                Err(calinet_types::Error::InvalidNodeName { .. })
             ),
             "{bad:?}"
         );

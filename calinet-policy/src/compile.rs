@@ -537,12 +537,12 @@ impl Compiler<'_> {
         for &fam in self.families() {
             let nat: Vec<IpNet> = pools
                 .iter()
-                .filter(|p| p.nat_outgoing && Family::of(&p.cidr) == fam)
+                .filter(|p| p.nat_outgoing && Family::of(p.cidr) == fam)
                 .map(|p| p.cidr.trunc())
                 .collect();
             let all: Vec<IpNet> = pools
                 .iter()
-                .filter(|p| Family::of(&p.cidr) == fam)
+                .filter(|p| Family::of(p.cidr) == fam)
                 .map(|p| p.cidr.trunc())
                 .collect();
             let t = fam_tag(fam);
@@ -776,7 +776,7 @@ impl Compiler<'_> {
     fn net_set(&mut self, nets: &[IpNet], fam: Family) -> String {
         let mine: Vec<IpNet> = nets
             .iter()
-            .filter(|n| Family::of(n) == fam)
+            .filter(|n| Family::of(*n) == fam)
             .copied()
             .collect();
         let key: Vec<String> = mine.iter().map(ToString::to_string).collect();
@@ -794,7 +794,7 @@ impl Compiler<'_> {
     fn nets_match(&mut self, nets: &[IpNet], side: Side, fam: Family, negate: bool) -> Match {
         let of_family: BTreeSet<IpNet> = nets
             .iter()
-            .filter(|n| Family::of(n) == fam)
+            .filter(|n| Family::of(*n) == fam)
             .map(IpNet::trunc)
             .collect();
         match of_family.first() {

@@ -29,24 +29,9 @@ pub mod ct {
     pub const NEW: u32 = 8;
 }
 
-/// Address family of a family-specific match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    /// IPv4.
-    V4,
-    /// IPv6.
-    V6,
-}
-
-impl Family {
-    /// The family of a network.
-    pub fn of(net: &IpNet) -> Family {
-        match net {
-            IpNet::V4(_) => Family::V4,
-            IpNet::V6(_) => Family::V6,
-        }
-    }
-}
+/// Address family of a family-specific match (`meta nfproto`, `ip`/`ip6`
+/// address matches, set key types): calinet-types' one `Family`.
+pub use calinet_types::Family;
 
 /// Source or destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

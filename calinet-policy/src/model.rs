@@ -77,19 +77,9 @@ pub fn without_reserved_labels(labels: &BTreeMap<String, String>) -> BTreeMap<St
         .collect()
 }
 
-/// Object metadata (the fields calinet reads; others are ignored).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    /// Resource name.
-    pub name: String,
-    /// Namespace (namespaced resources only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
+/// Object metadata: calinet-types' one `ObjectMeta` (name, namespace, labels,
+/// and every other field kept as-is).
+pub use calinet_types::ObjectMeta;
 
 /// A rule action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -505,10 +495,7 @@ impl<S: Default> Resource<S> {
         Resource {
             api_version: CALICO_API.to_owned(),
             kind: kind.to_owned(),
-            metadata: ObjectMeta {
-                name: name.to_owned(),
-                ..ObjectMeta::default()
-            },
+            metadata: ObjectMeta::named(name),
             spec,
         }
     }

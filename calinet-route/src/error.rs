@@ -6,28 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An interface name broke one of the kernel's rules.
-    #[error("invalid interface name {name:?}: {rule}")]
-    InvalidIfName {
-        /// The rejected name.
-        name: String,
-        /// The rule it broke.
-        rule: &'static str,
-    },
-    /// A MAC address could not be parsed.
-    #[error("invalid MAC address {input:?}: expected six hex octets separated by ':'")]
-    InvalidMac {
-        /// The rejected input.
-        input: String,
-    },
-    /// A route type name could not be parsed.
-    #[error("invalid {what} {input:?}")]
-    InvalidName {
-        /// Which kind of name (route type, scope, ...).
-        what: &'static str,
-        /// The rejected input.
-        input: String,
-    },
+    /// A spec broke one of the vocabulary's rules.
+    #[error(transparent)]
+    Spec(#[from] calinet_types::Error),
     /// A desired route is inconsistent or not owned by the reconciler.
     #[error("invalid route {route}: {rule}")]
     InvalidRoute {

@@ -2,19 +2,19 @@
 //! keeps routes, neighbours and FDB entries exactly as desired without disturbing
 //! anything it does not own.
 //!
-//! **Owns:** the spec types other calinet crates produce ([`RouteSpec`],
-//! [`NeighbourSpec`], [`FdbSpec`], [`LinkSpec`], [`WorkloadSpec`], the validated
-//! [`IfName`]); the pure planner ([`plan_routes`], [`plan_neighbours`],
-//! [`plan_fdb`]); the netlink edge ([`NetlinkBackend`], [`nl::Conn`]) and the
-//! [`Reconciler`] over any [`Backend`]; routing rules ([`rule`]); workload plumbing ([`workload`]); tunnel
-//! links, addresses and host-MTU detection ([`link`]).
+//! **Owns:** route ownership ([`Ownership`]); the pure planner ([`plan_routes`],
+//! [`plan_neighbours`], [`plan_fdb`]); the netlink edge ([`NetlinkBackend`],
+//! [`nl::Conn`]) and the [`Reconciler`] over any [`Backend`]; routing rules
+//! ([`RuleSpec`], reconciled by [`reconcile_rules`], which owns the rules tagged
+//! with its protocol); workload plumbing ([`workload`]); tunnel links, addresses
+//! and host-MTU detection ([`link`]).
 //!
-//! **Does not own:** deciding which routes, tunnels, neighbours or FDB entries a
-//! node needs (`calinet-encap`, `calinet-wg`), address allocation
-//! (`calinet-ipam`) or policy rules (`calinet-policy`).
-//!
-//! Routing rules (`ip rule`) are specs too ([`RuleSpec`]), reconciled by
-//! [`reconcile_rules`], which owns the rules tagged with its protocol.
+//! **Does not own:** the spec types it programs ([`RouteSpec`],
+//! [`NeighbourSpec`], [`FdbSpec`], [`LinkSpec`], [`WorkloadSpec`], [`IfName`]):
+//! they are `calinet-types`', re-exported here, so that crates which only
+//! produce specs need no netlink stack. Nor deciding which routes, tunnels,
+//! neighbours or FDB entries a node needs (`calinet-encap`, `calinet-wg`),
+//! address allocation (`calinet-ipam`) or policy rules (`calinet-policy`).
 //!
 //! Every kernel operation names the namespace it works in: a [`Netns`] (an open
 //! `/run/netns/NAME` or `/proc/PID/ns/net`). Sockets are created by the calling

@@ -295,6 +295,7 @@ pub fn kind_mismatch(spec: &LinkSpec, observed: &LinkState, links: &LinkIndex) -
             }
             None
         }
+        other => Some(format!("link kind {other:?} is not supported")),
     }
 }
 
@@ -337,6 +338,12 @@ fn create_message(spec: &LinkSpec, links: &LinkIndex, netns: &str) -> Result<Lin
                 b = b.mtu(mtu);
             }
             b.build()
+        }
+        other => {
+            return Err(Error::InvalidLink {
+                name: spec.name.to_string(),
+                rule: format!("link kind {other:?} is not supported"),
+            });
         }
     };
     if spec.up {

@@ -2,82 +2,12 @@
 //! property tests and for downstream crates that produce route specs
 //! (enable the `proptest` feature).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use ipnet::IpNet;
 use proptest::prelude::*;
 
 use crate::plan::{Plan, plan_routes};
-use crate::spec::{IfName, Ownership, RouteProtocol, RouteScope, RouteSpec, RouteType};
+use crate::spec::{Ownership, RouteProtocol, RouteSpec};
 
-/// Interface names from a small pool, so that routes collide on devices.
-pub fn ifname() -> impl Strategy<Value = IfName> {
-    prop::sample::select(vec!["cali1", "cali2", "eth0", "vxlan.calico", "tunl0"])
-        .prop_map(|s| IfName::new(s).expect("valid"))
-}
-
-/// Destinations from a small pool of IPv4 and IPv6 prefixes, so that keys collide.
-pub fn destination() -> impl Strategy<Value = IpNet> {
-    prop_oneof![
-        (0u8..8, prop::sample::select(vec![24u8, 26, 32])).prop_map(|(i, len)| IpNet::new(
-            IpAddr::V4(Ipv4Addr::new(172, 16, i, 0)),
-            len
-        )
-        .expect("valid")
-        .trunc()),
-        (0u16..4).prop_map(|i| IpNet::new(
-            IpAddr::V6(Ipv6Addr::new(0xfd00, i, 0, 0, 0, 0, 0, 0)),
-            64
-        )
-        .expect("valid")),
-    ]
-}
-
-/// A protocol: mostly Calico's, sometimes BIRD's or `boot`.
-pub fn protocol() -> impl Strategy<Value = RouteProtocol> {
-    prop::sample::select(vec![
-        RouteProtocol::CALICO,
-        RouteProtocol::CALICO,
-        RouteProtocol::BIRD,
-        RouteProtocol::BOOT,
-    ])
-}
-
-/// A valid route (as [`RouteSpec::validate`] accepts), normalised like the kernel
-/// reports it.
-pub fn route() -> impl Strategy<Value = RouteSpec> {
-    (
-        destination(),
-        0u8..4,
-        ifname(),
-        any::<bool>(),
-        prop::sample::select(vec![0u32, 100]),
-        protocol(),
-        prop::option::of(prop::sample::select(vec![1400u32, 1450])),
-        prop::sample::select(vec![254u32, 254, 1]),
-    )
-        .prop_map(|(dst, kind, dev, onlink, metric, proto, mtu, table)| {
-            let gw: IpAddr = match dst {
-                IpNet::V4(_) => "198.51.100.2".parse().expect("valid"),
-                IpNet::V6(_) => "fd99::2".parse().expect("valid"),
-            };
-            let mut r = match kind {
-                0 => RouteSpec::direct(dst, dev),
-                1 => {
-                    let r = RouteSpec::via(dst, gw).device(dev);
-                    if onlink { r.onlink() } else { r }
-                }
-                2 => RouteSpec::blackhole(dst),
-                _ => RouteSpec::throw(dst),
-            };
-            if let Some(m) = mtu
-                && r.kind == RouteType::Unicast
-            {
-                r = r.mtu(m);
-            }
-            r.metric(metric).protocol(proto).table(table).normalized()
-        })
-}
+pub use calinet_types::proptest_support::{destination, ifname, protocol, route, scope};
 
 /// What the kernel would hold after the plan is applied to `observed`
 /// (replacements replace by key, deletions remove exactly, adds are prepended).
@@ -166,13 +96,4 @@ pub fn observed_routes() -> impl Strategy<Value = Vec<RouteSpec>> {
 /// The ownership the strategies are built around.
 pub fn default_ownership() -> Ownership {
     Ownership::default().interface_prefix("cali")
-}
-
-/// A scope strategy (for downstream use).
-pub fn scope() -> impl Strategy<Value = RouteScope> {
-    prop::sample::select(vec![
-        RouteScope::Universe,
-        RouteScope::Link,
-        RouteScope::Host,
-    ])
 }

@@ -52,22 +52,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An interface name broke the kernel's rules.
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidIfName {
-        /// The name given.
-        name: String,
-        /// The rule it broke.
-        reason: &'static str,
-    },
-    /// A node name was empty or too long.
-    #[error("invalid node name {name:?}: {reason}")]
-    InvalidNodeName {
-        /// The name given.
-        name: String,
-        /// The rule it broke.
-        reason: &'static str,
-    },
+    /// A name broke one of the vocabulary's rules.
+    #[error(transparent)]
+    Vocabulary(#[from] calinet_types::Error),
     /// Talking to a userspace device's control socket failed.
     #[error("WireGuard control socket {socket} of {ifname}: {op} failed")]
     UapiIo {

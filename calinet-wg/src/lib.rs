@@ -7,8 +7,8 @@
 //! generic netlink encodings, `wg showconf` rendering, the device MTU.
 //! Does not own: node discovery, block allocation or publishing the public key
 //! (inputs from and outputs to the caller), creating the interface, or
-//! programming routes (calinet-route does that from the specs produced behind
-//! the `route` feature).
+//! programming routes (calinet-route does that from the calinet-types
+//! `RouteSpec`s produced here).
 //!
 //! # Example: the seed article's four nodes
 //!
@@ -49,16 +49,16 @@
 //!
 //! # Routing
 //!
-//! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), and with the `route`
-//! feature the device's table as calinet-route `RouteSpec`s (`throw` routes for
-//! nodes without a usable key), the rule `not from all fwmark M/M lookup T`
+//! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), the device's table
+//! as calinet-types `RouteSpec`s (`throw` routes for nodes without a usable
+//! key), and with the `route` feature the rule `not from all fwmark M/M lookup T`
 //! priority 99 as a calinet-route `RuleSpec` (`routing::rule_spec`), applied by
 //! calinet-route's rule reconciler (`routing::apply_rule`), and
 //! `rule_decision`, which holds the rule back until device and routes exist.
 //!
 //! # Features
 //!
-//! `route` (table routes and the fwmark rule as calinet-route specs), `tokio`
+//! `route` (the fwmark rule as a calinet-route spec, and applying it), `tokio`
 //! (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
 //! checkers in `proptest_support`).
 //!
@@ -81,6 +81,7 @@ pub mod routing;
 pub mod seed;
 pub mod showconf;
 
+pub use calinet_types::RouteSpec;
 pub use delta::{DeviceDelta, PeerUpdate, plan_delta, split};
 pub use error::{Error, Result};
 pub use key::{PresharedKey, PrivateKey, PublicKey};

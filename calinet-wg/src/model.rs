@@ -1,13 +1,12 @@
-//! Validated names, node state (input) and device configuration (desired or
-//! observed).
+//! Node state (input) and device configuration (desired or observed). Names
+//! and families are calinet-types'.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::error::{Error, Result};
+pub use calinet_types::{Family, IfName, NodeName};
+
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
 
 /// Calico's default IPv4 WireGuard interface name.
@@ -24,95 +23,6 @@ pub const DEFAULT_FWMARK: u32 = 0x0010_0000;
 pub const DEFAULT_TABLE: u32 = 1;
 /// Priority of the `not from all fwmark M/M lookup T` rule.
 pub const RULE_PRIORITY: u32 = 99;
-
-/// A Linux interface name: 1..=15 bytes, no '/', ':' or whitespace, not "." or "..".
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IfName(String);
-
-impl IfName {
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for IfName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason| Error::InvalidIfName {
-            name: s.to_owned(),
-            reason,
-        };
-        if s.is_empty() {
-            return Err(bad("empty"));
-        }
-        if s.len() > 15 {
-            return Err(bad("longer than 15 bytes (IFNAMSIZ - 1)"));
-        }
-        if s == "." || s == ".." {
-            return Err(bad("'.' and '..' are not allowed"));
-        }
-        if s.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
-        {
-            return Err(bad("contains '/', ':', NUL or whitespace"));
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Display for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl fmt::Debug for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IfName({:?})", self.0)
-    }
-}
-
-/// A node name (Kubernetes node names: 1..=253 bytes, no whitespace).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeName(String);
-
-impl NodeName {
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for NodeName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason| Error::InvalidNodeName {
-            name: s.to_owned(),
-            reason,
-        };
-        if s.is_empty() {
-            return Err(bad("empty"));
-        }
-        if s.len() > 253 {
-            return Err(bad("longer than 253 bytes"));
-        }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("contains whitespace or control characters"));
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Display for NodeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl fmt::Debug for NodeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeName({:?})", self.0)
-    }
-}
 
 /// What the cluster knows about one node, as far as WireGuard cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,30 +55,12 @@ impl NodeState {
     }
 }
 
-/// Address family of a WireGuard device (Calico runs one device per family).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Family {
-    /// IPv4 device: IPv4 allowed IPs and endpoints.
-    V4,
-    /// IPv6 device.
-    V6,
-}
-
-impl Family {
-    /// Whether `addr` belongs to this family.
-    pub fn contains(self, addr: IpAddr) -> bool {
-        matches!(
-            (self, addr),
-            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
-        )
-    }
-    /// Encapsulation overhead: 60 bytes over IPv4, 80 over IPv6.
-    pub fn overhead(self) -> u32 {
-        match self {
-            Family::V4 => 60,
-            Family::V6 => 80,
-        }
+/// WireGuard's encapsulation overhead on a device of `family`: 60 bytes over
+/// IPv4, 80 over IPv6.
+pub fn overhead(family: Family) -> u32 {
+    match family {
+        Family::V4 => 60,
+        Family::V6 => 80,
     }
 }
 
@@ -193,7 +85,7 @@ impl DeviceSettings {
     /// Calico's IPv4 defaults: `wireguard.cali`, port 51820, fwmark 0x100000, table 1.
     pub fn calico_v4() -> Self {
         Self {
-            ifname: IfName(DEFAULT_IFNAME_V4.to_owned()),
+            ifname: IfName::from_static(DEFAULT_IFNAME_V4),
             family: Family::V4,
             listen_port: DEFAULT_PORT_V4,
             fwmark: DEFAULT_FWMARK,
@@ -204,7 +96,7 @@ impl DeviceSettings {
     /// Calico's IPv6 defaults: `wg-v6.cali`, port 51821.
     pub fn calico_v6() -> Self {
         Self {
-            ifname: IfName(DEFAULT_IFNAME_V6.to_owned()),
+            ifname: IfName::from_static(DEFAULT_IFNAME_V6),
             family: Family::V6,
             listen_port: DEFAULT_PORT_V6,
             ..Self::calico_v4()
@@ -266,20 +158,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ifname_rules() {
-        assert!("wireguard.cali".parse::<IfName>().is_ok());
-        assert!("wg-v6.cali".parse::<IfName>().is_ok());
-        for bad in ["", "a-name-of-16-byt", "a/b", "a b", "a:b", "."] {
-            let err = bad.parse::<IfName>().unwrap_err();
-            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn node_name_rules() {
-        assert!("k8s-w1".parse::<NodeName>().is_ok());
-        assert!("".parse::<NodeName>().is_err());
-        assert!("a b".parse::<NodeName>().is_err());
-        assert!("x".repeat(254).parse::<NodeName>().is_err());
+    fn calico_defaults() {
+        assert_eq!(
+            DeviceSettings::calico_v4().ifname.as_str(),
+            "wireguard.cali"
+        );
+        assert_eq!(DeviceSettings::calico_v6().ifname.as_str(), "wg-v6.cali");
+        assert_eq!(overhead(Family::V4), 60);
+        assert_eq!(overhead(Family::V6), 80);
     }
 }

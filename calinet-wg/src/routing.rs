@@ -1,7 +1,8 @@
-//! Routing the device needs: its MTU, and (behind the `route` feature) its
-//! routing table as calinet-route `RouteSpec`s and the rule
-//! `not from all fwmark M/M lookup T` (priority 99) as a calinet-route
-//! `RuleSpec`, applied by calinet-route's rule reconciler ([`apply_rule`]).
+//! Routing the device needs: its MTU, its routing table (as calinet-types
+//! `RouteSpec`s, which calinet-route programs), and (behind the `route`
+//! feature) the rule `not from all fwmark M/M lookup T` (priority 99) as a
+//! calinet-route `RuleSpec`, applied by calinet-route's rule reconciler
+//! (`apply_rule`).
 //!
 //! Order matters: the rule sends every unmarked packet to table T, so it is
 //! added only after the device is up and the table's routes exist
@@ -13,26 +14,19 @@ use crate::model::Family;
 /// The device MTU: the host MTU (smallest MTU of the up uplinks) minus
 /// WireGuard's overhead, 60 bytes over IPv4 and 80 over IPv6 (seed: 9001 -> 8941).
 pub fn device_mtu(host_mtu: u32, family: Family) -> u32 {
-    host_mtu.saturating_sub(family.overhead())
+    host_mtu.saturating_sub(crate::model::overhead(family))
 }
 
 #[cfg(feature = "route")]
-pub use with_route::{
-    RuleDecision, apply_rule, missing_routes, route_specs, rule_decision, rule_spec,
-};
+pub use rule::{apply_rule, rule_spec};
 
 #[cfg(feature = "route")]
-mod with_route {
-    use std::collections::BTreeMap;
-
+mod rule {
     use calinet_route::rule::{RuleFamily, RuleSpec, reconcile_rules};
-    use calinet_route::{
-        IfName as RouteIfName, Netns, RouteKey, RouteProtocol, RouteSpec, RouteType,
-    };
+    use calinet_route::{Netns, RouteProtocol};
 
     use crate::error::{Error, Result};
     use crate::model::{DeviceSettings, Family, RULE_PRIORITY};
-    use crate::peers::Computed;
 
     /// Calico's rule for `settings`: `not from all fwmark M/M lookup T`,
     /// priority 99, protocol 80. Unmarked packets look up the device's table;
@@ -64,17 +58,24 @@ mod with_route {
         })?;
         Ok(report.writes > 0)
     }
+}
+
+pub use with_route::{RuleDecision, missing_routes, route_specs, rule_decision};
+
+mod with_route {
+    use std::collections::BTreeMap;
+
+    use calinet_types::{RouteKey, RouteSpec, RouteType};
+
+    use crate::model::DeviceSettings;
+    use crate::peers::Computed;
 
     /// The device's routing table: `range dev <device> scope link table T` for
     /// every peer range, `throw range table T` for every fallback range (nodes
     /// without a usable key, the local node's own ranges), so a wider peer
     /// route never captures them. Where a range is both, the throw wins.
-    pub fn route_specs(settings: &DeviceSettings, computed: &Computed) -> Result<Vec<RouteSpec>> {
-        let device =
-            RouteIfName::new(settings.ifname.as_str()).map_err(|_| Error::InvalidIfName {
-                name: settings.ifname.to_string(),
-                reason: "rejected by calinet-route",
-            })?;
+    pub fn route_specs(settings: &DeviceSettings, computed: &Computed) -> Vec<RouteSpec> {
+        let device = &settings.ifname;
         let mut by_key: BTreeMap<RouteKey, RouteSpec> = BTreeMap::new();
         for peer in &computed.device.peers {
             for net in &peer.allowed_ips {
@@ -88,7 +89,7 @@ mod with_route {
                 by_key.insert(r.key(), r);
             }
         }
-        Ok(by_key.into_values().collect())
+        by_key.into_values().collect()
     }
 
     /// Whether the fwmark rule may be installed now.
@@ -141,7 +142,6 @@ mod with_route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(feature = "route")]
     use crate::model::DeviceSettings;
 
     #[test]
@@ -163,15 +163,14 @@ mod tests {
         assert!(r.validate().is_ok());
     }
 
-    #[cfg(feature = "route")]
     #[test]
     fn table_routes_for_the_seed() {
-        use calinet_route::RouteType;
+        use calinet_types::RouteType;
         let (mut nodes, key) = crate::seed::nodes();
         nodes[1].public_key = None; // k8s-w0 falls back
         let s = DeviceSettings::calico_v4();
         let c = crate::compute_device(&crate::seed::local(), &key, &s, &nodes, &Default::default());
-        let routes = route_specs(&s, &c).unwrap();
+        let routes = route_specs(&s, &c);
         let show: Vec<String> = routes.iter().map(ToString::to_string).collect();
         assert!(
             show.contains(

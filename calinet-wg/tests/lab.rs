@@ -78,7 +78,7 @@ fn program(n: &LabNode, states: &[NodeState]) -> Res<calinet_wg::backend::ApplyR
             .ip(&["addr", "replace", &format!("{t}/32"), "dev", dev])?;
     }
 
-    let desired = route_specs(&n.settings, &c)?;
+    let desired = route_specs(&n.settings, &c);
     let ns = calinet_route::Netns::named(n.node.name())?;
     let table = n.settings.table;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -33,7 +33,7 @@ use crate::metrics::{Counts, Metrics};
 use crate::plan::{self, Desired, LocalFacts};
 use crate::policy::{self, PolicyPlane};
 use crate::resources::{
-    CALICO_API, CalicoNode, Meta, NodeBgp, NodeSpec, NodeStatus, WepPort, WorkloadEndpoint,
+    CALICO_API, CalicoNode, NodeExt as _, ObjectMeta, WepPort, WorkloadEndpoint,
     WorkloadEndpointSpec, keys, wep_name,
 };
 use crate::wireguard::{self, WgOptions, WgPlane};
@@ -593,22 +593,8 @@ impl Agent {
                     self.node, self.facts.uplink
                 ))
             })?;
-        let node = CalicoNode {
-            api_version: CALICO_API.into(),
-            kind: "Node".into(),
-            metadata: Meta {
-                name: self.node.clone(),
-                ..Meta::default()
-            },
-            spec: NodeSpec {
-                bgp: Some(NodeBgp {
-                    ipv4_address: Some(addr),
-                    ..NodeBgp::default()
-                }),
-                ..NodeSpec::default()
-            },
-            status: NodeStatus::default(),
-        };
+        let mut node = CalicoNode::new(&self.node_name);
+        node.spec.bgp_mut().ipv4_address = Some(addr);
         let key = format!("{}{}", keys::NODES, self.node);
         match self
             .store
@@ -664,14 +650,9 @@ impl Agent {
                 }
             };
             wanted_node.spec.ipv4_vxlan_tunnel_addr = Some(tunnel);
-            let mac = calinet_encap::MacAddr::calico_vtep(
-                &self
-                    .node
-                    .parse()
-                    .map_err(|e: calinet_encap::Error| Error::Usage(e.to_string()))?,
-                calinet_encap::Family::V4,
-            );
-            wanted_node.spec.vxlan_tunnel_mac_addr = Some(mac.to_string());
+            let mac =
+                calinet_types::MacAddr::calico_vtep(&self.node_name, calinet_types::Family::V4);
+            wanted_node.spec.vxlan_tunnel_mac_addr = Some(mac);
         } else if by_handle.contains_key(tunnel_handle.as_str())
             || node_res.spec.ipv4_vxlan_tunnel_addr.is_some()
         {
@@ -714,9 +695,7 @@ impl Agent {
                     }
                 }
             };
-            wanted_node.spec.wireguard = Some(crate::resources::NodeWireguard {
-                interface_ipv4_address: Some(addr),
-            });
+            wanted_node.spec.wireguard_mut().interface_ipv4_address = Some(addr);
         } else if by_handle.contains_key(wg_handle.as_str()) || wg_addr.is_some() {
             self.addresses.ipam().release_handle(&wg_handle, now)?;
             wrote = true;
@@ -745,13 +724,15 @@ impl Agent {
                     }
                 }
             };
-            wanted_node.spec.ipv4_ipip_tunnel_addr = Some(tunnel);
+            wanted_node.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
         } else if by_handle.contains_key(ipip_handle.as_str())
-            || node_res.spec.ipv4_ipip_tunnel_addr.is_some()
+            || node_res.spec.ipip_tunnel_addr().is_some()
         {
             self.addresses.ipam().release_handle(&ipip_handle, now)?;
             wrote = true;
-            wanted_node.spec.ipv4_ipip_tunnel_addr = None;
+            if let Some(bgp) = wanted_node.spec.bgp.as_mut() {
+                bgp.ipv4_ipip_tunnel_addr = None;
+            }
             tracing::info!("released the IPIP tunnel address: no pool uses IPIP");
         }
         if wanted_node != node_res {
@@ -971,12 +952,9 @@ impl Agent {
             let wep = WorkloadEndpoint {
                 api_version: CALICO_API.into(),
                 kind: "WorkloadEndpoint".into(),
-                metadata: Meta {
-                    name,
-                    namespace: Some(pod.namespace().to_owned()),
-                    labels,
-                    ..Meta::default()
-                },
+                metadata: ObjectMeta::named(name)
+                    .namespace(pod.namespace())
+                    .labels(labels),
                 spec: WorkloadEndpointSpec {
                     orchestrator: "k8s".into(),
                     node: self.node.clone(),

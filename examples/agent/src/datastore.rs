@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::resources::{
-    CalicoNode, FelixConfiguration, Parsed, Pod, Resource, WorkloadEndpoint, keys,
+    CalicoNode, FelixConfiguration, NodeExt as _, Parsed, Pod, Resource, WorkloadEndpoint, keys,
 };
 
 /// The store every command uses.

@@ -49,6 +49,9 @@ pub enum Error {
     /// The datastore failed.
     #[error("datastore: {0}")]
     Store(#[from] calinet_ipam::StoreError),
+    /// A name, MAC or mode broke one of the vocabulary's rules.
+    #[error(transparent)]
+    Vocabulary(#[from] calinet_types::Error),
     /// IP address management failed.
     #[error("IPAM: {0}")]
     Ipam(#[from] calinet_ipam::Error),

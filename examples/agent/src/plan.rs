@@ -7,13 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use calinet_encap as encap;
 use calinet_encap::route::RouteSpecs;
-use calinet_ipam::EncapMode as IpamEncap;
-use calinet_route::{IfName, RouteProtocol, RouteSpec, WorkloadSpec};
-use ipnet::IpNet;
+use calinet_types::{EncapMode, IfName, RouteProtocol, RouteSpec, WorkloadSpec};
 
 use crate::datastore::{ClusterView, PeerStatus};
 use crate::error::{Error, Result};
-use crate::resources::Pod;
+use crate::resources::{NodeExt as _, Pod};
 
 /// What the agent observed about its own node (read from the kernel by the
 /// caller).
@@ -53,14 +51,6 @@ pub struct Desired {
     pub waiting_for: Vec<String>,
 }
 
-fn encap_mode(m: Option<IpamEncap>) -> encap::EncapMode {
-    match m.unwrap_or_default() {
-        IpamEncap::Always => encap::EncapMode::Always,
-        IpamEncap::CrossSubnet => encap::EncapMode::CrossSubnet,
-        _ => encap::EncapMode::Never,
-    }
-}
-
 fn node_of_affinity(aff: Option<&str>) -> Option<&str> {
     aff.and_then(|a| a.strip_prefix("host:"))
 }
@@ -78,7 +68,7 @@ pub fn wants_vxlan(view: &ClusterView) -> bool {
     view.ipam.pools.iter().any(|p| {
         p.enabled()
             && p.spec.cidr.addr().is_ipv4()
-            && p.spec.vxlan_mode.unwrap_or_default() != IpamEncap::Never
+            && p.spec.vxlan_mode.unwrap_or_default() != EncapMode::Never
     })
 }
 
@@ -87,7 +77,7 @@ pub fn wants_ipip(view: &ClusterView) -> bool {
     view.ipam.pools.iter().any(|p| {
         p.enabled()
             && p.spec.cidr.addr().is_ipv4()
-            && p.spec.ipip_mode.unwrap_or_default() != IpamEncap::Never
+            && p.spec.ipip_mode.unwrap_or_default() != EncapMode::Never
     })
 }
 
@@ -102,35 +92,22 @@ pub fn encap_input(
         let Some((n, _)) = view.nodes.get(name) else {
             return Ok(None);
         };
-        let Some(addr) = n.ipv4() else {
+        if n.ipv4().is_none() {
             return Ok(None);
-        };
-        let parsed: encap::NodeName = name
-            .parse()
-            .map_err(|e: encap::Error| Error::Usage(format!("node {name}: {e}")))?;
-        let mut e = encap::Node::new(parsed).with_address(IpNet::V4(addr));
-        if let Some(t) = n.spec.ipv4_vxlan_tunnel_addr {
-            e = e.with_vxlan_tunnel(IpAddr::V4(t));
         }
-        if let Some(t) = n.spec.ipv4_ipip_tunnel_addr {
-            e = e.with_ipip_tunnel(t);
-        }
-        if let Some(mac) = n.spec.vxlan_tunnel_mac_addr.as_deref()
-            && let Ok(mac) = mac.parse()
-        {
-            e = e.with_vtep_mac(encap::Family::V4, mac);
-        }
-        Ok(Some(e))
+        encap::Node::from_calico(n)
+            .map(Some)
+            .map_err(|e| Error::Usage(format!("node {name}: {e}")))
     };
     let local = to_encap(node)?.ok_or_else(|| {
         Error::Usage(format!(
             "node {node} has no Node resource with spec.bgp.ipv4Address in the datastore"
         ))
     })?;
-    let uplink_name: encap::IfName = facts
+    let uplink_name: IfName = facts
         .uplink
         .parse()
-        .map_err(|e: encap::Error| Error::Usage(format!("uplink {}: {e}", facts.uplink)))?;
+        .map_err(|e: calinet_types::Error| Error::Usage(format!("uplink {}: {e}", facts.uplink)))?;
     let mut uplink = encap::Uplink::new(uplink_name, facts.mtu);
     if let Some(gw) = facts.gateway_v4 {
         uplink = uplink.with_gateway(IpAddr::V4(gw));
@@ -153,8 +130,8 @@ pub fn encap_input(
         .filter(|p| p.spec.cidr.addr().is_ipv4())
         .map(|p| {
             encap::Pool::new(p.name(), p.spec.cidr)
-                .ipip(encap_mode(p.spec.ipip_mode))
-                .vxlan(encap_mode(p.spec.vxlan_mode))
+                .ipip(p.spec.ipip_mode.unwrap_or_default())
+                .vxlan(p.spec.vxlan_mode.unwrap_or_default())
         })
         .collect();
     for (b, _) in &view.ipam.blocks {
@@ -365,7 +342,7 @@ mod tests {
             .decisions
             .paths
             .iter()
-            .find(|p| p.dst == IpNet::from(addr))
+            .find(|p| p.dst == ipnet::IpNet::from(addr))
             .expect("a /32 path for the borrowed address");
         assert_eq!(host.node.as_str(), "a");
         let text = crate::show::ipam_show(
@@ -389,11 +366,11 @@ mod tests {
     fn ipip_plans_tunl0_and_routes_through_it() {
         let (_, mut view) = cluster("Never");
         for p in &mut view.ipam.pools {
-            p.spec.ipip_mode = Some(IpamEncap::Always);
+            p.spec.ipip_mode = Some(EncapMode::Always);
         }
         assert!(wants_ipip(&view) && !wants_vxlan(&view));
         for (i, (_, (n, _))) in view.nodes.iter_mut().enumerate() {
-            n.spec.ipv4_ipip_tunnel_addr = Some(Ipv4Addr::new(172, 16, 200, i as u8));
+            n.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(Ipv4Addr::new(172, 16, 200, i as u8));
         }
         let d = plan(&view, "a", &facts(), &BTreeMap::new()).unwrap();
         assert_eq!(d.specs.links[0].name.as_str(), "tunl0");

@@ -2,17 +2,14 @@
 //! documents, Kubernetes Pods and NetworkPolicies, parsed from multi-document
 //! YAML with errors that name the file, the document and the field.
 //!
-//! IPAM types (IPPool, IPAMConfiguration, IPReservation) are calinet-ipam's and
-//! policy types calinet-policy's; Node, FelixConfiguration, Pod and
-//! WorkloadEndpoint are defined here (only the fields the agent uses are typed,
-//! everything else is kept as-is).
-
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+//! IPAM types (IPPool, IPAMConfiguration, IPReservation) are calinet-ipam's,
+//! policy types calinet-policy's, and the Calico Node and object metadata
+//! calinet-types'; FelixConfiguration, Pod and WorkloadEndpoint are defined here
+//! (only the fields the agent uses are typed, everything else is kept as-is).
 
 use calinet_ipam::{IpPool, IpReservation, IpamConfiguration, NodeName};
 use calinet_policy::model::AnyResource;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -20,148 +17,42 @@ use crate::error::{Error, Result};
 
 /// Calico's API group/version.
 pub const CALICO_API: &str = "projectcalico.org/v3";
-/// Unknown fields, kept on round trips.
-pub type Extra = BTreeMap<String, serde_json::Value>;
+/// The Calico `Node` resource (calinet-types' one definition), named for what
+/// it is beside testlab's lab nodes.
+pub use calinet_types::Node as CalicoNode;
+pub use calinet_types::{Extra, ObjectMeta};
 
-/// Object metadata (Kubernetes and Calico).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Meta {
-    /// Name.
-    pub name: String,
-    /// Namespace (namespaced kinds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// Kubernetes UID.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Everything else.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// Calico `Node`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CalicoNode {
-    /// `projectcalico.org/v3`.
-    pub api_version: String,
-    /// `Node`.
-    pub kind: String,
-    /// Metadata.
-    pub metadata: Meta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: NodeSpec,
-    /// Status (the agent publishes its WireGuard key here).
-    #[serde(default)]
-    pub status: NodeStatus,
-}
-
-/// Calico `NodeSpec` (the fields the agent reads and writes).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSpec {
-    /// `bgp.ipv4Address`: the node's address with its subnet, e.g. `192.168.10.10/24`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bgp: Option<NodeBgp>,
-    /// Written by the agent: the address of `vxlan.calico`.
-    #[serde(
-        default,
-        rename = "ipv4VXLANTunnelAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
-    /// Written by the agent: the address of `tunl0`.
-    #[serde(
-        default,
-        rename = "ipv4IPIPTunnelAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
-    /// Written by the agent: the VTEP MAC of `vxlan.calico`.
-    #[serde(
-        default,
-        rename = "vxlanTunnelMACAddr",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub vxlan_tunnel_mac_addr: Option<String>,
-    /// Written by the agent: the WireGuard interface address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<NodeWireguard>,
-    /// Everything else.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// `spec.bgp` of a Node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeBgp {
-    /// IPv4 address with prefix length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4_address: Option<Ipv4Net>,
-    /// IPv6 address with prefix length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_address: Option<Ipv6Net>,
-    /// Everything else.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// `spec.wireguard` of a Node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeWireguard {
-    /// Address of the WireGuard device.
-    #[serde(
-        default,
-        rename = "interfaceIPv4Address",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub interface_ipv4_address: Option<Ipv4Addr>,
-}
-
-/// `status` of a Node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// The node's WireGuard public key (base64).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wireguard_public_key: Option<String>,
-    /// Everything else.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-impl CalicoNode {
+/// What the agent reads from and owns in a Calico Node.
+pub trait NodeExt {
     /// The node's IPv4 address with subnet, if stated.
-    pub fn ipv4(&self) -> Option<Ipv4Net> {
+    fn ipv4(&self) -> Option<Ipv4Net>;
+
+    /// Carries the fields the agent owns (tunnel addresses, VTEP MAC, WireGuard
+    /// address and key) over from the stored copy when a user re-applies the node
+    /// without them.
+    fn keep_agent_fields(&mut self, stored: &Self);
+}
+
+impl NodeExt for CalicoNode {
+    fn ipv4(&self) -> Option<Ipv4Net> {
         self.spec.bgp.as_ref().and_then(|b| b.ipv4_address)
     }
 
-    /// Carries the fields the agent owns (tunnel address, VTEP MAC, WireGuard
-    /// address and key) over from the stored copy when a user re-applies the node
-    /// without them.
-    pub fn keep_agent_fields(&mut self, stored: &CalicoNode) {
+    fn keep_agent_fields(&mut self, stored: &CalicoNode) {
         let s = &mut self.spec;
         s.ipv4_vxlan_tunnel_addr = s
             .ipv4_vxlan_tunnel_addr
             .or(stored.spec.ipv4_vxlan_tunnel_addr);
-        s.ipv4_ipip_tunnel_addr = s
-            .ipv4_ipip_tunnel_addr
-            .or(stored.spec.ipv4_ipip_tunnel_addr);
-        if s.vxlan_tunnel_mac_addr.is_none() {
-            s.vxlan_tunnel_mac_addr = stored.spec.vxlan_tunnel_mac_addr.clone();
+        s.vxlan_tunnel_mac_addr = s
+            .vxlan_tunnel_mac_addr
+            .or(stored.spec.vxlan_tunnel_mac_addr);
+        if let Some(tunnel) = stored.spec.ipip_tunnel_addr()
+            && self.spec.ipip_tunnel_addr().is_none()
+        {
+            self.spec.bgp_mut().ipv4_ipip_tunnel_addr = Some(tunnel);
         }
-        if s.wireguard.is_none() {
-            s.wireguard = stored.spec.wireguard.clone();
+        if self.spec.wireguard.is_none() {
+            self.spec.wireguard = stored.spec.wireguard.clone();
         }
         if self.status.wireguard_public_key.is_none() {
             self.status.wireguard_public_key = stored.status.wireguard_public_key.clone();
@@ -178,7 +69,7 @@ pub struct FelixConfiguration {
     /// `FelixConfiguration`.
     pub kind: String,
     /// Metadata (Calico reads `default` and `node.<name>`).
-    pub metadata: Meta,
+    pub metadata: ObjectMeta,
     /// Spec.
     #[serde(default)]
     pub spec: FelixSpec,
@@ -205,7 +96,7 @@ pub struct Pod {
     /// `Pod`.
     pub kind: String,
     /// Metadata; the namespace defaults to `default`.
-    pub metadata: Meta,
+    pub metadata: ObjectMeta,
     /// Spec.
     #[serde(default)]
     pub spec: PodSpec,
@@ -299,7 +190,7 @@ pub struct WorkloadEndpoint {
     /// `WorkloadEndpoint`.
     pub kind: String,
     /// Metadata (name `<node>-k8s-<pod>-eth0`, Calico's escaping).
-    pub metadata: Meta,
+    pub metadata: ObjectMeta,
     /// Spec.
     pub spec: WorkloadEndpointSpec,
 }

@@ -19,6 +19,7 @@ use calinet_wg::{Computed, DeviceSettings, NodeState, PrivateKey, PublicKey};
 
 use crate::datastore::ClusterView;
 use crate::error::{Error, Result};
+use crate::resources::NodeExt as _;
 
 /// WireGuard settings of the agent.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ pub fn node_states(view: &ClusterView) -> Vec<NodeState> {
                 .and_then(|w| w.interface_ipv4_address);
             for t in [
                 wg_addr,
-                n.spec.ipv4_ipip_tunnel_addr,
+                n.spec.ipip_tunnel_addr(),
                 n.spec.ipv4_vxlan_tunnel_addr,
             ]
             .into_iter()
@@ -99,7 +100,7 @@ pub fn compute(
         &node_states(view),
         &Default::default(),
     );
-    let routes = calinet_wg::routing::route_specs(settings, &computed)?
+    let routes = calinet_wg::routing::route_specs(settings, &computed)
         .into_iter()
         .map(|r| r.protocol(RouteProtocol::CALICO))
         .collect();

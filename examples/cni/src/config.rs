@@ -492,8 +492,8 @@ pub fn resolve_nodename(
         (None, Some(f)) if !f.is_empty() => ("nodename_file", f),
         _ => ("host name", hostname.trim()),
     };
-    name.parse()
-        .map_err(|e: calinet_ipam::Error| invalid(source, name, e.to_string()))
+    name.parse::<calinet_ipam::NodeName>()
+        .map_err(|e| invalid(source, name, e.to_string()))
 }
 
 #[cfg(test)]

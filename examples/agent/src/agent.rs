@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use calinet_ipam::{AllowedUse, AutoAssignRequest, HandleId, Ipam, NodeName, Store, TunnelKind};
 use calinet_route::ResyncTimer;
 
+use crate::bgp::{self, BgpPlane};
 use crate::dataplane::Dataplane;
 use crate::datastore::{
     AgentStatus, ClusterSource, ClusterView, DynStore, PollingSource, delete_if_present,
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub max_reconciles: Option<u64>,
     /// WireGuard device name and key file.
     pub wireguard: WgOptions,
+    /// BIRD's runtime directory (configuration, control socket, pid file, log).
+    pub bgp_dir: std::path::PathBuf,
 }
 
 /// Exponential backoff for datastore retries, time passed in.
@@ -100,6 +103,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Encap(_) | Error::Usage(_) => "plan",
         Error::Wireguard(_) => "wireguard",
         Error::Policy(_) => "policy",
+        Error::Bgp(_) | Error::Bird(_) => "bgp",
         _ => "other",
     }
 }
@@ -117,6 +121,7 @@ struct Agent {
     dp: Dataplane,
     policy: PolicyPlane,
     wg: WgPlane,
+    bgp: BgpPlane,
     facts: LocalFacts,
     metrics: Metrics,
     started: u64,
@@ -238,6 +243,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         dp,
         policy: PolicyPlane::default(),
         wg: WgPlane::new(opts.wireguard.clone()),
+        bgp: BgpPlane::new(opts.bgp_dir.clone()),
         facts,
         metrics,
         started: unix(SystemTime::now()),
@@ -318,6 +324,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
             break;
         }
     }
+    agent.bgp.detach();
     Ok(())
 }
 
@@ -329,6 +336,10 @@ impl Agent {
             self.create_own_node()?;
             view = self.source.snapshot()?;
         }
+        if let Err(e) = self.bgp.ensure_running(now) {
+            self.metrics.error("bgp");
+            tracing::warn!(error = %chain(&e), "BIRD is not running; retrying");
+        }
         let idle = !full && self.last_converged && self.last_revision == Some(view.revision);
         if idle {
             self.publish_status(&view, None, now)?;
@@ -339,6 +350,19 @@ impl Agent {
             view = self.source.snapshot()?;
         }
         let mut desired = plan::plan(&view, &self.node, &self.facts, &addrs)?;
+        // One owner per route: BIRD's kernel protocol programs the routes of
+        // unencapsulated pools (as `proto bird`), the agent the rest.
+        let bird_pools = bgp::bird_pools(&view);
+        desired
+            .routes
+            .retain(|r| !bgp::owned_by_bird(&bird_pools, r));
+        let mut bgp_ok = true;
+        if let Err(e) = self.bgp.sync(&view, &self.node, now) {
+            // The rest of the dataplane does not wait for BGP.
+            bgp_ok = false;
+            self.metrics.error("bgp");
+            tracing::warn!(error = %chain(&e), "BGP not applied; retrying");
+        }
         let wg = self.wireguard_before(&view, &mut desired)?;
         let mut report = self.rt.block_on(self.dp.apply(&desired, full))?;
         report.writes += self.wireguard_after(wg, report.pending)?;
@@ -358,7 +382,7 @@ impl Agent {
             );
         }
         self.publish_weps(&view, &desired)?;
-        let converged = report.pending == 0 && desired.waiting_for.is_empty();
+        let converged = report.pending == 0 && desired.waiting_for.is_empty() && bgp_ok;
         self.metrics.converged.set(i64::from(converged));
         self.metrics.routes.set(report.routes as i64);
         self.metrics.endpoints.set(desired.workloads.len() as i64);

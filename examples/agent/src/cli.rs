@@ -102,7 +102,8 @@ pub enum IpamCommand {
 /// `get KIND`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// `ippool` or `workloadendpoint` (plurals and `wep` accepted).
+    /// `ippool`, `workloadendpoint`, `bgpconfiguration` or `bgppeer` (plurals
+    /// and `wep` accepted).
     pub kind: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
@@ -123,6 +124,10 @@ pub enum NodeCommand {
         /// The node (default: the host name).
         #[arg(long)]
         node: Option<String>,
+        /// The node's BIRD runtime directory, as given to `run` (default:
+        /// beside the datastore, `bird-<node>`).
+        #[arg(long)]
+        bgp_runtime_dir: Option<PathBuf>,
     },
 }
 
@@ -155,6 +160,9 @@ pub struct RunArgs {
     /// `wireguard-<node>.key`), created 0600.
     #[arg(long)]
     pub wireguard_key_file: Option<PathBuf>,
+    /// BIRD's runtime directory (default: beside the datastore, `bird-<node>`).
+    #[arg(long)]
+    pub bgp_runtime_dir: Option<PathBuf>,
     /// Fault injection: every datastore operation fails while this file exists.
     #[arg(long, hide = true)]
     pub datastore_fault_file: Option<PathBuf>,
@@ -306,24 +314,34 @@ pub fn execute(cli: Cli) -> Result<i32> {
             let view = read_view(store(&cli)?.as_ref())?;
             let text = match g.kind.to_ascii_lowercase().as_str() {
                 "ippool" | "ippools" => show::get_ippool(&view, g.output)?,
+                "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => {
+                    show::get_bgp_configurations(&view, g.output)?
+                }
+                "bgppeer" | "bgppeers" => show::get_bgp_peers(&view, g.output)?,
                 "workloadendpoint" | "workloadendpoints" | "wep" | "weps" => {
                     let ns = (!g.all_namespaces).then_some(g.namespace.as_str());
                     show::get_weps(&view, ns, g.output)?
                 }
                 other => {
                     return Err(Error::Usage(format!(
-                        "get {other}: known kinds are ippool and workloadendpoint"
+                        "get {other}: known kinds are ippool, workloadendpoint, bgpconfiguration and bgppeer"
                     )));
                 }
             };
             print!("{text}");
             Ok(0)
         }
-        Command::Node(NodeCommand::Status { node }) => {
+        Command::Node(NodeCommand::Status {
+            node,
+            bgp_runtime_dir,
+        }) => {
             let view = read_view(store(&cli)?.as_ref())?;
             let node = node.clone().unwrap_or_else(hostname);
             let now = unix_now();
-            print!("{}", show::node_status(&view, &node, now, 15)?);
+            let dir = bgp_runtime_dir
+                .clone()
+                .unwrap_or_else(|| crate::bgp::default_runtime_dir(&cli.datastore, &node));
+            print!("{}", show::node_status(&view, &node, now, 15, &dir)?);
             Ok(0)
         }
         Command::Run(r) => {
@@ -349,6 +367,9 @@ pub fn execute(cli: Cli) -> Result<i32> {
                                 .with_file_name(format!("wireguard-{}.key", r.node))
                         }),
                     },
+                    bgp_dir: r.bgp_runtime_dir.clone().unwrap_or_else(|| {
+                        crate::bgp::default_runtime_dir(&cli.datastore, &r.node)
+                    }),
                 },
             )?;
             Ok(0)

@@ -48,12 +48,31 @@ pub enum LabCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Turn the nodes' BGP peering with the router on or off in the running
+    /// lab (applies or deletes the `BGPPeer`s), then print the report.
+    PeerRouter {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Stop the agents and remove every namespace of the running lab.
     Down {
         /// The lab's state directory.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// `up` / `run` options.
@@ -83,6 +102,14 @@ pub struct UpArgs {
     /// SQLite file.
     #[arg(long)]
     pub etcd: bool,
+    /// Make the nodes peer with the router over BGP (`BGPPeer`s to the
+    /// router's address on each segment, AS 64513); BGP modes only.
+    #[arg(long)]
+    pub peer_router: bool,
+    /// Turn the node-to-node mesh off and make NODE a route reflector that
+    /// every other node peers with; BGP modes only.
+    #[arg(long, value_name = "NODE")]
+    pub route_reflector: Option<String>,
 }
 
 impl UpArgs {
@@ -96,6 +123,8 @@ impl UpArgs {
             timeout: 60,
             agent_bin: None,
             etcd: false,
+            peer_router: false,
+            route_reflector: None,
         }
     }
 
@@ -118,6 +147,12 @@ impl UpArgs {
         }
         if self.etcd {
             v.push("--etcd".into());
+        }
+        if self.peer_router {
+            v.push("--peer-router".into());
+        }
+        if let Some(rr) = &self.route_reflector {
+            v.extend(["--route-reflector".into(), rr.into()]);
         }
         v
     }
@@ -280,6 +315,12 @@ pub fn execute(command: &LabCommand) -> Result<i32> {
                     a.log.display()
                 );
             }
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::PeerRouter { state, state_dir } => {
+            let state = cluster::set_peer_router(state_dir, *state == OnOff::On)?;
             let r = report(&state)?;
             print!("{}", r.text);
             Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))

@@ -22,6 +22,7 @@
 //!
 //! let probe = |to: &str, addr: &str, path| Probe {
 //!     from: "web-k8s-m".into(),
+//!     from_node: "k8s-m".into(),
 //!     to: to.into(),
 //!     addr: addr.parse().unwrap(),
 //!     reachable: true,
@@ -37,6 +38,7 @@
 //! Layout:
 //!
 //! - [`cli`]: the commands.
+//! - [`bgp`]: the router's BIRD, router peering, the route reflector setup.
 //! - [`state`]: modes and the state file.
 //! - [`cluster`]: building, converging, switching modes, tearing down;
 //!   [`cluster::RunningLab`].
@@ -47,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bgp;
 pub mod cli;
 pub mod cluster;
 pub mod error;

@@ -48,6 +48,9 @@ impl std::fmt::Display for ObservedPath {
 pub struct Probe {
     /// Source pod.
     pub from: String,
+    /// The source pod's node.
+    #[serde(default)]
+    pub from_node: String,
     /// Target (pod name or `outside`).
     pub to: String,
     /// Target address.
@@ -113,6 +116,7 @@ pub fn probe_all(state: &LabState, view: &ClusterView) -> Result<Vec<Probe>> {
             );
             probes.push(Probe {
                 from: p.name.clone(),
+                from_node: p.node.clone(),
                 to: to.clone(),
                 addr: *addr,
                 reachable,

@@ -75,6 +75,8 @@ pub fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         .args(["--resync-secs", "8"])
         // wireguard-go's control sockets share /var/run/wireguard machine-wide.
         .args(["--wireguard-ifname", &wg_ifname(state, node)])
+        .arg("--bgp-runtime-dir")
+        .arg(crate::bgp::node_bird_dir(state, &node.name))
         .arg("--datastore-fault-file")
         .arg(fault_file(state, &node.name))
         .spawn()?;

@@ -1,0 +1,257 @@
+//! BGP: whether a node runs BIRD, calinet-bgp's input from the cluster view,
+//! the BIRD the agent keeps running, and the route-owner rule.
+//!
+//! BIRD runs when Calico would run it: some IP pool routes without VXLAN
+//! (`vxlanMode: Never`, with or without IPIP). A VXLAN-only cluster needs no
+//! BGP. BIRD's kernel protocol owns the routes of unencapsulated pools (remote
+//! blocks, borrowed addresses, this node's blackholes; they carry `proto
+//! bird`), so the agent neither programs nor deletes those; it keeps the
+//! workload routes (`dev cali*`) and everything of encapsulated pools.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use calinet_bgp::{
+    Applied, BirdProcess, Controller, EncapMode, Input, NodeBgpSpec, NodeInfo, Plan, Pool,
+};
+use calinet_ipam::EncapMode as IpamEncap;
+use calinet_route::RouteSpec;
+use ipnet::IpNet;
+
+use crate::datastore::ClusterView;
+use crate::error::{Error, Result};
+use crate::resources::CalicoNode;
+
+/// Why BGP is off, or `None` when it is on.
+pub fn off_reason(view: &ClusterView) -> Option<&'static str> {
+    if view.ipam.pools.is_empty() {
+        return Some("no IP pools");
+    }
+    let unencapsulated_vxlan = view
+        .ipam
+        .pools
+        .iter()
+        .any(|p| p.spec.vxlan_mode.unwrap_or_default() == IpamEncap::Never);
+    (!unencapsulated_vxlan).then_some("VXLAN-only pools")
+}
+
+/// Whether this cluster runs BIRD (some pool without VXLAN).
+pub fn enabled(view: &ClusterView) -> bool {
+    off_reason(view).is_none()
+}
+
+fn encap(m: Option<IpamEncap>) -> EncapMode {
+    match m.unwrap_or_default() {
+        IpamEncap::Always => EncapMode::Always,
+        IpamEncap::CrossSubnet => EncapMode::CrossSubnet,
+        _ => EncapMode::Never,
+    }
+}
+
+/// The plan's view of a Node: name, labels and `spec.bgp` (read with
+/// calinet-bgp's type, so `asNumber` and `routeReflectorClusterID` count).
+pub fn node_info(node: &CalicoNode) -> Result<NodeInfo> {
+    let bgp =
+        match &node.spec.bgp {
+            None => None,
+            Some(b) => {
+                let value = serde_json::to_value(b).expect("NodeBgp serialises");
+                Some(serde_json::from_value::<NodeBgpSpec>(value).map_err(|e| {
+                    Error::Usage(format!("Node {}: spec.bgp: {e}", node.metadata.name))
+                })?)
+            }
+        };
+    let mut info = NodeInfo::default();
+    info.name.clone_from(&node.metadata.name);
+    info.labels.clone_from(&node.metadata.labels);
+    info.bgp = bgp;
+    Ok(info)
+}
+
+/// calinet-bgp's input for `node` from the cluster view.
+pub fn input(view: &ClusterView, node: &str) -> Result<Input> {
+    let mut input = Input::new(node);
+    for (n, _) in view.nodes.values() {
+        input.nodes.push(node_info(n)?);
+    }
+    input.config = view.bgp_configs.get("default").cloned();
+    input.peers = view.bgp_peers.clone();
+    input.pools = view
+        .ipam
+        .pools
+        .iter()
+        .map(|p| {
+            Pool::new(p.spec.cidr)
+                .ipip(encap(p.spec.ipip_mode))
+                .vxlan(encap(p.spec.vxlan_mode))
+                .disable_bgp_export(p.spec.disable_bgp_export.unwrap_or(false))
+                .disabled(p.spec.disabled.unwrap_or(false))
+        })
+        .collect();
+    let mine = format!("host:{node}");
+    for (b, _) in &view.ipam.blocks {
+        let own = b.affinity() == Some(mine.as_str());
+        if own {
+            input.blocks.push(b.cidr().net());
+            continue;
+        }
+        for (o, a) in b.allocations() {
+            let user = a.secondary.as_ref().and_then(|s| s.get("node"));
+            if user.is_some_and(|u| u == node) {
+                input.borrowed.push(IpNet::from(b.addr(o)));
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// Checks the BGP resources of a cluster as every node would plan them
+/// (duplicate peers, node fields): the first error, if any.
+pub fn check_cluster(
+    nodes: &[NodeInfo],
+    config: Option<&calinet_bgp::BgpConfiguration>,
+    peers: &[calinet_bgp::BgpPeer],
+) -> std::result::Result<(), calinet_bgp::Error> {
+    for n in nodes.iter().filter(|n| n.bgp.is_some()) {
+        let mut input = Input::new(n.name.clone());
+        input.nodes = nodes.to_vec();
+        input.config = config.cloned();
+        input.peers = peers.to_vec();
+        match calinet_bgp::plan(&input) {
+            Ok(_) | Err(calinet_bgp::Error::MissingSecret { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The pools whose routes BIRD's kernel protocol programs: with BGP on, the
+/// pools without encapsulation (calinet-bgp's `Routes::kernel`); none when
+/// BGP is off.
+pub fn bird_pools(view: &ClusterView) -> Vec<IpNet> {
+    if !enabled(view) {
+        return Vec::new();
+    }
+    view.ipam
+        .pools
+        .iter()
+        .filter(|p| {
+            p.spec.vxlan_mode.unwrap_or_default() == IpamEncap::Never
+                && p.spec.ipip_mode.unwrap_or_default() == IpamEncap::Never
+        })
+        .map(|p| p.spec.cidr.trunc())
+        .collect()
+}
+
+/// Whether `route` is BIRD's (a main-table route in one of `bird_pools`)
+/// rather than the agent's. Workload routes (`dev cali*`) and WireGuard's
+/// table stay the agent's.
+pub fn owned_by_bird(bird_pools: &[IpNet], route: &RouteSpec) -> bool {
+    if route.table != calinet_route::MAIN_TABLE
+        || route
+            .device
+            .as_ref()
+            .is_some_and(|d| d.as_str().starts_with(crate::dataplane::WORKLOAD_PREFIX))
+    {
+        return false;
+    }
+    bird_pools
+        .iter()
+        .any(|pool| pool.contains(&route.destination))
+}
+
+/// The runtime directory of a node's BIRD when none is given: beside the
+/// datastore file, `bird-<node>`.
+pub fn default_runtime_dir(datastore: &Path, node: &str) -> PathBuf {
+    datastore.with_file_name(format!("bird-{node}"))
+}
+
+/// The BIRD of this node, kept running the latest plan.
+#[derive(Debug)]
+pub struct BgpPlane {
+    ctl: Controller<BirdProcess>,
+    plan: Option<Plan>,
+    running: bool,
+}
+
+impl BgpPlane {
+    /// A plane whose BIRD uses `dir` (configuration, socket, pid file, log),
+    /// in the agent's network namespace.
+    pub fn new(dir: PathBuf) -> Self {
+        BgpPlane {
+            ctl: Controller::new(BirdProcess::new(dir)),
+            plan: None,
+            running: false,
+        }
+    }
+
+    /// The plan BIRD runs (when BGP is on).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// Plans `node` from `view` and makes BIRD run it: started, reconfigured
+    /// (no restart) or left alone. When BGP is off, a BIRD this agent runs
+    /// withdraws its kernel routes and stops. Returns the plan in force.
+    pub fn sync(&mut self, view: &ClusterView, node: &str, now: Instant) -> Result<Option<&Plan>> {
+        if !enabled(view) {
+            if self.running || self.ctl.bird_mut().pid().is_some() {
+                self.withdraw_and_stop(view, node, now)?;
+            }
+            self.plan = None;
+            return Ok(None);
+        }
+        let input = input(view, node)?;
+        let plan = calinet_bgp::plan(&input).map_err(Error::Bgp)?;
+        let config = calinet_bgp::render(&plan);
+        match self.ctl.apply(&config, now) {
+            Ok(Applied::Unchanged) => {}
+            Ok(a) => {
+                tracing::info!(applied = ?a, sessions = plan.sessions.len(),
+                    blocks = plan.v4.blocks.len(), "BIRD configuration applied");
+            }
+            Err(calinet_bgp::ControlError::Backoff { wait }) => {
+                tracing::info!(?wait, "BIRD restart delayed (backoff)");
+            }
+            Err(e) => return Err(Error::Bird(e)),
+        }
+        self.running = true;
+        self.plan = Some(plan);
+        Ok(self.plan.as_ref())
+    }
+
+    /// Restarts BIRD (as a graceful restart) if it died; called every tick.
+    pub fn ensure_running(&mut self, now: Instant) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        match self.ctl.ensure_running(now) {
+            Ok(Applied::Restarted) => {
+                tracing::warn!("BIRD had died: restarted (graceful restart, routes kept)");
+                Ok(())
+            }
+            Ok(_) | Err(calinet_bgp::ControlError::Backoff { .. }) => Ok(()),
+            Err(e) => Err(Error::Bird(e)),
+        }
+    }
+
+    fn withdraw_and_stop(&mut self, view: &ClusterView, node: &str, now: Instant) -> Result<()> {
+        // A plan without pools programs nothing: BIRD removes its kernel
+        // routes before it stops (persist would otherwise keep them).
+        let mut input = input(view, node)?;
+        input.pools.clear();
+        if let Ok(plan) = calinet_bgp::plan(&input) {
+            let _ = self.ctl.apply(&calinet_bgp::render(&plan), now);
+        }
+        self.ctl.stop().map_err(Error::Bird)?;
+        self.running = false;
+        tracing::info!("BGP off (no pool without VXLAN): BIRD stopped");
+        Ok(())
+    }
+
+    /// Lets BIRD run on when the agent exits (as calico-node's BIRD outlives
+    /// Felix restarts); the next agent adopts it through its socket.
+    pub fn detach(&mut self) {
+        self.ctl.bird_mut().detach();
+    }
+}

@@ -63,7 +63,8 @@ pub fn prepare_state_dir(args: &UpArgs) -> Result<()> {
     check_mode(args.mode)?;
     if (args.peer_router || args.route_reflector.is_some()) && !args.mode.bgp() {
         return Err(Error::Usage(format!(
-            "--peer-router and --route-reflector need a BGP mode (direct or ipip);              mode {} uses VXLAN, where no BIRD runs",
+            "--peer-router and --route-reflector need a BGP mode (direct, wireguard or ipip): \
+             mode {} uses VXLAN, where no BIRD runs",
             args.mode
         )));
     }
@@ -574,6 +575,64 @@ impl RunningLab {
             .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
         self.state.agents[i] = spawn_agent(&self.state, &n)?;
         state::save(&self.state.state_dir, &self.state)
+    }
+
+    /// Turns the nodes' BGP peering with the router on or off and waits for
+    /// BGP to settle.
+    pub fn set_peer_router(&mut self, on: bool) -> Result<()> {
+        self.state = set_peer_router(&self.state.state_dir, on)?;
+        Ok(())
+    }
+
+    /// The pid of `node`'s BIRD (from its pid file), while it answers.
+    pub fn bird_pid(&self, node: &str) -> Option<u32> {
+        let dir = bgp::node_bird_dir(&self.state, node);
+        calinet_bgp::BirdProcess::new(&dir).connect().ok()?;
+        std::fs::read_to_string(dir.join("bird.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills `node`'s BIRD with SIGKILL (a crash: no shutdown, no
+    /// notification to its peers); returns the pid killed.
+    pub fn kill_bird(&self, node: &str) -> Result<u32> {
+        let pid = self
+            .bird_pid(node)
+            .ok_or_else(|| Error::Lab(format!("{node}: BIRD is not running")))?;
+        testlab::signal(pid, testlab::Signal::Kill);
+        Ok(pid)
+    }
+
+    /// Takes `node` out of the cluster as a node that went away: its agent and
+    /// its BIRD stop, then its Node resource is deleted.
+    pub fn remove_node(&mut self, node: &str) -> Result<()> {
+        if let Some(a) = self.state.agents.iter().find(|a| a.node == node) {
+            stop_agent(a);
+        }
+        bgp::stop_bird(&bgp::node_bird_dir(&self.state, node));
+        let store = crate::store::open(&self.state)?;
+        datastore::delete_if_present(
+            store.as_ref(),
+            &format!("{}{node}", calinet_agent::resources::keys::NODES),
+        )?;
+        Ok(())
+    }
+
+    /// `ip route` of `node` (or of the router with `"router"`).
+    pub fn routes(&self, node: &str) -> Result<String> {
+        let ns = if node == "router" {
+            self.state.router.clone()
+        } else {
+            self.state
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map(|n| n.netns.clone())
+                .ok_or_else(|| Error::Lab(format!("no node {node}")))?
+        };
+        Ok(testlab::cmd::run("ip", &["-n", &ns, "route"])?)
     }
 
     /// The Prometheus text of `node`'s agent.

@@ -58,6 +58,20 @@ pub enum LabCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Measure the time from a new block affinity in the datastore to its
+    /// route in every other node's kernel: BGP (direct mode) and VXLAN.
+    #[command(hide = true)]
+    BenchRouteLatency {
+        /// Samples per mode.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// The state directory of the labs the benchmark builds.
+        #[arg(long, default_value = "/run/calinet-lab-bench")]
+        state_dir: PathBuf,
+        /// The agent binary (default: beside this one).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
     /// Stop the agents and remove every namespace of the running lab.
     Down {
         /// The lab's state directory.
@@ -324,6 +338,40 @@ pub fn execute(command: &LabCommand) -> Result<i32> {
             let r = report(&state)?;
             print!("{}", r.text);
             Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::BenchRouteLatency {
+            samples,
+            state_dir,
+            agent_bin,
+        } => {
+            let mut results = Vec::new();
+            for mode in [Mode::Direct, Mode::Vxlan] {
+                let mut args = UpArgs::new(mode, state_dir.clone());
+                args.agent_bin.clone_from(agent_bin);
+                let lab = RunningLab::up(&args)?;
+                progress(&format!(
+                    "mode {mode}: {samples} new blocks for k8s-w1, each timed until k8s-m, k8s-w2 and k8s-w0 route it"
+                ));
+                let l = crate::bench::route_latency(&lab, "k8s-w1", *samples);
+                drop(lab);
+                results.push((mode, l?));
+            }
+            println!(
+                "new block affinity -> route in every other node's kernel (4-node lab, {samples} samples):"
+            );
+            for (mode, l) in &results {
+                let (min, max) = l.range();
+                let path = if mode.bgp() {
+                    "BGP (BIRD announces, peers program proto bird)"
+                } else {
+                    "datastore (every agent programs VXLAN)"
+                };
+                println!(
+                    "  {mode:<7} {path:<48} median {:>7.1} ms  (min {min:.1}, max {max:.1})",
+                    l.median()
+                );
+            }
+            Ok(0)
         }
         LabCommand::Down { state_dir } => {
             require_root()?;

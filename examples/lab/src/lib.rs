@@ -38,6 +38,7 @@
 //! Layout:
 //!
 //! - [`cli`]: the commands.
+//! - [`bench`]: the route latency benchmark (hidden `bench-route-latency`).
 //! - [`bgp`]: the router's BIRD, router peering, the route reflector setup.
 //! - [`state`]: modes and the state file.
 //! - [`cluster`]: building, converging, switching modes, tearing down;
@@ -49,6 +50,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod bgp;
 pub mod cli;
 pub mod cluster;

@@ -38,7 +38,7 @@
 //! Layout:
 //!
 //! - [`cli`]: the commands.
-//! - [`bench`]: the route latency benchmark (hidden `bench-route-latency`).
+//! - [`bench`](mod@bench): the route latency benchmark (hidden `bench-route-latency`).
 //! - [`bgp`]: the router's BIRD, router peering, the route reflector setup.
 //! - [`state`]: modes and the state file.
 //! - [`cluster`]: building, converging, switching modes, tearing down;

@@ -255,3 +255,110 @@ impl BgpPlane {
         self.ctl.bird_mut().detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{apply, read_view};
+    use crate::resources::parse_documents;
+    use calinet_ipam::{Ipam, MemStore};
+    use calinet_route::{IfName, RouteProtocol};
+    use std::time::SystemTime;
+
+    fn view(vxlan: &str, extra: &str) -> ClusterView {
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 172.16.0.0/16, blockSize: 24, vxlanMode: {vxlan}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: a, labels: {{rack: r1}}}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24, routeReflectorClusterID: 244.0.0.1}}}}\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec: {{bgp: {{ipv4Address: 198.51.100.11/24, asNumber: 65001}}}}\n{extra}"
+        );
+        let store = MemStore::new();
+        apply(&store, &parse_documents("t", &text).unwrap()).unwrap();
+        let ipam = Ipam::new(&store);
+        let attrs = |n: &str| std::collections::BTreeMap::from([("node".to_owned(), n.to_owned())]);
+        // a's block, and an address of it that b uses (borrowed by b).
+        for (addr, handle, node) in [("172.16.1.1", "h1", "a"), ("172.16.1.9", "h2", "b")] {
+            ipam.assign_ip(
+                addr.parse().unwrap(),
+                &handle.parse().unwrap(),
+                &attrs(node),
+                &"a".parse().unwrap(),
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        }
+        read_view(&store).unwrap()
+    }
+
+    #[test]
+    fn bgp_runs_unless_every_pool_uses_vxlan() {
+        assert_eq!(off_reason(&view("Always", "")), Some("VXLAN-only pools"));
+        assert_eq!(
+            off_reason(&view("CrossSubnet", "")),
+            Some("VXLAN-only pools")
+        );
+        assert_eq!(off_reason(&view("Never", "")), None);
+        assert_eq!(off_reason(&ClusterView::default()), Some("no IP pools"));
+        assert!(bird_pools(&view("Always", "")).is_empty());
+        assert_eq!(
+            bird_pools(&view("Never", "")),
+            ["172.16.0.0/16".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn input_carries_node_fields_blocks_and_borrowed_addresses() {
+        let peer = "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 198.51.100.1, asNumber: 64513}\n";
+        let v = view("Never", peer);
+        let a = input(&v, "a").unwrap();
+        assert_eq!(a.blocks, ["172.16.1.0/24".parse::<IpNet>().unwrap()]);
+        assert!(a.borrowed.is_empty());
+        let na = a.nodes.iter().find(|n| n.name == "a").unwrap();
+        assert_eq!(na.labels["rack"], "r1");
+        let bgp = na.bgp.as_ref().unwrap();
+        assert_eq!(bgp.route_reflector_cluster_id.as_deref(), Some("244.0.0.1"));
+        let nb = a.nodes.iter().find(|n| n.name == "b").unwrap();
+        assert_eq!(
+            nb.bgp.as_ref().unwrap().as_number.map(|n| n.get()),
+            Some(65001)
+        );
+        assert_eq!(a.peers.len(), 1);
+        let b = input(&v, "b").unwrap();
+        assert!(b.blocks.is_empty());
+        assert_eq!(b.borrowed, ["172.16.1.9/32".parse::<IpNet>().unwrap()]);
+        // The plan a's BIRD runs: a reflector for b (another AS: eBGP, so
+        // not a client), the global peer, a's block blackholed by BIRD.
+        let plan = calinet_bgp::plan(&a).unwrap();
+        let names: Vec<&str> = plan.sessions.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Global_198_51_100_1", "Mesh_198_51_100_11"]);
+        assert_eq!(plan.v4.kernel_blackholes, a.blocks);
+    }
+
+    #[test]
+    fn bird_owns_pool_routes_of_the_main_table_except_workload_routes() {
+        let pools = ["172.16.0.0/16".parse::<IpNet>().unwrap()];
+        let remote = RouteSpec::via(
+            "172.16.2.0/24".parse().unwrap(),
+            "198.51.100.11".parse().unwrap(),
+        )
+        .protocol(RouteProtocol::CALICO);
+        assert!(owned_by_bird(&pools, &remote));
+        let workload = RouteSpec::workload(
+            "172.16.1.1".parse().unwrap(),
+            IfName::new("cali12345").unwrap(),
+        );
+        assert!(!owned_by_bird(&pools, &workload));
+        assert!(owned_by_bird(
+            &pools,
+            &RouteSpec::blackhole("172.16.1.0/24".parse().unwrap())
+        ));
+        let mut table1 = remote.clone();
+        table1.table = 1;
+        assert!(!owned_by_bird(&pools, &table1), "WireGuard's table");
+        let outside = RouteSpec::via(
+            "10.0.0.0/24".parse().unwrap(),
+            "198.51.100.11".parse().unwrap(),
+        );
+        assert!(!owned_by_bird(&pools, &outside));
+        assert!(!owned_by_bird(&[], &remote), "BGP off");
+    }
+}

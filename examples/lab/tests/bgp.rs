@@ -199,13 +199,13 @@ fn direct_mesh_fails_across_subnets_router_peering_fixes_it_and_bird_faults() {
 }
 
 #[test]
-fn route_reflector_without_mesh_connects_every_pair() {
+fn route_reflector_without_mesh_connects_every_pair_then_vxlan_stops_bird() {
     testlab::require!(testlab::Feature::Tcpdump, testlab::Feature::Nftables);
     if !have_bird() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), true, Some("k8s-m"));
+    let mut lab = up(dir.path(), true, Some("k8s-m"));
     all_pairs_direct(&lab, "route reflector k8s-m");
     let view = lab.view().unwrap();
     assert!(!view.bgp_configs["default"].spec.mesh_enabled(), "mesh off");
@@ -239,6 +239,23 @@ fn route_reflector_without_mesh_connects_every_pair() {
             "Node_203_0_113_100"
         ]
     );
+
+    // To VXLAN: no pool needs BGP any more; every node's BIRD withdraws its
+    // kernel routes and stops, the agents program VXLAN routes instead.
+    lab.switch_mode(Mode::Vxlan).expect("mode switch");
+    for n in ["k8s-m", "k8s-w1", "k8s-w2", "k8s-w0"] {
+        eventually(&format!("{n}: BIRD stopped"), 30, || {
+            lab.bird_pid(n).is_none()
+        });
+        let routes = lab.routes(n).unwrap();
+        assert!(!routes.contains("proto bird"), "{n}: {routes}");
+    }
+    let r = lab.report().expect("report");
+    println!("after switching to vxlan:\n{}", r.text);
+    for p in r.probes.iter().filter(|p| p.to != "outside") {
+        assert!(p.reachable, "{} -> {}", p.from, p.to);
+        assert_eq!(p.path, ObservedPath::Vxlan, "{} -> {}", p.from, p.to);
+    }
     let state_dir = lab.state.state_dir.clone();
     drop(lab);
     assert!(bird_processes_under(&state_dir).is_empty());

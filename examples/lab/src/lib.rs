@@ -7,6 +7,11 @@
 //! connectivity matrix whose paths are *observed* with `tcpdump` on the
 //! sending node's uplink, not assumed.
 //!
+//! In the modes without VXLAN every agent runs BIRD and the blocks travel
+//! over BGP; the router runs BIRD too and learns them only when the nodes
+//! peer with it (`--peer-router`), so `direct` without it shows the
+//! article's failure across subnets ([`bgp`]).
+//!
 //! `calinet-lab up` leaves the cluster running (owned by a detached
 //! `calinet-lab hold`) and records it in a state file
 //! (`/run/calinet-lab/state.json`) so that `mode`, `status` and `down` (other

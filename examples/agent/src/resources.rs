@@ -616,6 +616,17 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
                 .name
                 .parse::<NodeName>()
                 .map_err(|e| origin.err("metadata.name", e.to_string()))?;
+            if let Some(b) = &n.spec.bgp {
+                // asNumber and routeReflectorClusterID, as the BGP plan reads them.
+                let value = serde_json::to_value(b).expect("NodeBgp serialises");
+                let spec: calinet_bgp::NodeBgpSpec = serde_path_to_error::deserialize(value)
+                    .map_err(|e| {
+                        let path = e.path().to_string();
+                        origin.err(format!("spec.bgp.{path}"), e.into_inner().to_string())
+                    })?;
+                spec.validate(&n.metadata.name)
+                    .map_err(|e| bgp_err(origin, &e))?;
+            }
             if n.ipv4().is_none() {
                 return Err(origin.err(
                     "spec.bgp.ipv4Address",

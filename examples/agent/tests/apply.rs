@@ -398,6 +398,13 @@ fn bgp_resources_are_applied_and_invalid_ones_refused_whole() {
             "document 1: spec.nodeSelector: BGPPeer tor",
         ),
         (
+            "node-as",
+            format!(
+                "{pool}apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: k8s-m}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24, asNumber: 0}}}}\n"
+            ),
+            "document 1: spec.bgp.asNumber: Node k8s-m",
+        ),
+        (
             "duplicate",
             peer(
                 "rack1-again",

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub wireguard: WgOptions,
     /// BIRD's runtime directory (configuration, control socket, pid file, log).
     pub bgp_dir: std::path::PathBuf,
+    /// Where BGPPeer passwords are read from (`<dir>/<secret>/<key>`).
+    pub bgp_secrets: Option<std::path::PathBuf>,
 }
 
 /// Exponential backoff for datastore retries, time passed in.
@@ -243,7 +245,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         dp,
         policy: PolicyPlane::default(),
         wg: WgPlane::new(opts.wireguard.clone()),
-        bgp: BgpPlane::new(opts.bgp_dir.clone()),
+        bgp: BgpPlane::new(opts.bgp_dir.clone()).with_secrets(opts.bgp_secrets.clone()),
         facts,
         metrics,
         started: unix(SystemTime::now()),

@@ -170,6 +170,7 @@ pub fn default_runtime_dir(datastore: &Path, node: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct BgpPlane {
     ctl: Controller<BirdProcess>,
+    secrets: Option<PathBuf>,
     plan: Option<Plan>,
     running: bool,
 }
@@ -180,9 +181,17 @@ impl BgpPlane {
     pub fn new(dir: PathBuf) -> Self {
         BgpPlane {
             ctl: Controller::new(BirdProcess::new(dir)),
+            secrets: None,
             plan: None,
             running: false,
         }
+    }
+
+    /// Reads BGPPeer passwords (`password.secretKeyRef`) from `dir`, laid out
+    /// like a mounted Kubernetes secret: `<dir>/<secret>/<key>`.
+    pub fn with_secrets(mut self, dir: Option<PathBuf>) -> Self {
+        self.secrets = dir;
+        self
     }
 
     /// The plan BIRD runs (when BGP is on).
@@ -201,7 +210,10 @@ impl BgpPlane {
             self.plan = None;
             return Ok(None);
         }
-        let input = input(view, node)?;
+        let mut input = input(view, node)?;
+        if let Some(dir) = &self.secrets {
+            input.secrets = calinet_bgp::read_secrets(dir, &input.peers).map_err(Error::Bird)?;
+        }
         let plan = calinet_bgp::plan(&input).map_err(Error::Bgp)?;
         let config = calinet_bgp::render(&plan);
         match self.ctl.apply(&config, now) {
@@ -331,6 +343,20 @@ mod tests {
         let names: Vec<&str> = plan.sessions.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["Global_198_51_100_1", "Mesh_198_51_100_11"]);
         assert_eq!(plan.v4.kernel_blackholes, a.blocks);
+    }
+
+    #[test]
+    fn node_status_plans_without_the_secrets_and_says_when_bird_is_down() {
+        let peer = "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 198.51.100.1, asNumber: 64513, password: {secretKeyRef: {name: bgp, key: tor}}}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let text = crate::show::node_status(&view("Never", peer), "a", 0, 15, dir.path()).unwrap();
+        assert!(text.contains("BIRD is not running on node a"), "{text}");
+        let off = crate::show::node_status(&view("Always", peer), "a", 0, 15, dir.path()).unwrap();
+        assert!(
+            off.contains("BGP is not running on this node (VXLAN-only pools)."),
+            "{off}"
+        );
+        assert!(!off.contains("Established"), "{off}");
     }
 
     #[test]

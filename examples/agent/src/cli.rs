@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// BIRD's runtime directory (default: beside the datastore, `bird-<node>`).
     #[arg(long)]
     pub bgp_runtime_dir: Option<PathBuf>,
+    /// Directory with BGPPeer passwords, laid out like a mounted Kubernetes
+    /// secret (`<dir>/<secret name>/<key>`).
+    #[arg(long)]
+    pub bgp_secrets_dir: Option<PathBuf>,
     /// Fault injection: every datastore operation fails while this file exists.
     #[arg(long, hide = true)]
     pub datastore_fault_file: Option<PathBuf>,
@@ -367,6 +371,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                                 .with_file_name(format!("wireguard-{}.key", r.node))
                         }),
                     },
+                    bgp_secrets: r.bgp_secrets_dir.clone(),
                     bgp_dir: r.bgp_runtime_dir.clone().unwrap_or_else(|| {
                         crate::bgp::default_runtime_dir(&cli.datastore, &r.node)
                     }),

@@ -444,7 +444,13 @@ pub fn node_status(
         let _ = writeln!(s, "BGP is not running on this node ({reason}).");
         return Ok(s);
     }
-    let input = crate::bgp::input(view, node)?;
+    let mut input = crate::bgp::input(view, node)?;
+    // Passwords change no session's name or type; the status needs neither
+    // the secrets nor access to them.
+    for r in input.peers.iter().filter_map(|p| p.spec.password.as_ref()) {
+        let placeholder = calinet_bgp::Password::new("-").expect("a valid placeholder");
+        input.secrets.insert(r.secret_key_ref.clone(), placeholder);
+    }
     let plan = calinet_bgp::plan(&input).map_err(Error::Bgp)?;
     let bird = calinet_bgp::BirdProcess::new(bgp_dir);
     let protocols = match bird.connect().and_then(|mut c| c.protocols()) {

@@ -22,6 +22,7 @@ use calinet_ipam::{HandleId, NodeName, Store, TunnelKind};
 use calinet_route::{IfName, ResyncTimer, RouteProtocol, WorkloadSpec};
 use ipnet::IpNet;
 
+use crate::bgp::{self, BgpPlane};
 use crate::dataplane::Dataplane;
 use crate::datastore::{
     AgentStatus, ClusterSource, ClusterView, DynStore, PollingSource, delete_if_present,
@@ -57,6 +58,10 @@ pub struct RunOptions {
     pub max_reconciles: Option<u64>,
     /// WireGuard device name and key file.
     pub wireguard: WgOptions,
+    /// BIRD's runtime directory (configuration, control socket, pid file, log).
+    pub bgp_dir: std::path::PathBuf,
+    /// Where BGPPeer passwords are read from (`<dir>/<secret>/<key>`).
+    pub bgp_secrets: Option<std::path::PathBuf>,
 }
 
 /// Exponential backoff for datastore retries, time passed in.
@@ -109,6 +114,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Encap(_) | Error::Usage(_) => "plan",
         Error::Wireguard(_) => "wireguard",
         Error::Policy(_) => "policy",
+        Error::Bgp(_) | Error::Bird(_) => "bgp",
         _ => "other",
     }
 }
@@ -136,6 +142,8 @@ struct Agent {
     wg: WgPlane,
     /// `--uplink`, when given (else the default route's device).
     uplink: Option<String>,
+    /// BIRD, run and configured by this agent when BGP is on.
+    bgp: BgpPlane,
     /// The uplink and its MTU as read on the last tick.
     facts: LocalFacts,
     metrics: Metrics,
@@ -281,6 +289,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
         policy: PolicyPlane::default(),
         wg: WgPlane::new(opts.wireguard.clone()),
         uplink: opts.uplink.clone(),
+        bgp: BgpPlane::new(opts.bgp_dir.clone()).with_secrets(opts.bgp_secrets.clone()),
         facts,
         metrics,
         started: unix(SystemTime::now()),
@@ -376,6 +385,7 @@ pub fn run(store: DynStore, opts: RunOptions) -> Result<()> {
             break;
         }
     }
+    agent.bgp.detach();
     Ok(())
 }
 
@@ -407,6 +417,10 @@ impl Agent {
             self.create_own_node()?;
             view = self.source.snapshot()?;
         }
+        if let Err(e) = self.bgp.ensure_running(now) {
+            self.metrics.error("bgp");
+            tracing::warn!(error = %chain(&e), "BIRD is not running; retrying");
+        }
         let idle = !full && self.last_converged && self.last_revision == Some(view.revision);
         if idle {
             self.publish_status(&view, None, now)?;
@@ -421,6 +435,19 @@ impl Agent {
             // New addresses: plan again so routes and endpoints include them.
             view = self.source.snapshot()?;
             desired = self.plan(&view)?;
+        }
+        // One owner per route: BIRD's kernel protocol programs the routes of
+        // unencapsulated pools (as `proto bird`), the agent the rest.
+        let bird_pools = bgp::bird_pools(&view);
+        desired
+            .routes
+            .retain(|r| !bgp::owned_by_bird(&bird_pools, r));
+        let mut bgp_ok = true;
+        if let Err(e) = self.bgp.sync(&view, &self.node, now) {
+            // The rest of the dataplane does not wait for BGP.
+            bgp_ok = false;
+            self.metrics.error("bgp");
+            tracing::warn!(error = %chain(&e), "BGP not applied; retrying");
         }
         let (rs, hash, rules) = policy::desired_ruleset(&view, &self.node, &desired.workloads)?;
         self.metrics
@@ -468,7 +495,7 @@ impl Agent {
             );
         }
         self.publish_weps(&view, &desired)?;
-        let converged = report.pending == 0 && desired.waiting_for.is_empty();
+        let converged = report.pending == 0 && desired.waiting_for.is_empty() && bgp_ok;
         self.metrics.converged.set(i64::from(converged));
         self.metrics.routes.set(report.routes as i64);
         self.metrics.endpoints.set(desired.workloads.len() as i64);

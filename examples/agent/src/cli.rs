@@ -120,7 +120,8 @@ pub struct PatchArgs {
 /// `get KIND [NAME]`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// `ippool`, `node`, `felixconfiguration` or `workloadendpoint` (plurals
+    /// `ippool`, `node`, `felixconfiguration`, `workloadendpoint`,
+    /// `bgpconfiguration` or `bgppeer` (plurals
     /// and `wep` accepted).
     pub kind: String,
     /// Only this resource (nodes and Felix configurations).
@@ -144,6 +145,10 @@ pub enum NodeCommand {
         /// The node (default: the host name).
         #[arg(long)]
         node: Option<String>,
+        /// The node's BIRD runtime directory, as given to `run` (default:
+        /// beside the datastore, `bird-<node>`).
+        #[arg(long)]
+        bgp_runtime_dir: Option<PathBuf>,
     },
 }
 
@@ -183,6 +188,13 @@ pub struct RunArgs {
     /// `wireguard-<node>.key`), created 0600.
     #[arg(long)]
     pub wireguard_key_file: Option<PathBuf>,
+    /// BIRD's runtime directory (default: beside the datastore, `bird-<node>`).
+    #[arg(long)]
+    pub bgp_runtime_dir: Option<PathBuf>,
+    /// Directory with BGPPeer passwords, laid out like a mounted Kubernetes
+    /// secret (`<dir>/<secret name>/<key>`).
+    #[arg(long)]
+    pub bgp_secrets_dir: Option<PathBuf>,
     /// Fault injection: every datastore operation fails while this file exists.
     #[arg(long, hide = true)]
     pub datastore_fault_file: Option<PathBuf>,
@@ -350,6 +362,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
             let view = read_view(store(&cli)?.as_ref())?;
             let text = match g.kind.to_ascii_lowercase().as_str() {
                 "ippool" | "ippools" => show::get_ippool(&view, g.output)?,
+                "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => {
+                    show::get_bgp_configurations(&view, g.output)?
+                }
+                "bgppeer" | "bgppeers" => show::get_bgp_peers(&view, g.output)?,
                 "workloadendpoint" | "workloadendpoints" | "wep" | "weps" => {
                     let ns = (!g.all_namespaces).then_some(g.namespace.as_str());
                     show::get_weps(&view, ns, g.output)?
@@ -360,7 +376,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 }
                 other => {
                     return Err(Error::Usage(format!(
-                        "get {other}: known kinds are ippool, node, felixconfiguration and workloadendpoint"
+                        "get {other}: known kinds are ippool, node, felixconfiguration, workloadendpoint, bgpconfiguration and bgppeer"
                     )));
                 }
             };
@@ -374,11 +390,17 @@ pub fn execute(cli: Cli) -> Result<i32> {
             println!("Successfully patched 1 '{kind}' resource");
             Ok(0)
         }
-        Command::Node(NodeCommand::Status { node }) => {
+        Command::Node(NodeCommand::Status {
+            node,
+            bgp_runtime_dir,
+        }) => {
             let view = read_view(store(&cli)?.as_ref())?;
             let node = node.clone().unwrap_or_else(hostname);
             let now = unix_now();
-            print!("{}", show::node_status(&view, &node, now, 15)?);
+            let dir = bgp_runtime_dir
+                .clone()
+                .unwrap_or_else(|| crate::bgp::default_runtime_dir(&cli.datastore, &node));
+            print!("{}", show::node_status(&view, &node, now, 15, &dir)?);
             Ok(0)
         }
         Command::Run(r) => {
@@ -409,6 +431,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
                                 .with_file_name(format!("wireguard-{}.key", r.node))
                         }),
                     },
+                    bgp_secrets: r.bgp_secrets_dir.clone(),
+                    bgp_dir: r.bgp_runtime_dir.clone().unwrap_or_else(|| {
+                        crate::bgp::default_runtime_dir(&cli.datastore, &r.node)
+                    }),
                 },
             )?;
             Ok(0)

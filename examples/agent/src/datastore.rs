@@ -231,6 +231,7 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
             };
             outcomes.push((d.resource.describe(), outcome));
         }
+        check_bgp(store, docs, &last)?;
         if ops.is_empty() {
             return Ok(outcomes);
         }
@@ -241,6 +242,92 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
         }
     }
     unreachable!("the loop returns")
+}
+
+/// Checks the BGP resources the cluster would have after `docs` (the stored
+/// Nodes, BGPConfigurations and BGPPeers with the documents' replacing them)
+/// as every node's plan would: two BGPPeers giving a node the same peer are
+/// refused here, naming the document of the later one.
+fn check_bgp(store: &dyn Store, docs: &[Parsed], last: &BTreeMap<String, usize>) -> Result<()> {
+    let touches_bgp = docs.iter().any(|d| {
+        matches!(
+            d.resource,
+            Resource::BgpPeer(_) | Resource::BgpConfiguration(_) | Resource::Node(_)
+        )
+    });
+    if !touches_bgp {
+        return Ok(());
+    }
+    let mut nodes: BTreeMap<String, CalicoNode> = BTreeMap::new();
+    for kv in store.list(keys::NODES)? {
+        let n: CalicoNode = decode(&kv.key, &kv.value)?;
+        nodes.insert(n.metadata.name.clone(), n);
+    }
+    let mut peers: BTreeMap<String, calinet_bgp::BgpPeer> = BTreeMap::new();
+    for kv in store.list(keys::BGP_PEERS)? {
+        let p: calinet_bgp::BgpPeer = decode(&kv.key, &kv.value)?;
+        peers.insert(p.metadata.name.clone(), p);
+    }
+    let mut config: Option<calinet_bgp::BgpConfiguration> = store
+        .get(&format!("{}default", keys::BGP_CONFIGS))?
+        .map(|kv| decode(&kv.key, &kv.value))
+        .transpose()?;
+    // Which document brought each resource, to name it in the error.
+    let mut origin: BTreeMap<String, &Parsed> = BTreeMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        if last[&d.resource.key_value().0] != i {
+            continue;
+        }
+        match &d.resource {
+            Resource::Node(n) => {
+                nodes.insert(n.metadata.name.clone(), n.clone());
+                origin.insert(format!("Node {}", n.metadata.name), d);
+            }
+            Resource::BgpPeer(p) => {
+                peers.insert(p.metadata.name.clone(), p.clone());
+                origin.insert(format!("BGPPeer {}", p.metadata.name), d);
+            }
+            Resource::BgpConfiguration(c) if c.metadata.name == "default" => {
+                config = Some(c.clone());
+                origin.insert("BGPConfiguration default".into(), d);
+            }
+            _ => {}
+        }
+    }
+    let mut infos = Vec::with_capacity(nodes.len());
+    for n in nodes.values() {
+        infos.push(crate::bgp::node_info(n)?);
+    }
+    let peers: Vec<_> = peers.into_values().collect();
+    let Err(e) = crate::bgp::check_cluster(&infos, config.as_ref(), &peers) else {
+        return Ok(());
+    };
+    let (resource, field) = match &e {
+        calinet_bgp::Error::DuplicatePeer { second, first, .. } => {
+            let second = format!("BGPPeer {second}");
+            let which = if origin.contains_key(&second) {
+                second
+            } else {
+                format!("BGPPeer {first}")
+            };
+            (which, "spec.peerIP")
+        }
+        calinet_bgp::Error::Invalid {
+            resource, field, ..
+        } => (resource.clone(), *field),
+        calinet_bgp::Error::Selector {
+            resource, field, ..
+        } => (resource.clone(), *field),
+        calinet_bgp::Error::NoRouterId { node } => (format!("Node {node}"), "spec.bgp.ipv4Address"),
+        _ => (String::new(), "."),
+    };
+    let message = crate::error::chain(&e);
+    Err(
+        match origin.get(&resource).or_else(|| origin.values().next()) {
+            Some(d) => d.err(field, message),
+            None => Error::Bgp(e),
+        },
+    )
 }
 
 fn same_json(a: &[u8], b: &[u8]) -> bool {
@@ -304,6 +391,10 @@ pub struct ClusterView {
     pub policies: Vec<AnyResource>,
     /// WorkloadEndpoints by store key, with revisions.
     pub weps: BTreeMap<String, (WorkloadEndpoint, Revision)>,
+    /// BGPConfigurations by name.
+    pub bgp_configs: BTreeMap<String, calinet_bgp::BgpConfiguration>,
+    /// BGPPeers, by name.
+    pub bgp_peers: Vec<calinet_bgp::BgpPeer>,
     /// Agent statuses by node.
     pub statuses: BTreeMap<String, (AgentStatus, Revision)>,
     /// A fingerprint of every (key, revision) read except agent heartbeats:
@@ -411,6 +502,14 @@ pub fn read_view(store: &dyn Store) -> Result<ClusterView> {
     }
     for (_, p, _) in list_decoded::<Pod>(store, keys::PODS, &mut rev)? {
         view.pods.insert(p.key(), p);
+    }
+    for (_, c, _) in
+        list_decoded::<calinet_bgp::BgpConfiguration>(store, keys::BGP_CONFIGS, &mut rev)?
+    {
+        view.bgp_configs.insert(c.metadata.name.clone(), c);
+    }
+    for (_, p, _) in list_decoded::<calinet_bgp::BgpPeer>(store, keys::BGP_PEERS, &mut rev)? {
+        view.bgp_peers.push(p);
     }
     for (k, w, r) in list_decoded::<WorkloadEndpoint>(store, keys::WEPS, &mut rev)? {
         view.weps.insert(k, (w, r));

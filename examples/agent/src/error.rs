@@ -33,7 +33,7 @@ pub enum Error {
     #[error(
         "{file}: document {document}: unknown kind {kind:?} of apiVersion {api_version:?} \
          (known: projectcalico.org/v3 IPPool, IPAMConfiguration, IPReservation, Node, \
-         FelixConfiguration, Tier, NetworkPolicy, GlobalNetworkPolicy, Profile; v1 Pod; \
+         FelixConfiguration, BGPConfiguration, BGPPeer, Tier, NetworkPolicy, GlobalNetworkPolicy, Profile; v1 Pod; \
          networking.k8s.io/v1 NetworkPolicy)"
     )]
     UnknownKind {
@@ -64,6 +64,12 @@ pub enum Error {
     /// WireGuard failed.
     #[error("WireGuard: {0}")]
     Wireguard(#[from] calinet_wg::Error),
+    /// The BGP resources cannot be planned.
+    #[error("BGP plan")]
+    Bgp(#[source] calinet_bgp::Error),
+    /// Running BIRD or talking to it failed.
+    #[error("BIRD")]
+    Bird(#[source] calinet_bgp::ControlError),
     /// Policy compilation or programming failed.
     #[error("policy: {0}")]
     Policy(#[from] calinet_policy::Error),

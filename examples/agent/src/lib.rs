@@ -1,5 +1,5 @@
 //! The calinet reference node agent: composes calinet-ipam, calinet-route,
-//! calinet-encap, calinet-wg and calinet-policy into a node agent with a
+//! calinet-encap, calinet-wg, calinet-policy and calinet-bgp into a node agent with a
 //! calicoctl-like command line. The lab that runs it on the seed article's
 //! cluster in network namespaces is its own program, `calinet-lab`
 //! (`examples/lab`), which uses [`datastore`] and [`show`] from here.
@@ -37,6 +37,8 @@
 //! - [`policy`]: policies, endpoints and natOutgoing compiled by calinet-policy
 //!   into one nftables table.
 //! - [`wireguard`]: keys, the wireguard-go device, peers and routing.
+//! - [`bgp`]: BGP on or off, calinet-bgp's plan from the cluster view, the
+//!   BIRD the agent runs, and which routes are BIRD's.
 //! - [`agent`]: the `run` loop: IPAM, plan, apply, resync, backoff, metrics.
 //! - [`metrics`], [`http`]: Felix-compatible Prometheus metrics, and the
 //!   hyper servers for `/metrics`, `/liveness` and `/readiness`.
@@ -44,6 +46,7 @@
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
 
 pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod dataplane;
 pub mod datastore;

@@ -257,6 +257,10 @@ pub enum Resource {
     Policy(AnyResource),
     /// Kubernetes Pod.
     Pod(Pod),
+    /// Calico BGPConfiguration.
+    BgpConfiguration(calinet_bgp::BgpConfiguration),
+    /// Calico BGPPeer.
+    BgpPeer(calinet_bgp::BgpPeer),
 }
 
 /// Store key prefixes of the resources the agent keeps beside IPAM's.
@@ -283,6 +287,10 @@ pub mod keys {
     pub const PODS: &str = "/calinet/k8s/v1/pods/";
     /// Kubernetes NetworkPolicies.
     pub const K8S_POLICIES: &str = "/calinet/k8s/networking.k8s.io/v1/networkpolicies/";
+    /// BGPConfigurations.
+    pub const BGP_CONFIGS: &str = "/calico/resources/v3/projectcalico.org/bgpconfigurations/";
+    /// BGPPeers.
+    pub const BGP_PEERS: &str = "/calico/resources/v3/projectcalico.org/bgppeers/";
     /// Agent status per node (what `node status` shows).
     pub const STATUS: &str = "/calinet/status/nodes/";
 }
@@ -297,6 +305,8 @@ impl Resource {
             Resource::Node(n) => format!("Node {}", n.metadata.name),
             Resource::Felix(f) => format!("FelixConfiguration {}", f.metadata.name),
             Resource::Pod(p) => format!("Pod {}", p.key()),
+            Resource::BgpConfiguration(c) => format!("BGPConfiguration {}", c.metadata.name),
+            Resource::BgpPeer(p) => format!("BGPPeer {}", p.metadata.name),
             Resource::Policy(r) => match r {
                 AnyResource::Tier(t) => format!("Tier {}", t.metadata.name),
                 AnyResource::NetworkPolicy(p) => format!(
@@ -330,6 +340,10 @@ impl Resource {
             Resource::Node(n) => (format!("{}{}", keys::NODES, n.metadata.name), json(n)),
             Resource::Felix(f) => (format!("{}{}", keys::FELIX, f.metadata.name), json(f)),
             Resource::Pod(p) => (format!("{}{}", keys::PODS, p.key()), json(p)),
+            Resource::BgpConfiguration(c) => {
+                (format!("{}{}", keys::BGP_CONFIGS, c.metadata.name), json(c))
+            }
+            Resource::BgpPeer(p) => (format!("{}{}", keys::BGP_PEERS, p.metadata.name), json(p)),
             Resource::Policy(r) => match r {
                 AnyResource::Tier(t) => (format!("{}{}", keys::TIERS, t.metadata.name), json(t)),
                 AnyResource::NetworkPolicy(p) => (
@@ -493,6 +507,17 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
                 .name
                 .parse::<NodeName>()
                 .map_err(|e| origin.err("metadata.name", e.to_string()))?;
+            if let Some(b) = &n.spec.bgp {
+                // asNumber and routeReflectorClusterID, as the BGP plan reads them.
+                let value = serde_json::to_value(b).expect("NodeBgp serialises");
+                let spec: calinet_bgp::NodeBgpSpec = serde_path_to_error::deserialize(value)
+                    .map_err(|e| {
+                        let path = e.path().to_string();
+                        origin.err(format!("spec.bgp.{path}"), e.into_inner().to_string())
+                    })?;
+                spec.validate(&n.metadata.name)
+                    .map_err(|e| bgp_err(origin, &e))?;
+            }
             if n.ipv4().is_none() {
                 return Err(origin.err(
                     "spec.bgp.ipv4Address",
@@ -513,6 +538,25 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
                 ));
             }
             Resource::Felix(f)
+        }
+        (CALICO_API, "BGPConfiguration") => {
+            let c: calinet_bgp::BgpConfiguration = origin.decode(value)?;
+            if c.metadata.name != "default" && !c.metadata.name.starts_with("node.") {
+                return Err(origin.err(
+                    "metadata.name",
+                    format!(
+                        "BGPConfiguration is \"default\" or \"node.<name>\", not {:?}",
+                        c.metadata.name
+                    ),
+                ));
+            }
+            c.validate().map_err(|e| bgp_err(origin, &e))?;
+            Resource::BgpConfiguration(c)
+        }
+        (CALICO_API, "BGPPeer") => {
+            let p: calinet_bgp::BgpPeer = origin.decode(value)?;
+            p.validate().map_err(|e| bgp_err(origin, &e))?;
+            Resource::BgpPeer(p)
         }
         ("v1", "Pod") => {
             let p: Pod = origin.decode(value)?;
@@ -561,6 +605,17 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
         }
     };
     Ok(r)
+}
+
+/// A calinet-bgp validation error as a document error on its field (the
+/// message keeps the resource's name and the rule).
+fn bgp_err(origin: Origin<'_>, e: &calinet_bgp::Error) -> Error {
+    match e {
+        calinet_bgp::Error::Invalid { field, .. } | calinet_bgp::Error::Selector { field, .. } => {
+            origin.err(*field, crate::error::chain(e))
+        }
+        other => origin.err(".", crate::error::chain(other)),
+    }
 }
 
 /// The field an IPAM validation error is about, for the error message.

@@ -424,66 +424,154 @@ pub fn get_weps(view: &ClusterView, namespace: Option<&str>, output: Output) -> 
     }
 }
 
-fn hms(unix: u64) -> String {
-    let s = unix % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+/// `calicoctl get bgpconfiguration`: NAME, LOGSEVERITY, MESHENABLED, ASNUMBER.
+pub fn get_bgp_configurations(view: &ClusterView, output: Output) -> Result<String> {
+    let configs: Vec<_> = view.bgp_configs.values().collect();
+    match output {
+        Output::Table | Output::Wide => {
+            let rows = configs
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.metadata.name.clone(),
+                        c.spec.log_severity().to_owned(),
+                        c.spec.mesh_enabled().to_string(),
+                        c.spec.as_number().to_string(),
+                    ]
+                })
+                .collect();
+            Ok(plain_table(
+                &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+                rows,
+            ))
+        }
+        _ => encode(&configs, output),
+    }
 }
 
-/// `calicoctl node status` for `node`, at `now` (unix seconds). calinet has no
-/// BGP: the peers are the other nodes' agents, the "peer type" the data path to
-/// them, and "state" whether their agent reported within `stale_after` seconds.
-pub fn node_status(view: &ClusterView, node: &str, now: u64, stale_after: u64) -> Result<String> {
-    let alive = |s: &AgentStatus| now.saturating_sub(s.last_reconcile) <= stale_after;
-    let Some((me, _)) = view.statuses.get(node) else {
-        return Ok(format!(
-            "calinet agent for node {node} is not running (it has never reported).\n"
-        ));
-    };
-    let mut s = String::new();
-    if alive(me) {
-        let _ = writeln!(
-            s,
-            "calinet agent for node {node} is running (last reconcile {}s ago, {}).",
-            now.saturating_sub(me.last_reconcile),
-            if me.converged {
-                "converged"
-            } else {
-                "converging"
-            }
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "calinet agent for node {node} is NOT running (last report {}s ago).",
-            now.saturating_sub(me.last_reconcile)
-        );
+/// `calicoctl get bgppeer`: NAME, PEERIP, NODE, ASN.
+pub fn get_bgp_peers(view: &ClusterView, output: Output) -> Result<String> {
+    match output {
+        Output::Table | Output::Wide => {
+            let rows = view
+                .bgp_peers
+                .iter()
+                .map(|p| {
+                    let s = &p.spec;
+                    vec![
+                        p.metadata.name.clone(),
+                        s.peer_ip
+                            .clone()
+                            .or_else(|| s.peer_selector.clone())
+                            .unwrap_or_default(),
+                        s.node
+                            .clone()
+                            .or_else(|| s.node_selector.clone())
+                            .unwrap_or_else(|| "(global)".into()),
+                        s.as_number.map(|a| a.to_string()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            Ok(plain_table(&["NAME", "PEERIP", "NODE", "ASN"], rows))
+        }
+        _ => encode(&view.bgp_peers, output),
     }
-    let _ = writeln!(
-        s,
-        "\nIPv4 node-to-node status (no BGP: paths programmed by the agents)"
-    );
-    let rows: Vec<Vec<String>> = me
-        .peers
-        .iter()
-        .map(|p| {
-            let peer = view.statuses.get(&p.node).map(|(st, _)| st);
-            let up = peer.is_some_and(alive);
-            vec![
-                p.address.clone(),
-                format!("node-to-node {}", p.path),
-                if up { "up" } else { "down" }.to_owned(),
-                peer.map(|st| hms(st.started)).unwrap_or_else(|| "-".into()),
-                if up {
-                    "Established".to_owned()
+}
+
+/// `calicoctl node status` for `node`, at `now` (unix seconds): whether the
+/// node's agent reported within `stale_after` seconds, then BIRD's sessions
+/// as calicoctl shows them (one table per family), read from the BIRD whose
+/// runtime directory is `bgp_dir` over its control socket. The peer types
+/// come from the node's BGP plan.
+pub fn node_status(
+    view: &ClusterView,
+    node: &str,
+    now: u64,
+    stale_after: u64,
+    bgp_dir: &std::path::Path,
+) -> Result<String> {
+    let alive = |s: &AgentStatus| now.saturating_sub(s.last_reconcile) <= stale_after;
+    let mut s = String::new();
+    match view.statuses.get(node) {
+        None => {
+            let _ = writeln!(
+                s,
+                "calinet agent for node {node} is not running (it has never reported)."
+            );
+        }
+        Some((me, _)) if alive(me) => {
+            let _ = writeln!(
+                s,
+                "calinet agent for node {node} is running (last reconcile {}s ago, {}).",
+                now.saturating_sub(me.last_reconcile),
+                if me.converged {
+                    "converged"
                 } else {
-                    "agent not reporting".to_owned()
-                },
-            ]
-        })
-        .collect();
-    s.push_str(&render_table(
-        &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
-        &rows,
-    ));
+                    "converging"
+                }
+            );
+        }
+        Some((me, _)) => {
+            let _ = writeln!(
+                s,
+                "calinet agent for node {node} is NOT running (last report {}s ago).",
+                now.saturating_sub(me.last_reconcile)
+            );
+        }
+    }
+    if let Some(reason) = crate::bgp::off_reason(view) {
+        let _ = writeln!(s, "BGP is not running on this node ({reason}).");
+        return Ok(s);
+    }
+    let mut input = crate::bgp::input(view, node)?;
+    // Passwords change no session's name or type; the status needs neither
+    // the secrets nor access to them.
+    for r in input.peers.iter().filter_map(|p| p.spec.password.as_ref()) {
+        let placeholder = calinet_bgp::Password::new("-").expect("a valid placeholder");
+        input.secrets.insert(r.secret_key_ref.clone(), placeholder);
+    }
+    let plan = calinet_bgp::plan(&input).map_err(Error::Bgp)?;
+    let bird = calinet_bgp::BirdProcess::new(bgp_dir);
+    let protocols = match bird.connect().and_then(|mut c| c.protocols()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(
+                s,
+                "BIRD is not running on node {node} ({}: {}).",
+                bird.socket_path().display(),
+                crate::error::chain(&e)
+            );
+            return Ok(s);
+        }
+    };
+    let _ = writeln!(s, "BIRD is running.");
+    let rows = calinet_bgp::node_status(&plan, &protocols);
+    for (family, label) in [
+        (calinet_bgp::Family::V4, "IPv4"),
+        (calinet_bgp::Family::V6, "IPv6"),
+    ] {
+        let _ = writeln!(s, "\n{label} BGP status");
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| {
+                vec![
+                    r.peer_address.to_string(),
+                    r.peer_type.label().to_owned(),
+                    r.state.clone(),
+                    r.since.clone(),
+                    r.info.clone(),
+                ]
+            })
+            .collect();
+        if table.is_empty() {
+            let _ = writeln!(s, "No {label} peers found.");
+            continue;
+        }
+        s.push_str(&render_table(
+            &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
+            &table,
+        ));
+    }
     Ok(s)
 }

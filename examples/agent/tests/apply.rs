@@ -452,3 +452,119 @@ fn patch_merges_validates_and_get_shows_nodes_and_felix() {
         missing.stderr
     );
 }
+
+const BGP_GOOD: &str = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  nodeToNodeMeshEnabled: true
+  asNumber: 64512
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: rack1-tor
+spec:
+  nodeSelector: all()
+  peerIP: 198.51.100.1
+  asNumber: 64513
+";
+
+fn bgp_snapshot(db: &Path) -> String {
+    let a = agent(db, &["get", "bgpconfiguration", "-o", "yaml"]).stdout;
+    let b = agent(db, &["get", "bgppeer", "-o", "yaml"]).stdout;
+    format!("{a}{b}{}", snapshot(db))
+}
+
+/// BGPConfiguration and BGPPeer are applied and shown; invalid ones (AS out of
+/// range, a bad peerIP, a bad selector, a second peer with the same address
+/// for a node) are refused with the resource and the field named, and
+/// nothing of the input is applied.
+#[test]
+fn bgp_resources_are_applied_and_invalid_ones_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ds.db");
+    let base = write(dir.path(), "good.yaml", GOOD);
+    assert_eq!(agent(&db, &["apply", "-f", &base]).code, 0);
+    let f = write(dir.path(), "bgp.yaml", BGP_GOOD);
+    let r = agent(&db, &["apply", "-f", &f]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("BGPConfiguration default created"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("BGPPeer rack1-tor created"),
+        "{}",
+        r.stdout
+    );
+    let peers = agent(&db, &["get", "bgppeer"]).stdout;
+    let row: Vec<&str> = peers.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..2], ["rack1-tor", "198.51.100.1"], "{peers}");
+    assert_eq!(row.last(), Some(&"64513"), "{peers}");
+    let cfg = agent(&db, &["get", "bgpconfiguration"]).stdout;
+    let row: Vec<&str> = cfg.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["default", "Info", "true", "64512"], "{cfg}");
+
+    let before = bgp_snapshot(&db);
+    // Each bad input carries a good new pool first: it must not be applied.
+    let pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: extra}\n\
+                spec: {cidr: 10.77.0.0/16}\n---\n";
+    let peer = |name: &str, spec: &str| {
+        format!(
+            "{pool}apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        )
+    };
+    let cases = [
+        (
+            "as-range",
+            peer("tor", "{peerIP: 198.51.100.1, asNumber: 4294967296}"),
+            "document 1: spec.asNumber",
+        ),
+        (
+            "as-zero",
+            format!(
+                "{pool}apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {{asNumber: 0}}\n"
+            ),
+            "spec.asNumber",
+        ),
+        (
+            "peer-ip",
+            peer("tor", "{peerIP: 198.51.100.300, asNumber: 64513}"),
+            "document 1: spec.peerIP: BGPPeer tor",
+        ),
+        (
+            "selector",
+            peer(
+                "tor",
+                "{nodeSelector: \"kubernetes.io/hostname ==\", peerIP: 198.51.100.1, asNumber: 64513}",
+            ),
+            "document 1: spec.nodeSelector: BGPPeer tor",
+        ),
+        (
+            "node-as",
+            format!(
+                "{pool}apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: k8s-m}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24, asNumber: 0}}}}\n"
+            ),
+            "document 1: spec.bgp.asNumber: Node k8s-m",
+        ),
+        (
+            "duplicate",
+            peer(
+                "rack1-again",
+                "{node: k8s-m, peerIP: 198.51.100.1, asNumber: 64513}",
+            ),
+            "document 1: spec.peerIP: BGPPeer rack1-again and BGPPeer rack1-tor both peer node k8s-m with 198.51.100.1",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let f = write(dir.path(), &format!("{name}.yaml"), &text);
+        let r = agent(&db, &["apply", "-f", &f]);
+        assert_ne!(r.code, 0, "{name}: refused");
+        assert!(r.stderr.contains(want), "{name}: {}", r.stderr);
+        assert_eq!(bgp_snapshot(&db), before, "{name}: nothing applied");
+    }
+}

@@ -48,12 +48,45 @@ pub enum LabCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Turn the nodes' BGP peering with the router on or off in the running
+    /// lab (applies or deletes the `BGPPeer`s), then print the report.
+    PeerRouter {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// The lab's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Measure the time from a new block affinity in the datastore to its
+    /// route in every other node's kernel: BGP (direct mode) and VXLAN.
+    #[command(hide = true)]
+    BenchRouteLatency {
+        /// Samples per mode.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// The state directory of the labs the benchmark builds.
+        #[arg(long, default_value = "/run/calinet-lab-bench")]
+        state_dir: PathBuf,
+        /// The agent binary (default: beside this one).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
     /// Stop the agents and remove every namespace of the running lab.
     Down {
         /// The lab's state directory.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// `up` / `run` options.
@@ -88,6 +121,14 @@ pub struct UpArgs {
     /// veths 8981, wireguard.cali 8941).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     pub underlay_mtu: u32,
+    /// Make the nodes peer with the router over BGP (`BGPPeer`s to the
+    /// router's address on each segment, AS 64513); BGP modes only.
+    #[arg(long)]
+    pub peer_router: bool,
+    /// Turn the node-to-node mesh off and make NODE a route reflector that
+    /// every other node peers with; BGP modes only.
+    #[arg(long, value_name = "NODE")]
+    pub route_reflector: Option<String>,
 }
 
 impl UpArgs {
@@ -102,6 +143,8 @@ impl UpArgs {
             agent_bin: None,
             etcd: false,
             underlay_mtu: 1500,
+            peer_router: false,
+            route_reflector: None,
         }
     }
 
@@ -126,6 +169,12 @@ impl UpArgs {
         }
         if self.etcd {
             v.push("--etcd".into());
+        }
+        if self.peer_router {
+            v.push("--peer-router".into());
+        }
+        if let Some(rr) = &self.route_reflector {
+            v.extend(["--route-reflector".into(), rr.into()]);
         }
         v
     }
@@ -291,6 +340,46 @@ pub fn execute(command: &LabCommand) -> Result<i32> {
             let r = report(&state)?;
             print!("{}", r.text);
             Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::PeerRouter { state, state_dir } => {
+            let state = cluster::set_peer_router(state_dir, *state == OnOff::On)?;
+            let r = report(&state)?;
+            print!("{}", r.text);
+            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+        }
+        LabCommand::BenchRouteLatency {
+            samples,
+            state_dir,
+            agent_bin,
+        } => {
+            let mut results = Vec::new();
+            for mode in [Mode::Direct, Mode::Vxlan] {
+                let mut args = UpArgs::new(mode, state_dir.clone());
+                args.agent_bin.clone_from(agent_bin);
+                let lab = RunningLab::up(&args)?;
+                progress(&format!(
+                    "mode {mode}: {samples} new blocks for k8s-w1, each timed until k8s-m, k8s-w2 and k8s-w0 route it"
+                ));
+                let l = crate::bench::route_latency(&lab, "k8s-w1", *samples);
+                drop(lab);
+                results.push((mode, l?));
+            }
+            println!(
+                "new block affinity -> route in every other node's kernel (4-node lab, {samples} samples):"
+            );
+            for (mode, l) in &results {
+                let (min, max) = l.range();
+                let path = if mode.bgp() {
+                    "BGP (BIRD announces, peers program proto bird)"
+                } else {
+                    "datastore (every agent programs VXLAN)"
+                };
+                println!(
+                    "  {mode:<7} {path:<48} median {:>7.1} ms  (min {min:.1}, max {max:.1})",
+                    l.median()
+                );
+            }
+            Ok(0)
         }
         LabCommand::Down { state_dir } => {
             require_root()?;

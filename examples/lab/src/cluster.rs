@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use calinet_agent::datastore::{self, ClusterView, read_view};
 
+use crate::bgp;
 use crate::cli::UpArgs;
 use crate::error::{Error, Result};
 use crate::report::{LabReport, report};
@@ -61,6 +62,13 @@ pub fn check_mode(mode: Mode) -> Result<()> {
 pub fn prepare_state_dir(args: &UpArgs) -> Result<()> {
     require_root()?;
     check_mode(args.mode)?;
+    if (args.peer_router || args.route_reflector.is_some()) && !args.mode.bgp() {
+        return Err(Error::Usage(format!(
+            "--peer-router and --route-reflector need a BGP mode (direct, wireguard or ipip): \
+             mode {} uses VXLAN, where no BIRD runs",
+            args.mode
+        )));
+    }
     if state_file(&args.state_dir).exists() {
         return Err(Error::Usage(format!(
             "a lab is already up ({} exists); run `calinet-lab down` first",
@@ -196,7 +204,8 @@ fn build(args: &UpArgs) -> Result<(testlab::Lab, LabState)> {
         datastore,
         mode: args.mode,
         pool: args.pool,
-        router_routes: Vec::new(),
+        peer_router: args.peer_router,
+        route_reflector: args.route_reflector.clone(),
         agent_bin,
         state_dir: args.state_dir.clone(),
         holder: None,
@@ -252,6 +261,9 @@ fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
     ));
     let store = crate::store::open(&state)?;
     apply_text(store.as_ref(), &cluster_yaml(&state, args.block_size))?;
+    if state.mode.bgp() {
+        bgp_setup(&state, store.as_ref())?;
+    }
     for n in state.nodes.clone() {
         let a = spawn_agent(&state, &n)?;
         progress(&format!(
@@ -274,6 +286,100 @@ fn start(args: &UpArgs, mut state: LabState) -> Result<LabState> {
     Ok(state)
 }
 
+/// The BGP side of a BGP mode: the router's BIRD (always; it peers only
+/// with nodes a `BGPPeer` sends to it), the route reflector resources and
+/// the router peering as the state asks.
+fn bgp_setup(state: &LabState, store: &dyn calinet_ipam::Store) -> Result<()> {
+    if bgp::sessions_of_router_answer(state) {
+        return Ok(());
+    }
+    bgp::start_router_bird(state)?;
+    progress(&format!(
+        "router BIRD started in {} (AS {}, learns only from nodes that peer with it)",
+        state.router,
+        bgp::ROUTER_AS
+    ));
+    if let Some(rr) = &state.route_reflector {
+        apply_text(store, &bgp::route_reflector_yaml(state, rr)?)?;
+        progress(&format!(
+            "node-to-node mesh off; {rr} is a route reflector (cluster id {}), every other node peers with it",
+            bgp::RR_CLUSTER_ID
+        ));
+    }
+    if state.peer_router {
+        apply_text(store, &bgp::peer_router_yaml(state))?;
+        progress(&format!(
+            "BGPPeers router-lan1/router-lan2: every node peers with the router (AS {})",
+            bgp::ROUTER_AS
+        ));
+    }
+    Ok(())
+}
+
+/// In a BGP mode, waits for every BGP session (and, when peered, for the
+/// router to have learned every block).
+fn wait_bgp(state: &LabState, store: &dyn calinet_ipam::Store) -> Result<()> {
+    if !state.mode.bgp() {
+        return Ok(());
+    }
+    progress("waiting for the BGP sessions");
+    let view = read_view(store)?;
+    let blocks = view
+        .ipam
+        .blocks
+        .iter()
+        .filter(|(b, _)| b.affinity().is_some_and(|a| a.starts_with("host:")))
+        .count();
+    let t0 = Instant::now();
+    bgp::wait_established(state, blocks, Duration::from_secs(60))?;
+    progress(&format!(
+        "BGP established on every node in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Turns the router peering on (applies the `BGPPeer`s) or off (deletes
+/// them) in a running lab, and waits for BGP to settle.
+pub fn set_peer_router(state_dir: &Path, on: bool) -> Result<LabState> {
+    require_root()?;
+    let mut state = state::load(state_dir)?;
+    if !state.mode.bgp() {
+        return Err(Error::Usage(format!(
+            "peer-router: the lab runs mode {}, where no BIRD runs (use a BGP mode: direct)",
+            state.mode
+        )));
+    }
+    let store = crate::store::open(&state)?;
+    let yaml = bgp::peer_router_yaml(&state);
+    if on {
+        apply_text(store.as_ref(), &yaml)?;
+    } else {
+        for d in calinet_agent::resources::parse_documents("<lab>", &yaml)? {
+            datastore::delete_if_present(store.as_ref(), &d.resource.key_value().0)?;
+        }
+    }
+    progress(&format!(
+        "router peering {}",
+        if on {
+            "on (BGPPeers applied)"
+        } else {
+            "off (BGPPeers deleted)"
+        }
+    ));
+    state.peer_router = on;
+    state::save(state_dir, &state)?;
+    wait_bgp(&state, store.as_ref())?;
+    if !on {
+        // The router drops the routes of sessions that went away.
+        let t0 = Instant::now();
+        while !bgp::router_learned(&state)?.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    Ok(state)
+}
+
 /// The last `n` lines of `log`, for error messages.
 fn log_tail(log: &Path, n: usize) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -283,7 +389,7 @@ fn log_tail(log: &Path, n: usize) -> Vec<String> {
 }
 
 /// Waits until every agent reports a converged reconcile that started after
-/// `since` with every pod plumbed; teaches the router the blocks in direct mode.
+/// `since` with every pod plumbed, and in BGP modes for the BGP sessions.
 fn converge(
     state: &mut LabState,
     store: &dyn calinet_ipam::Store,
@@ -326,8 +432,7 @@ fn converge(
             last_line = line.split(", ").take(2).collect();
         }
         if ready.len() == state.nodes.len() {
-            teach_router(state, &view)?;
-            return Ok(());
+            return wait_bgp(state, store);
         }
         if t0.elapsed() > timeout {
             let mut detail = String::new();
@@ -374,44 +479,6 @@ fn path_matches(mode: Mode, a: &LabNode, b: &LabNode, path: &str) -> bool {
     }
 }
 
-/// In direct mode the router must know where each block lives, as BGP would
-/// teach it; in the other modes it must not need to.
-fn teach_router(state: &mut LabState, view: &ClusterView) -> Result<()> {
-    for r in std::mem::take(&mut state.router_routes) {
-        let _ = testlab::cmd::run("ip", &["-n", &state.router, "route", "del", &r]);
-    }
-    if !state.mode.router_learns_blocks() {
-        return Ok(());
-    }
-    for (b, _) in &view.ipam.blocks {
-        let Some(owner) = b.affinity().and_then(|a| a.strip_prefix("host:")) else {
-            continue;
-        };
-        let Some(n) = state.nodes.iter().find(|n| n.name == owner) else {
-            continue;
-        };
-        let dst = b.cidr().to_string();
-        testlab::cmd::run(
-            "ip",
-            &[
-                "-n",
-                &state.router,
-                "route",
-                "replace",
-                &dst,
-                "via",
-                &n.addr.to_string(),
-            ],
-        )?;
-        state.router_routes.push(dst);
-    }
-    progress(&format!(
-        "router taught {} block routes (what BGP would announce)",
-        state.router_routes.len()
-    ));
-    Ok(())
-}
-
 /// Stops every process of the lab: agents, the wireguard-go they started, etcd.
 fn stop_processes(state: &LabState) {
     for a in &state.agents {
@@ -423,6 +490,7 @@ fn stop_processes(state: &LabState) {
     if let Some(e) = &state.etcd {
         stop_etcd(e);
     }
+    bgp::stop_all(state);
 }
 
 /// Tears a lab down from its state file: through its holder when it has one
@@ -488,6 +556,9 @@ pub fn switch_mode(state_dir: &Path, mode: Mode) -> Result<LabState> {
         let what = calinet_agent::datastore::patch(store.as_ref(), kind, name, &patch)?;
         let kind = what.split(' ').next().unwrap_or_default();
         println!("Successfully patched 1 '{kind}' resource");
+    }
+    if mode.bgp() {
+        bgp_setup(&state, store.as_ref())?;
     }
     converge(&mut state, store.as_ref(), since, Duration::from_secs(60))?;
     state::save(state_dir, &state)?;
@@ -563,6 +634,64 @@ impl RunningLab {
             .ok_or_else(|| Error::Lab(format!("no node {node}")))?;
         self.state.agents[i] = spawn_agent(&self.state, &n)?;
         state::save(&self.state.state_dir, &self.state)
+    }
+
+    /// Turns the nodes' BGP peering with the router on or off and waits for
+    /// BGP to settle.
+    pub fn set_peer_router(&mut self, on: bool) -> Result<()> {
+        self.state = set_peer_router(&self.state.state_dir, on)?;
+        Ok(())
+    }
+
+    /// The pid of `node`'s BIRD (from its pid file), while it answers.
+    pub fn bird_pid(&self, node: &str) -> Option<u32> {
+        let dir = bgp::node_bird_dir(&self.state, node);
+        calinet_bgp::BirdProcess::new(&dir).connect().ok()?;
+        std::fs::read_to_string(dir.join("bird.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills `node`'s BIRD with SIGKILL (a crash: no shutdown, no
+    /// notification to its peers); returns the pid killed.
+    pub fn kill_bird(&self, node: &str) -> Result<u32> {
+        let pid = self
+            .bird_pid(node)
+            .ok_or_else(|| Error::Lab(format!("{node}: BIRD is not running")))?;
+        testlab::signal(pid, testlab::Signal::Kill);
+        Ok(pid)
+    }
+
+    /// Takes `node` out of the cluster as a node that went away: its agent and
+    /// its BIRD stop, then its Node resource is deleted.
+    pub fn remove_node(&mut self, node: &str) -> Result<()> {
+        if let Some(a) = self.state.agents.iter().find(|a| a.node == node) {
+            stop_agent(a);
+        }
+        bgp::stop_bird(&bgp::node_bird_dir(&self.state, node));
+        let store = crate::store::open(&self.state)?;
+        datastore::delete_if_present(
+            store.as_ref(),
+            &format!("{}{node}", calinet_agent::resources::keys::NODES),
+        )?;
+        Ok(())
+    }
+
+    /// `ip route` of `node` (or of the router with `"router"`).
+    pub fn routes(&self, node: &str) -> Result<String> {
+        let ns = if node == "router" {
+            self.state.router.clone()
+        } else {
+            self.state
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map(|n| n.netns.clone())
+                .ok_or_else(|| Error::Lab(format!("no node {node}")))?
+        };
+        Ok(testlab::cmd::run("ip", &["-n", &ns, "route"])?)
     }
 
     /// The Prometheus text of `node`'s agent.

@@ -11,6 +11,11 @@
 //! pods' `cali` interfaces), not assumed. Mode switches go through the
 //! agent's `patch`, as the seed uses `calicoctl patch`.
 //!
+//! In the modes without VXLAN every agent runs BIRD and the blocks travel
+//! over BGP; the router runs BIRD too and learns them only when the nodes
+//! peer with it (`--peer-router`), so `direct` without it shows the
+//! article's failure across subnets ([`bgp`]).
+//!
 //! `calinet-lab up` leaves the cluster running (owned by a detached
 //! `calinet-lab hold`) and records it in a state file
 //! (`/run/calinet-lab/state.json`) so that `mode`, `status` and `down` (other
@@ -26,6 +31,7 @@
 //!
 //! let probe = |to: &str, addr: &str, path| Probe {
 //!     from: "web-k8s-m".into(),
+//!     from_node: "k8s-m".into(),
 //!     to: to.into(),
 //!     addr: addr.parse().unwrap(),
 //!     reachable: true,
@@ -41,6 +47,8 @@
 //! Layout:
 //!
 //! - [`cli`]: the commands.
+//! - [`bench`](mod@bench): the route latency benchmark (hidden `bench-route-latency`).
+//! - [`bgp`]: the router's BIRD, router peering, the route reflector setup.
 //! - [`state`]: modes and the state file.
 //! - [`cluster`]: building, converging, switching modes, tearing down;
 //!   [`cluster::RunningLab`].
@@ -51,6 +59,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod bgp;
 pub mod cli;
 pub mod cluster;
 pub mod error;

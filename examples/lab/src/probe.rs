@@ -53,6 +53,9 @@ impl std::fmt::Display for ObservedPath {
 pub struct Probe {
     /// Source pod.
     pub from: String,
+    /// The source pod's node.
+    #[serde(default)]
+    pub from_node: String,
     /// Target (pod name or `outside`).
     pub to: String,
     /// Target address.
@@ -139,6 +142,7 @@ pub fn probe_all(state: &LabState, view: &ClusterView) -> Result<Vec<Probe>> {
             }
             probes.push(Probe {
                 from: p.name.clone(),
+                from_node: p.node.clone(),
                 to: to.clone(),
                 addr: *addr,
                 reachable,

@@ -13,7 +13,7 @@ use calinet_agent::datastore::read_view;
 use calinet_agent::show::{self, IpamShowFlags, Output};
 
 use crate::error::Result;
-use crate::probe::{Probe, probe_all};
+use crate::probe::{ObservedPath, Probe, probe_all};
 use crate::state::{LabState, Mode, unix_now};
 use crate::supervise::{WG_IFNAME, wg};
 
@@ -46,8 +46,26 @@ pub fn report(state: &LabState) -> Result<LabReport> {
     out.push_str(&show::get_nodes(&view, None, Output::Wide)?);
     let _ = writeln!(out, "\n$ calinet-agent get workloadendpoint");
     out.push_str(&show::get_weps(&view, Some("default"), Output::Table)?);
-    let _ = writeln!(out, "\n$ calinet-agent node status --node k8s-m");
-    out.push_str(&show::node_status(&view, "k8s-m", unix_now(), 15)?);
+    if state.mode.bgp() {
+        let _ = writeln!(out, "\n$ calinet-agent get bgpconfiguration");
+        out.push_str(&show::get_bgp_configurations(&view, Output::Table)?);
+        let _ = writeln!(out, "\n$ calinet-agent get bgppeer");
+        out.push_str(&show::get_bgp_peers(&view, Output::Table)?);
+    }
+    for n in &state.nodes {
+        let _ = writeln!(out, "\n[{}]$ calinet-agent node status", n.name);
+        out.push_str(&show::node_status(
+            &view,
+            &n.name,
+            unix_now(),
+            15,
+            &crate::bgp::node_bird_dir(state, &n.name),
+        )?);
+        // Only the first node's table in VXLAN modes: there is no BGP to show.
+        if !state.mode.bgp() {
+            break;
+        }
+    }
     for n in &state.nodes {
         let _ = writeln!(out, "\n[{}]$ ip link | grep mtu", n.name);
         out.push_str(&links_with_mtu(&testlab::cmd::run(
@@ -56,6 +74,10 @@ pub fn report(state: &LabState) -> Result<LabReport> {
         )?));
         let _ = writeln!(out, "[{}]$ ip route", n.name);
         out.push_str(&testlab::cmd::run("ip", &["-n", &n.netns, "route"])?);
+    }
+    if state.mode.bgp() {
+        let _ = writeln!(out, "\n[router]$ ip route");
+        out.push_str(&testlab::cmd::run("ip", &["-n", &state.router, "route"])?);
     }
     if state.mode == Mode::Wireguard
         && let Some(n) = state.nodes.first()
@@ -127,6 +149,10 @@ pub fn render_matrix(probes: &[Probe]) -> String {
         match probes.iter().find(|p| p.from == from && p.to == to) {
             None => "-".into(),
             Some(p) if p.reachable => format!("ok {}", p.path),
+            // The request was captured leaving the sender's node.
+            Some(p) if p.path != ObservedPath::NotSeen => {
+                format!("FAIL (request left {}, no reply)", p.from_node)
+            }
             Some(p) => format!("FAIL ({})", p.path),
         }
     };
@@ -160,11 +186,11 @@ pub fn render_matrix(probes: &[Probe]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::ObservedPath;
 
     fn probe(from: &str, to: &str, addr: &str, reachable: bool, path: ObservedPath) -> Probe {
         Probe {
             from: from.into(),
+            from_node: from.trim_start_matches("web-").into(),
             to: to.into(),
             addr: addr.parse().unwrap(),
             reachable,

@@ -20,7 +20,8 @@ pub enum Mode {
     Vxlan,
     /// `vxlanMode: CrossSubnet`: direct inside a subnet, VXLAN across.
     Crosssubnet,
-    /// No encapsulation; the router learns the blocks (as BGP would teach it).
+    /// No encapsulation: BIRD on every node distributes the blocks over BGP;
+    /// the router learns them only when peered (`--peer-router`).
     Direct,
     /// WireGuard between nodes (`FelixConfiguration wireguardEnabled`).
     Wireguard,
@@ -46,9 +47,10 @@ impl Mode {
         }
     }
 
-    /// Whether the router must be taught the blocks (no encapsulation).
-    pub fn router_learns_blocks(self) -> bool {
-        matches!(self, Mode::Direct)
+    /// Whether the agents run BIRD in this mode (the pool has no VXLAN, as
+    /// with Calico's BIRD backend; WireGuard runs over BGP-routed underlay).
+    pub fn bgp(self) -> bool {
+        matches!(self, Mode::Direct | Mode::Ipip | Mode::Wireguard)
     }
 }
 
@@ -129,9 +131,12 @@ pub struct LabState {
     pub mode: Mode,
     /// The pool.
     pub pool: ipnet::Ipv4Net,
-    /// Routes taught to the router (BGP stand-in), to remove on mode changes.
+    /// Whether the nodes peer with the router (`BGPPeer`s `router-lan1/2`).
     #[serde(default)]
-    pub router_routes: Vec<String>,
+    pub peer_router: bool,
+    /// The route reflector node (`--route-reflector`), when the mesh is off.
+    #[serde(default)]
+    pub route_reflector: Option<String>,
     /// The agent binary.
     pub agent_bin: PathBuf,
     /// The state directory.
@@ -204,7 +209,8 @@ mod tests {
             datastore: dir.path().join("datastore.db"),
             mode: Mode::Crosssubnet,
             pool: "172.16.0.0/16".parse().unwrap(),
-            router_routes: vec![],
+            peer_router: false,
+            route_reflector: None,
             agent_bin: "/x/calinet-agent".into(),
             state_dir: dir.path().into(),
             holder: Some(7),

@@ -113,6 +113,8 @@ pub fn spawn_agent(state: &LabState, node: &LabNode) -> Result<LabAgent> {
         // Frequent full resyncs, so the lab exercises them (Calico: 90 s).
         .args(["--resync-secs", "8"])
         .args(["--wireguard-ifname", WG_IFNAME])
+        .arg("--bgp-runtime-dir")
+        .arg(crate::bgp::node_bird_dir(state, &node.name))
         .arg("--datastore-fault-file")
         .arg(fault_file(state, &node.name))
         .spawn()?;

@@ -52,6 +52,8 @@ pub struct Controller<B> {
     bird: B,
     applied: Option<String>,
     last_start: Option<Instant>,
+    /// BIRD was found running before this controller ever started it.
+    adopted: bool,
     backoff: Duration,
 }
 
@@ -62,6 +64,7 @@ impl<B: Bird> Controller<B> {
             bird,
             applied: None,
             last_start: None,
+            adopted: false,
             backoff: Duration::from_secs(1),
         }
     }
@@ -83,7 +86,10 @@ impl<B: Bird> Controller<B> {
                     return Err(ControlError::Backoff { wait: next - now });
                 }
             }
-            let restart = self.last_start.is_some();
+            // A BIRD that ran under this controller (started here, or adopted
+            // from an earlier one) died: restart it in graceful-restart
+            // recovery, so peers keep its routes meanwhile.
+            let restart = self.last_start.is_some() || self.adopted;
             self.bird.write_config(config)?;
             self.last_start = Some(now);
             self.bird.start(restart)?;
@@ -93,6 +99,9 @@ impl<B: Bird> Controller<B> {
             } else {
                 Applied::Started
             });
+        }
+        if self.last_start.is_none() {
+            self.adopted = true;
         }
         if self.applied.as_deref() == Some(config) {
             return Ok(Applied::Unchanged);
@@ -131,6 +140,7 @@ impl<B: Bird> Controller<B> {
     pub fn stop(&mut self) -> Result<(), ControlError> {
         self.applied = None;
         self.last_start = None;
+        self.adopted = false;
         self.bird.stop()
     }
 

@@ -113,3 +113,20 @@ fn stop_forgets_state_and_a_later_apply_starts_fresh() {
     assert_eq!(c.ensure_running(t0).unwrap(), Applied::Unchanged);
     assert_eq!(c.apply("a", t0).unwrap(), Applied::Started);
 }
+
+#[test]
+fn an_adopted_bird_that_dies_is_restarted_in_recovery() {
+    let t0 = Instant::now();
+    // A BIRD left running by an earlier agent answers on its socket.
+    let mut c = Controller::new(Fake {
+        running: true,
+        ..Fake::default()
+    });
+    assert_eq!(c.apply("a", t0).unwrap(), Applied::Reconfigured);
+    c.bird_mut().running = false;
+    assert_eq!(
+        c.ensure_running(t0 + Duration::from_secs(1)).unwrap(),
+        Applied::Restarted
+    );
+    assert_eq!(c.bird().log.last().unwrap(), "start recover=true");
+}

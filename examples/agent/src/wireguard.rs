@@ -278,7 +278,7 @@ mod tests {
         let text = format!(
             "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 172.16.0.0/16, blockSize: 24}}\n\
 ---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: a}}\nspec: {{bgp: {{ipv4Address: 198.51.100.10/24}}}}\n\
----\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec:\n  bgp: {{ipv4Address: 198.51.100.11/24}}\n  ipv4IPIPTunnelAddr: 172.16.9.9\n  wireguard: {{interfaceIPv4Address: 172.16.9.7}}\nstatus: {{wireguardPublicKey: {}}}\n",
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: b}}\nspec:\n  bgp: {{ipv4Address: 198.51.100.11/24, ipv4IPIPTunnelAddr: 172.16.9.9}}\n  wireguard: {{interfaceIPv4Address: 172.16.9.7}}\nstatus: {{wireguardPublicKey: {}}}\n",
             key_b.public_key().to_base64()
         );
         apply(&store, &parse_documents("t", &text).unwrap()).unwrap();

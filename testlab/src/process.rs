@@ -671,7 +671,11 @@ mod tests {
         drop(child);
         assert_eq!(read_pid_file(&pid_file).unwrap(), pid);
         assert!(is_alive(pid), "dropping the handle leaves it running");
-        assert_eq!(cmdline(pid), ["sleep", secs.as_str()]);
+        // `sh` execs `sleep` in its own time (slow on a loaded machine).
+        wait_for("sh to exec sleep", Duration::from_secs(10), || {
+            Ok(cmdline(pid) == ["sleep", secs.as_str()])
+        })
+        .unwrap();
         // Its own session: its session id (field 6 of stat) is its pid.
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();

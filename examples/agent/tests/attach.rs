@@ -34,6 +34,8 @@ fn run_agent(node: &testlab::Node, store: &datastore::DynStore, dir: &std::path:
             ifname: "wg-attach-test".into(),
             key_file: dir.join("wg.key"),
         },
+        bgp_dir: dir.join("bird"),
+        bgp_secrets: None,
     };
     let store = store.clone();
     Netns::open(node.path())

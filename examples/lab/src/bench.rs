@@ -48,9 +48,12 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 pub fn route_latency(lab: &RunningLab, owner: &str, samples: usize) -> Result<Latencies> {
     let store = crate::store::open(&lab.state)?;
     let ipam = calinet_ipam::Ipam::new(store);
-    let node: calinet_ipam::NodeName = owner
-        .parse()
-        .map_err(|e: calinet_ipam::Error| Error::Usage(e.to_string()))?;
+    let node: calinet_ipam::NodeName =
+        owner
+            .parse()
+            .map_err(|e: <calinet_ipam::NodeName as std::str::FromStr>::Err| {
+                Error::Usage(e.to_string())
+            })?;
     let others: Vec<_> = lab
         .state
         .nodes

@@ -67,6 +67,12 @@ fn on_w0(p: &Probe) -> bool {
     p.from == "web-k8s-w0" || p.to == "web-k8s-w0"
 }
 
+/// The seed's same-node pair (two pods on k8s-w1): only the cali interfaces
+/// see it, whatever the mode.
+fn same_node(p: &Probe) -> bool {
+    p.from.ends_with("k8s-w1") && p.to.ends_with("k8s-w1")
+}
+
 fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -90,11 +96,13 @@ fn router_bird_routes(lab: &RunningLab) -> Vec<String> {
 fn all_pairs_direct(lab: &RunningLab, what: &str) {
     let r = lab.report().expect("report");
     println!("{what}:\n{}", r.text);
-    assert_eq!(r.probes.len(), 16);
+    assert_eq!(r.probes.len(), 25, "5 pods x (4 pods + outside)");
     for p in &r.probes {
         assert!(p.reachable, "{what}: {} -> {} unreachable", p.from, p.to);
         let want = if p.to == "outside" {
             ObservedPath::Masqueraded
+        } else if same_node(p) {
+            ObservedPath::SameNode
         } else {
             ObservedPath::Direct
         };
@@ -119,6 +127,9 @@ fn direct_mesh_fails_across_subnets_router_peering_fixes_it_and_bird_faults() {
         if on_w0(p) {
             assert!(!p.reachable, "{} -> {} must fail", p.from, p.to);
             assert_eq!(p.path, ObservedPath::Direct, "request seen leaving");
+        } else if same_node(p) {
+            assert!(p.reachable, "{} -> {} same node", p.from, p.to);
+            assert_eq!(p.path, ObservedPath::SameNode);
         } else {
             assert!(p.reachable, "{} -> {} same subnet", p.from, p.to);
             assert_eq!(p.path, ObservedPath::Direct);
@@ -254,7 +265,12 @@ fn route_reflector_without_mesh_connects_every_pair_then_vxlan_stops_bird() {
     println!("after switching to vxlan:\n{}", r.text);
     for p in r.probes.iter().filter(|p| p.to != "outside") {
         assert!(p.reachable, "{} -> {}", p.from, p.to);
-        assert_eq!(p.path, ObservedPath::Vxlan, "{} -> {}", p.from, p.to);
+        let want = if same_node(p) {
+            ObservedPath::SameNode
+        } else {
+            ObservedPath::Vxlan
+        };
+        assert_eq!(p.path, want, "{} -> {}", p.from, p.to);
     }
     let state_dir = lab.state.state_dir.clone();
     drop(lab);

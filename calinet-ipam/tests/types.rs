@@ -429,3 +429,26 @@ fn overlap_check_finds_nested_and_distant_pools_in_any_order() {
     // An IPv4 pool and an IPv6 pool never overlap, whatever their bits.
     validate_pools(&[named("v4", "10.0.0.0/8"), named("v6", "a00::/8")]).expect("families differ");
 }
+
+/// `Ipam::put_pool` is how the CNI plugin creates a pool from its config: it
+/// refuses the same pools, and writes nothing.
+#[test]
+fn put_pool_refuses_a_pool_that_breaks_the_node_and_writes_nothing() {
+    use calinet_ipam::{Ipam, MemStore, Store};
+    let store = std::sync::Arc::new(MemStore::new());
+    let ipam = Ipam::new(store.clone());
+    match ipam.put_pool(&pool("169.254.0.0/16")) {
+        Err(Error::InvalidPool { pool, rule }) => {
+            assert_eq!(pool, "p");
+            assert!(rule.contains("169.254.1.1"), "{rule}");
+        }
+        other => panic!("expected InvalidPool, got {other:?}"),
+    }
+    assert!(
+        store
+            .list(calinet_ipam::keys::POOLS_PREFIX)
+            .unwrap()
+            .is_empty()
+    );
+    ipam.put_pool(&pool("10.0.0.0/16")).expect("a good pool");
+}

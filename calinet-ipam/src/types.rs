@@ -479,6 +479,9 @@ impl IpPool {
                 rule: "host bits must be zero".into(),
             });
         }
+        if let Some(rule) = reserved_range_rule(cidr) {
+            return bad(rule);
+        }
         let bs = self.block_size();
         if !block_sizes(fam).contains(&bs) {
             return bad(format!(
@@ -516,29 +519,68 @@ impl IpPool {
     }
 }
 
+/// The pods' default gateway: every workload routes via this link-local
+/// address (answered by proxy ARP on the host side of its veth).
+pub const POD_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
+
+/// Ranges a pool must not touch, with the reason a node breaks if it does.
+const RESERVED_RANGES: [(&str, &str); 6] = [
+    ("169.254.0.0/16", "IPv4 link-local"),
+    ("fe80::/10", "IPv6 link-local"),
+    ("127.0.0.0/8", "IPv4 loopback"),
+    ("::1/128", "IPv6 loopback"),
+    ("224.0.0.0/4", "IPv4 multicast"),
+    ("ff00::/8", "IPv6 multicast"),
+];
+
+/// The rule a pool CIDR breaks by covering an address a node needs for
+/// something else, if any.
+fn reserved_range_rule(cidr: IpNet) -> Option<String> {
+    if cidr.prefix_len() == 0 {
+        return Some(format!(
+            "cidr {cidr} is the default route; a pool must be a proper subnet"
+        ));
+    }
+    if cidr.contains(&IpAddr::V4(POD_GATEWAY)) {
+        return Some(format!(
+            "cidr {cidr} contains {POD_GATEWAY}, the pods' default gateway"
+        ));
+    }
+    RESERVED_RANGES.iter().find_map(|(range, what)| {
+        let range: IpNet = range.parse().expect("reserved ranges parse");
+        let overlaps = range.contains(&cidr.network()) || cidr.contains(&range.network());
+        overlaps.then(|| format!("cidr {cidr} overlaps the {what} range {range}"))
+    })
+}
+
 /// Validate a set of pools: each pool, unique names, no two overlapping.
+///
+/// Near-linear: names go through a hash set, and overlaps are found by
+/// sorting the pools by network address and comparing neighbours (CIDRs
+/// either nest or are disjoint, so if any two overlap, two neighbours do).
 pub fn validate_pools(pools: &[IpPool]) -> Result<()> {
+    let mut names = std::collections::HashSet::with_capacity(pools.len());
     for p in pools {
         p.validate()?;
+        if !names.insert(p.metadata.name.as_str()) {
+            return Err(Error::InvalidPool {
+                pool: p.metadata.name.clone(),
+                rule: "duplicate pool name".into(),
+            });
+        }
     }
-    for (i, a) in pools.iter().enumerate() {
-        for b in &pools[i + 1..] {
-            if a.metadata.name == b.metadata.name {
-                return Err(Error::InvalidPool {
-                    pool: a.metadata.name.clone(),
-                    rule: "duplicate pool name".into(),
-                });
-            }
-            if a.spec.cidr.contains(&b.spec.cidr.network())
-                || b.spec.cidr.contains(&a.spec.cidr.network())
-            {
-                return Err(Error::OverlappingPools {
-                    a: a.metadata.name.clone(),
-                    a_cidr: a.spec.cidr,
-                    b: b.metadata.name.clone(),
-                    b_cidr: b.spec.cidr,
-                });
-            }
+    let mut order: Vec<&IpPool> = pools.iter().collect();
+    // IPv4 addresses order before IPv6 ones: the families never interleave.
+    order.sort_by_key(|p| (p.spec.cidr.network(), p.spec.cidr.prefix_len()));
+    for w in order.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a.spec.cidr.contains(&b.spec.cidr.network()) {
+            return Err(Error::OverlappingPools {
+                a: a.metadata.name.clone(),
+                a_cidr: a.spec.cidr,
+                b: b.metadata.name.clone(),
+                b_cidr: b.spec.cidr,
+            });
         }
     }
     Ok(())

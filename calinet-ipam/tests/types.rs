@@ -344,3 +344,108 @@ fn show_table_matches_calicoctl_columns() {
             .contains("| StrictAffinity | false |")
     );
 }
+
+#[test]
+fn pools_that_break_the_node_are_rejected_with_the_rule_named() {
+    for (cidr, rule) in [
+        ("169.254.0.0/16", "169.254.1.1, the pods' default gateway"),
+        ("169.254.1.0/24", "169.254.1.1, the pods' default gateway"),
+        ("128.0.0.0/1", "169.254.1.1, the pods' default gateway"),
+        (
+            "169.254.128.0/20",
+            "overlaps the IPv4 link-local range 169.254.0.0/16",
+        ),
+        ("fe80::/64", "overlaps the IPv6 link-local range fe80::/10"),
+        ("fe00::/7", "overlaps the IPv6 link-local range fe80::/10"),
+        (
+            "127.0.0.0/16",
+            "overlaps the IPv4 loopback range 127.0.0.0/8",
+        ),
+        ("::/64", "overlaps the IPv6 loopback range ::1/128"),
+        (
+            "224.0.0.0/16",
+            "overlaps the IPv4 multicast range 224.0.0.0/4",
+        ),
+        ("ff02::/64", "overlaps the IPv6 multicast range ff00::/8"),
+        ("0.0.0.0/0", "0.0.0.0/0 is the default route"),
+        ("::/0", "::/0 is the default route"),
+    ] {
+        let p = pool(cidr);
+        let got = pool_rule(&p);
+        assert!(got.contains(rule), "{cidr}: {got}");
+        // validate_pools runs the same rule, so the plugin and apply share it.
+        match validate_pools(&[p]) {
+            Err(Error::InvalidPool { pool, rule: r }) => assert_eq!((pool.as_str(), r), ("p", got)),
+            other => panic!("{cidr}: {other:?}"),
+        }
+    }
+    for ok in [
+        "10.0.0.0/16",
+        "169.255.0.0/16",
+        "fd00::/64",
+        "2001:db8::/48",
+        "192.0.0.0/4",
+    ] {
+        pool(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn overlap_check_finds_nested_and_distant_pools_in_any_order() {
+    let named = |name: &str, cidr: &str| {
+        let mut p = pool(cidr);
+        p.metadata.name = name.into();
+        p
+    };
+    // The overlapping pair is not adjacent in the input: a sweep must still see it.
+    let mut pools: Vec<IpPool> = (0..200u32)
+        .map(|i| {
+            named(
+                &format!("p{i}"),
+                &format!("10.{}.{}.0/24", i / 256, i % 256),
+            )
+        })
+        .collect();
+    pools.push(named("v6", "fd00::/64"));
+    validate_pools(&pools).expect("disjoint");
+    pools.insert(0, named("wide", "10.0.64.0/18"));
+    match validate_pools(&pools) {
+        Err(Error::OverlappingPools { a, b, .. }) => {
+            assert_eq!(a, "wide");
+            assert!(b.starts_with('p'), "{b}");
+        }
+        other => panic!("expected overlap, got {other:?}"),
+    }
+    // Same network, one prefix longer: nested pools overlap.
+    match validate_pools(&[named("x", "10.9.0.0/25"), named("y", "10.9.0.0/24")]) {
+        Err(Error::OverlappingPools { a, b, .. }) => {
+            assert_eq!((a.as_str(), b.as_str()), ("y", "x"))
+        }
+        other => panic!("expected overlap, got {other:?}"),
+    }
+    // An IPv4 pool and an IPv6 pool never overlap, whatever their bits.
+    validate_pools(&[named("v4", "10.0.0.0/8"), named("v6", "a00::/8")]).expect("families differ");
+}
+
+/// `Ipam::put_pool` is how the CNI plugin creates a pool from its config: it
+/// refuses the same pools, and writes nothing.
+#[test]
+fn put_pool_refuses_a_pool_that_breaks_the_node_and_writes_nothing() {
+    use calinet_ipam::{Ipam, MemStore, Store};
+    let store = std::sync::Arc::new(MemStore::new());
+    let ipam = Ipam::new(store.clone());
+    match ipam.put_pool(&pool("169.254.0.0/16")) {
+        Err(Error::InvalidPool { pool, rule }) => {
+            assert_eq!(pool, "p");
+            assert!(rule.contains("169.254.1.1"), "{rule}");
+        }
+        other => panic!("expected InvalidPool, got {other:?}"),
+    }
+    assert!(
+        store
+            .list(calinet_ipam::keys::POOLS_PREFIX)
+            .unwrap()
+            .is_empty()
+    );
+    ipam.put_pool(&pool("10.0.0.0/16")).expect("a good pool");
+}

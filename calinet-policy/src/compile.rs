@@ -10,6 +10,17 @@
 //!   ingress policy). Two base chains let Allow be a plain `accept`: an accept
 //!   ends only its own base chain, so a packet between two local workloads that
 //!   egress allows still meets ingress, with no mark set and tested per policy.
+//! - `input` (hook input, filter, priority 0): traffic from a workload to
+//!   this host. Established/related accepted, then from a workload interface:
+//!   invalid dropped, the ICMPv6 types the host needs as the workloads' router
+//!   accepted ([`HOST_ICMPV6_TYPES`], as Felix, before any policy), and a jump
+//!   to `from-wl`, the same egress dispatch as forwarded traffic (an unknown
+//!   workload interface is dropped there).
+//! - `input-to-host` (hook input, filter, priority 1): what egress policy
+//!   allowed meets [`Options::endpoint_to_host`] (Felix's
+//!   `DefaultEndpointToHostAction`, Drop by default). A base chain of its own
+//!   for the same reason as `forward-to-wl`: egress Allow is an accept, which
+//!   ends only `input`.
 //! - `from-wl` / `to-wl`: clear the pass bit, dispatch by interface through the
 //!   verdict maps `fw-dispatch` / `tw-dispatch` (O(1)), and drop anything on a
 //!   workload interface the map does not know (fail closed).
@@ -71,6 +82,9 @@ pub struct Options {
     /// every IPv6 twin of an address match and half the selector sets, which
     /// would otherwise stay empty.
     pub ipv6: bool,
+    /// What happens to traffic from a workload to this host once the
+    /// workload's egress policy allowed it.
+    pub endpoint_to_host: EndpointToHostAction,
 }
 
 impl Default for Options {
@@ -80,9 +94,71 @@ impl Default for Options {
             workload_prefix: "cali".into(),
             log_prefix: "calico-packet: ".into(),
             ipv6: true,
+            endpoint_to_host: EndpointToHostAction::Drop,
         }
     }
 }
+
+/// Felix's `DefaultEndpointToHostAction`: the verdict for a packet from a
+/// workload to its own host after the workload's egress policy allowed it
+/// (a packet egress policy denies is dropped whatever this says).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointToHostAction {
+    /// Drop it (Felix's default): a workload cannot reach its host.
+    #[default]
+    Drop,
+    /// Leave it to the host's other rules: our table accepts it and any other
+    /// table's input chain still decides (Felix returns to the host's `INPUT`).
+    Return,
+    /// Accept it. Within one nftables table this is the same as `Return`:
+    /// an accept ends only this table's chain.
+    Accept,
+}
+
+impl EndpointToHostAction {
+    /// Felix's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointToHostAction::Drop => "Drop",
+            EndpointToHostAction::Return => "Return",
+            EndpointToHostAction::Accept => "Accept",
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointToHostAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EndpointToHostAction {
+    type Err = Error;
+
+    /// `Drop`, `Return` or `Accept`, any case (Felix also takes `DROP` etc.).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        [
+            EndpointToHostAction::Drop,
+            EndpointToHostAction::Return,
+            EndpointToHostAction::Accept,
+        ]
+        .into_iter()
+        .find(|a| a.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| Error::Invalid {
+            resource: "FelixConfiguration".into(),
+            field: "spec.defaultEndpointToHostAction".into(),
+            reason: format!("{s:?} is not one of Drop, Return, Accept"),
+        })
+    }
+}
+
+/// ICMPv6 types a workload may always send to its host, before and whatever
+/// its egress policy and the endpoint-to-host action (as Felix): multicast
+/// listener query/report/done (130-132), router solicitation (133), neighbour
+/// solicitation and advertisement (135, 136). Without neighbour discovery an
+/// IPv6 workload cannot reach its gateway, the host's link-local address.
+pub const HOST_ICMPV6_TYPES: [u8; 6] = [130, 131, 132, 133, 135, 136];
 
 /// Stable short name for content: FNV-1a 64 in hex.
 pub fn content_hash(s: &str) -> String {
@@ -495,6 +571,7 @@ impl Compiler<'_> {
         );
         self.rs.chains.insert("forward".into(), egress);
         self.rs.chains.insert("forward-to-wl".into(), ingress);
+        self.input_chains();
         for (name, dir, map) in [
             ("from-wl", IfDir::In, "fw-dispatch"),
             ("to-wl", IfDir::Out, "tw-dispatch"),
@@ -522,6 +599,76 @@ impl Compiler<'_> {
                 .chains
                 .insert(name.into(), Chain { base: None, rules });
         }
+    }
+
+    /// The input hook: a workload's traffic to this host meets its egress
+    /// policy, then the endpoint-to-host action. Traffic from other
+    /// interfaces is not this table's business (the chains end, policy accept).
+    fn input_chains(&mut self) {
+        let from_wl = || Match::IfPrefix {
+            dir: IfDir::In,
+            prefix: self.opts.workload_prefix.clone(),
+        };
+        let established = || {
+            Rule::new(
+                vec![Match::CtState(ct::ESTABLISHED | ct::RELATED)],
+                Stmt::Accept,
+            )
+        };
+        let icmpv6: Vec<Rule> = if self.opts.ipv6 {
+            HOST_ICMPV6_TYPES
+                .iter()
+                .map(|&t| {
+                    Rule::new(
+                        vec![
+                            from_wl(),
+                            Match::Family(Family::V6),
+                            Match::L4Proto {
+                                proto: 58,
+                                negate: false,
+                            },
+                            Match::Icmp {
+                                icmp_type: t,
+                                code: None,
+                                negate: false,
+                            },
+                        ],
+                        Stmt::Accept,
+                    )
+                    .comment("ICMPv6 the host needs as router")
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let input = |priority: i32, rules: Vec<Rule>| Chain {
+            base: Some(BaseChain {
+                hook: Hook::Input,
+                priority,
+            }),
+            rules,
+        };
+        let mut policy = vec![
+            established(),
+            Rule::new(vec![from_wl(), Match::CtState(ct::INVALID)], Stmt::Drop),
+        ];
+        policy.extend(icmpv6.iter().cloned());
+        policy.push(Rule::new(vec![from_wl()], Stmt::Jump("from-wl".into())));
+        let stmt = match self.opts.endpoint_to_host {
+            EndpointToHostAction::Drop => Stmt::Drop,
+            EndpointToHostAction::Return => Stmt::Return,
+            EndpointToHostAction::Accept => Stmt::Accept,
+        };
+        let mut action = vec![established()];
+        action.extend(icmpv6);
+        action.push(Rule::new(vec![from_wl()], stmt).comment(format!(
+            "defaultEndpointToHostAction {}",
+            self.opts.endpoint_to_host
+        )));
+        self.rs.chains.insert("input".into(), input(0, policy));
+        self.rs
+            .chains
+            .insert("input-to-host".into(), input(1, action));
     }
 
     fn families(&self) -> &'static [Family] {
@@ -1215,6 +1362,119 @@ spec:
             rs.run_hook_ct(Hook::Forward, &p(22), "eth0", "calidb", ct::ESTABLISHED)
                 .unwrap(),
             HookResult::Accept
+        );
+    }
+
+    #[test]
+    fn traffic_to_the_host_meets_egress_policy_then_the_endpoint_to_host_action() {
+        const EGRESS: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: web-out, namespace: a}
+spec:
+  selector: app == 'web'
+  types: [Egress]
+  egress:
+  - action: Allow
+    protocol: TCP
+    destination: {ports: [9091]}
+"#;
+        let mut res = parse_yaml(EGRESS).unwrap();
+        res.push(AnyResource::Profile(Profile::for_namespace(
+            "a",
+            &BTreeMap::new(),
+        )));
+        let m = PolicyModel::build(&res).unwrap();
+        let eps = Endpoints::new(
+            &m,
+            [
+                ep("a/web", "caliweb", "10.0.0.1", "web"),
+                ep("a/db", "calidb", "10.0.0.2", "db"),
+            ],
+        );
+        let to_host = |port| {
+            Packet::tcp(
+                "10.0.0.1".parse().unwrap(),
+                40000,
+                "192.0.2.10".parse().unwrap(),
+                port,
+            )
+        };
+        let from_db = Packet::tcp(
+            "10.0.0.2".parse().unwrap(),
+            40000,
+            "192.0.2.10".parse().unwrap(),
+            9091,
+        );
+        let ns = Packet::icmp(
+            "fd00::2".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            135,
+            0,
+        );
+        let echo = Packet::icmp(
+            "fd00::2".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            128,
+            0,
+        );
+        for action in [
+            EndpointToHostAction::Drop,
+            EndpointToHostAction::Return,
+            EndpointToHostAction::Accept,
+        ] {
+            let opts = Options {
+                endpoint_to_host: action,
+                ..Options::default()
+            };
+            let rs = compile(&m, &eps, &[], &opts).unwrap();
+            let open = action != EndpointToHostAction::Drop;
+            let v = |b: bool| if b { Verdict::Allow } else { Verdict::Deny };
+            let host = |p: &Packet, iif: &str| rs.evaluate_to_host(p, iif).unwrap();
+            // Egress policy allows 9091 only; the action decides the rest.
+            assert_eq!(host(&to_host(9091), "caliweb"), v(open), "{action}");
+            assert_eq!(host(&to_host(22), "caliweb"), Verdict::Deny, "{action}");
+            // No policy: the profile allows egress, the action decides.
+            assert_eq!(host(&from_db, "calidb"), v(open), "{action}");
+            // Unknown workload interfaces are dropped whatever the action.
+            assert_eq!(host(&from_db, "caliunknown"), Verdict::Deny, "{action}");
+            // Neighbour discovery passes regardless; other ICMPv6 does not.
+            assert_eq!(host(&ns, "calidb"), Verdict::Allow, "{action}");
+            assert_eq!(host(&ns, "caliunknown"), Verdict::Allow, "{action}");
+            assert_eq!(host(&echo, "calidb"), v(open), "{action}");
+            // Replies and non-workload traffic are not this table's business.
+            assert_eq!(
+                rs.run_hook_ct(Hook::Input, &to_host(22), "caliweb", "", ct::ESTABLISHED)
+                    .unwrap(),
+                HookResult::Accept
+            );
+            assert_eq!(host(&to_host(22), "eth0"), Verdict::Allow);
+            // Forwarded traffic is unchanged by the action.
+            assert_eq!(
+                rs.evaluate(&to_host(22), "caliweb", Direction::Egress)
+                    .unwrap(),
+                Verdict::Deny
+            );
+            assert_eq!(
+                rs.evaluate(&from_db, "calidb", Direction::Egress).unwrap(),
+                Verdict::Allow
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_to_host_action_parses_felix_spellings() {
+        for (s, a) in [
+            ("Drop", EndpointToHostAction::Drop),
+            ("RETURN", EndpointToHostAction::Return),
+            ("accept", EndpointToHostAction::Accept),
+        ] {
+            assert_eq!(s.parse::<EndpointToHostAction>().unwrap(), a);
+        }
+        let err = "Reject".parse::<EndpointToHostAction>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FelixConfiguration: spec.defaultEndpointToHostAction: \"Reject\" is not one of Drop, Return, Accept"
         );
     }
 

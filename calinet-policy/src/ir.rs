@@ -304,7 +304,10 @@ impl Rule {
 
 /// Netfilter hook of a base chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Hook {
+    /// input (packets to this host), type filter.
+    Input,
     /// forward, type filter.
     Forward,
     /// postrouting, type nat.
@@ -654,6 +657,15 @@ impl Ruleset {
         oif: &str,
     ) -> Result<Verdict, EvalError> {
         Ok(match self.run_hook(Hook::Forward, pkt, iif, oif)? {
+            HookResult::Drop => Verdict::Deny,
+            _ => Verdict::Allow,
+        })
+    }
+
+    /// The verdict for a new connection's packet that arrives on interface
+    /// `iif` addressed to this host (the input hook, no output interface).
+    pub fn evaluate_to_host(&self, pkt: &Packet, iif: &str) -> Result<Verdict, EvalError> {
+        Ok(match self.run_hook(Hook::Input, pkt, iif, "")? {
             HookResult::Drop => Verdict::Deny,
             _ => Verdict::Allow,
         })

@@ -15,6 +15,10 @@
 //! comes from its namespace only: a pod's own labels cannot forge it
 //! ([`model::is_reserved_label`]).
 //!
+//! A workload's traffic to its own host meets the workload's egress policy and
+//! then the endpoint-to-host action ([`compile::EndpointToHostAction`], Felix's
+//! `DefaultEndpointToHostAction`, Drop by default), as Felix applies them.
+//!
 //! Does not own: address allocation, routing, or the workload interfaces
 //! themselves (it only refers to them by name).
 //!

@@ -210,6 +210,7 @@ fn chain_header(c: &Chain) -> String {
     match c.base {
         Some(b) => {
             let (ty, hook) = match b.hook {
+                Hook::Input => ("filter", "input"),
                 Hook::Forward => ("filter", "forward"),
                 Hook::Postrouting => ("nat", "postrouting"),
             };

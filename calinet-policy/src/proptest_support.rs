@@ -178,7 +178,7 @@ pub fn rule() -> impl Strategy<Value = Rule> {
     let icmp = prop::option::weighted(
         0.5,
         (
-            prop::sample::select(vec![0u8, 8, 128]),
+            prop::sample::select(vec![0u8, 8, 128, 135]),
             prop::option::of(prop::sample::select(vec![0u8, 1])),
         ),
     );
@@ -403,7 +403,7 @@ pub fn packet() -> impl Strategy<Value = Packet> {
         prop::sample::select(vec![6u8, 17, 1, 58, 47]),
         port.clone(),
         port,
-        prop::sample::select(vec![0u8, 8, 128]),
+        prop::sample::select(vec![0u8, 8, 128, 135]),
         prop::sample::select(vec![0u8, 1]),
     )
         .prop_map(

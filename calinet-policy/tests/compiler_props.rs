@@ -1,7 +1,7 @@
 //! The compiled IR, run by the reference evaluator, gives the verdict the model's
 //! direct semantics give, for random policies, endpoints and packets.
 
-use calinet_policy::compile::{Options, Pool, compile};
+use calinet_policy::compile::{EndpointToHostAction, HOST_ICMPV6_TYPES, Options, Pool, compile};
 use calinet_policy::ir::{Family, Match, SetElems, Stmt};
 use calinet_policy::proptest_support as s;
 use calinet_policy::semantics::{Direction, Endpoints, PolicyModel, Verdict};
@@ -18,11 +18,16 @@ proptest! {
         eps in s::endpoints(),
         pkts in prop::collection::vec(s::packet(), 1..12),
         ipv6 in any::<bool>(),
+        to_host in prop::sample::select(vec![
+            EndpointToHostAction::Drop,
+            EndpointToHostAction::Return,
+            EndpointToHostAction::Accept,
+        ]),
     ) {
         let model = PolicyModel::build(&res).expect("generated resources are valid");
         let eps = Endpoints::new(&model, eps);
         let pools = [Pool { cidr: "10.0.0.0/16".parse().unwrap(), nat_outgoing: true }];
-        let opts = Options { ipv6, ..Options::default() };
+        let opts = Options { ipv6, endpoint_to_host: to_host, ..Options::default() };
         let rs = compile(&model, &eps, &pools, &opts).unwrap();
         if !ipv6 {
             for (name, set) in &rs.sets {
@@ -70,6 +75,26 @@ proptest! {
                     let got = rs.evaluate_forward(p, &from.interface, &to.interface).unwrap();
                     prop_assert_eq!(got, want, "{} -> {} packet {:?}", from.name, to.name, p);
                 }
+            }
+        }
+        // A workload's traffic to this host: the ICMPv6 the host needs as the
+        // workloads' router always passes; anything else needs the sender's
+        // egress policy to allow it AND an endpoint-to-host action that is not
+        // Drop. An unknown workload interface gets only the ICMPv6; traffic
+        // from a non-workload interface is not this table's business.
+        let host_icmpv6 = |p: &calinet_policy::semantics::Packet| {
+            ipv6 && !p.is_v4() && p.protocol == 58 && HOST_ICMPV6_TYPES.contains(&p.icmp_type)
+        };
+        for ep in eps.by_name.values() {
+            for p in &pkts {
+                let allowed = host_icmpv6(p)
+                    || (ep.local
+                        && model_verdict(&ep.name, Direction::Egress, p) == Verdict::Allow
+                        && to_host != EndpointToHostAction::Drop);
+                let want = if allowed { Verdict::Allow } else { Verdict::Deny };
+                let got = rs.evaluate_to_host(p, &ep.interface).unwrap();
+                prop_assert_eq!(got, want, "{} -> host ({:?}) packet {:?}", ep.name, to_host, p);
+                prop_assert_eq!(rs.evaluate_to_host(p, "eth0").unwrap(), Verdict::Allow);
             }
         }
         // Remote endpoints have no dispatch entry: their interface name, were it

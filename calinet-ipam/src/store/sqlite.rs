@@ -12,6 +12,12 @@
 //! every committed change; it polls the file (default every 10 ms). The
 //! last [`SqliteStore::DEFAULT_WATCH_HISTORY`] revisions are kept, older ones
 //! are pruned (a compaction, reported to watchers that still need them).
+//!
+//! The file holds pod names, namespaces and container ids, so a store file
+//! this module creates is private to its owner (mode 0600 whatever the umask
+//! allows beyond that); SQLite gives the `-wal` and `-shm` files it creates
+//! next to it the database file's mode. An existing file's mode is left as
+//! it is: its owner chose it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -68,6 +74,22 @@ fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (an empty file is a
+/// new SQLite database), so SQLite never creates it with the umask's mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The schema this code writes, kept in SQLite's `user_version`: a file
@@ -135,6 +157,11 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> StoreResult<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let ps = path.display().to_string();
+        create_private(&path).map_err(|e| StoreError::Backend {
+            op: "open",
+            key: ps.clone(),
+            source: Box::new(e),
+        })?;
         let mut conn = Connection::open(&path).map_err(|e| backend("open", &ps, e))?;
         conn.busy_timeout(options.busy_timeout)
             .map_err(|e| backend("open", &ps, e))?;
@@ -636,6 +663,38 @@ mod tests {
         let mut p = db.as_os_str().to_owned();
         p.push("-wal");
         std::fs::metadata(PathBuf::from(p)).map_or(0, |m| m.len())
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_store_file_and_its_wal_and_shm_are_private_and_an_old_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("new.db");
+        let store = SqliteStore::open(&db).unwrap();
+        store.create("/a", b"pod").unwrap();
+        assert_eq!(mode(&db), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "{} exists while the store is open", p.display());
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(store);
+        // A file someone made readable on purpose stays as they made it.
+        let old = dir.path().join("old.db");
+        std::fs::write(&old, b"").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o640)).unwrap();
+        SqliteStore::open(&old)
+            .unwrap()
+            .create("/a", b"pod")
+            .unwrap();
+        assert_eq!(mode(&old), 0o640);
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub(super) const NFT_CMP_EQ: u32 = 0;
 pub(super) const NFT_CMP_NEQ: u32 = 1;
 pub(super) const NFT_LOOKUP_F_INV: u32 = 1;
 pub(super) const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
 
@@ -274,6 +275,7 @@ impl Encoder {
         self.strz(NFTA_CHAIN_NAME, name);
         if let Some(b) = c.base {
             let (hook, ty) = match b.hook {
+                Hook::Input => (NF_INET_LOCAL_IN, "filter"),
                 Hook::Forward => (NF_INET_FORWARD, "filter"),
                 Hook::Postrouting => (NF_INET_POST_ROUTING, "nat"),
             };

@@ -715,6 +715,7 @@ impl<'t> Builder<'t> {
         let mut ch = nftnl::Chain::new(cstring(name), self.table);
         if let Some(b) = c.and_then(|c| c.base) {
             let (hook, ty) = match b.hook {
+                Hook::Input => (nftnl::Hook::In, nftnl::ChainType::Filter),
                 Hook::Forward => (nftnl::Hook::Forward, nftnl::ChainType::Filter),
                 Hook::Postrouting => (nftnl::Hook::PostRouting, nftnl::ChainType::Nat),
             };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use calinet_ipam::report::Dump;
 use calinet_ipam::{IpPool, Revision, Store, StoreError, TxnOp};
+use calinet_policy::compile::EndpointToHostAction;
 use calinet_policy::model::AnyResource;
 use serde::{Deserialize, Serialize};
 
@@ -166,11 +167,17 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
         last.insert(d.resource.key_value().0, i);
     }
     for attempt in 0.. {
+        // One read of the stored pools serves both the checks and the
+        // compare-and-swap revisions of the pool documents.
         let mut pools: BTreeMap<String, IpPool> = BTreeMap::new();
+        let mut stored_pools: BTreeMap<String, calinet_ipam::KeyValue> = BTreeMap::new();
         for kv in store.list(calinet_ipam::keys::POOLS_PREFIX)? {
             let p: IpPool = decode(&kv.key, &kv.value)?;
             pools.insert(p.name().to_owned(), p);
+            stored_pools.insert(kv.key.clone(), kv);
         }
+        // Which document last names each pool, to blame for a bad batch.
+        let mut pool_doc: BTreeMap<String, usize> = BTreeMap::new();
         let mut ops = Vec::new();
         let mut outcomes = Vec::new();
         for (i, d) in docs.iter().enumerate() {
@@ -178,7 +185,10 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
             if last[&key] != i {
                 continue;
             }
-            let stored = store.get(&key)?;
+            let stored = match &d.resource {
+                Resource::IpPool(_) => stored_pools.get(&key).cloned(),
+                _ => store.get(&key)?,
+            };
             match &d.resource {
                 Resource::IpPool(p) => {
                     if let Some(old) = pools.get(p.name())
@@ -197,9 +207,7 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
                         ));
                     }
                     pools.insert(p.name().to_owned(), p.clone());
-                    let all: Vec<IpPool> = pools.values().cloned().collect();
-                    calinet_ipam::validate_pools(&all)
-                        .map_err(|e| d.err("spec.cidr", crate::error::chain(&e)))?;
+                    pool_doc.insert(p.name().to_owned(), i);
                 }
                 Resource::Node(n) => {
                     if let Some(kv) = &stored {
@@ -232,6 +240,27 @@ pub fn apply(store: &dyn Store, docs: &[Parsed]) -> Result<Vec<(String, Outcome)
             outcomes.push((d.resource.describe(), outcome));
         }
         check_bgp(store, docs, &last)?;
+        // The whole batch with the stored pools, checked once (sorted, so
+        // near-linear in the number of pools); the error goes to the document
+        // of the newest pool it names.
+        if !pool_doc.is_empty() {
+            let all: Vec<IpPool> = pools.into_values().collect();
+            if let Err(e) = calinet_ipam::validate_pools(&all) {
+                let named: Vec<&str> = match &e {
+                    calinet_ipam::Error::OverlappingPools { a, b, .. } => vec![a, b],
+                    calinet_ipam::Error::InvalidPool { pool, .. } => vec![pool],
+                    _ => Vec::new(),
+                };
+                let i = named
+                    .iter()
+                    .filter_map(|n| pool_doc.get(*n))
+                    .max()
+                    .or_else(|| pool_doc.values().min())
+                    .copied()
+                    .expect("a pool document exists");
+                return Err(docs[i].err("spec.cidr", crate::error::chain(&e)));
+            }
+        }
         if ops.is_empty() {
             return Ok(outcomes);
         }
@@ -414,6 +443,22 @@ impl ClusterView {
                     .and_then(|f| f.spec.wireguard_enabled)
             })
             .unwrap_or(false)
+    }
+
+    /// What happens to a local pod's traffic to this node after its egress
+    /// policy (`defaultEndpointToHostAction`; `node.<name>` overrides
+    /// `default`; Drop when unset, as Felix). Values are checked when the
+    /// resource is read; one that does not parse counts as unset.
+    pub fn endpoint_to_host_action(&self, node: &str) -> EndpointToHostAction {
+        let get = |name: &str| {
+            self.felix
+                .get(name)
+                .and_then(|f| f.spec.default_endpoint_to_host_action.as_deref())
+                .and_then(|a| a.parse().ok())
+        };
+        get(&format!("node.{node}"))
+            .or_else(|| get("default"))
+            .unwrap_or_default()
     }
 }
 

@@ -3,6 +3,10 @@
 //! by calinet-policy into one nftables table, installed through its netlink
 //! backend.
 //!
+//! A pod's traffic to this node meets the pod's egress policy and then
+//! FelixConfiguration's `defaultEndpointToHostAction` (`node.<name>` over
+//! `default`; Drop when unset, as Felix), so by default no pod reaches its node.
+//!
 //! A restarted agent must not rewrite a table that is already right: the
 //! compiled ruleset's hash is kept in the table itself (the comment of the one
 //! rule of chain `calinet-version`), and checked before the first install.
@@ -135,6 +139,7 @@ pub fn desired_ruleset(
     let opts = Options {
         table: TABLE.into(),
         ipv6,
+        endpoint_to_host: view.endpoint_to_host_action(node),
         ..Options::default()
     };
     let mut rs = compile::compile(&model, &Endpoints::new(&model, eps), &pools, &opts)?;

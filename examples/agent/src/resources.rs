@@ -60,7 +60,8 @@ impl NodeExt for CalicoNode {
     }
 }
 
-/// Calico `FelixConfiguration` (only `wireguardEnabled` is read).
+/// Calico `FelixConfiguration` (`wireguardEnabled` and
+/// `defaultEndpointToHostAction` are read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FelixConfiguration {
@@ -82,6 +83,10 @@ pub struct FelixSpec {
     /// Encrypt pod traffic between nodes with WireGuard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_enabled: Option<bool>,
+    /// What happens to a pod's traffic to its own node once the pod's egress
+    /// policy allowed it: `Drop` (the default), `Return` or `Accept`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint_to_host_action: Option<String>,
     /// Everything else.
     #[serde(flatten)]
     pub extra: Extra,
@@ -536,6 +541,15 @@ fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
                         f.metadata.name
                     ),
                 ));
+            }
+            if let Some(a) = &f.spec.default_endpoint_to_host_action {
+                a.parse::<calinet_policy::compile::EndpointToHostAction>()
+                    .map_err(|_| {
+                        origin.err(
+                            "spec.defaultEndpointToHostAction",
+                            format!("{a:?} is not one of Drop, Return, Accept"),
+                        )
+                    })?;
             }
             Resource::Felix(f)
         }

@@ -159,7 +159,7 @@ fn bad_input_names_file_document_and_field_and_changes_nothing() {
     // Each bad file starts with a valid, new resource, so a half-applied input
     // would show.
     let prefix = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: extra}\nspec: {cidr: 10.244.0.0/16}\n---\n";
-    let cases: [(&str, String, &str); 7] = [
+    let cases: [(&str, String, &str); 11] = [
         (
             "yaml.yaml",
             format!("{prefix}apiVersion: v1\nkind: Pod\nmetadata: {{name: x\n"),
@@ -185,6 +185,34 @@ fn bad_input_names_file_document_and_field_and_changes_nothing() {
                 "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p3}}\nspec: {{cidr: 172.16.8.0/24}}\n"
             ),
             "document 1: spec.cidr: IPPool \"default-ipv4-ippool\" (172.16.0.0/16) overlaps IPPool \"p3\"",
+        ),
+        (
+            "gateway.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: ll}}\nspec: {{cidr: 169.254.0.0/16}}\n"
+            ),
+            "document 1: spec.cidr: invalid IPPool \"ll\": cidr 169.254.0.0/16 contains 169.254.1.1, the pods' default gateway",
+        ),
+        (
+            "multicast.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: mc}}\nspec: {{cidr: 224.0.0.0/16}}\n"
+            ),
+            "document 1: spec.cidr: invalid IPPool \"mc\": cidr 224.0.0.0/16 overlaps the IPv4 multicast range 224.0.0.0/4",
+        ),
+        (
+            "default-route.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: all}}\nspec: {{cidr: 0.0.0.0/0}}\n"
+            ),
+            "document 1: spec.cidr: invalid IPPool \"all\": cidr 0.0.0.0/0 is the default route",
+        ),
+        (
+            "felix.yaml",
+            format!(
+                "{prefix}apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec: {{defaultEndpointToHostAction: Reject}}\n"
+            ),
+            "document 1: spec.defaultEndpointToHostAction: \"Reject\" is not one of Drop, Return, Accept",
         ),
         (
             "port.yaml",

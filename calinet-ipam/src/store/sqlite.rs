@@ -9,7 +9,9 @@
 //!
 //! Watch history lives in the same file (table `history`, written in the
 //! same transaction as the change), so a watcher in another process sees
-//! every committed change; it polls the file (default every 10 ms). The
+//! every committed change. It polls (default every 10 ms) SQLite's
+//! `data_version`, which costs no page reads, and reads the history only
+//! after another connection committed (see `SqliteWatch`). The
 //! last [`SqliteStore::DEFAULT_WATCH_HISTORY`] revisions are kept, older ones
 //! are pruned (a compaction, reported to watchers that still need them).
 

@@ -6,7 +6,11 @@
 //! 3. AutoAssign on `SqliteStore` per second and datastore round trips per
 //!    AutoAssign in the steady state, against Calico's sequence of datastore
 //!    operations (list affinities, get block, update block, create handle)
-//!    run on the same SQLite store in the same run.
+//!    run on the same SQLite store in the same run;
+//! 4. a node's first AutoAssign (a block claim) by a fresh allocator, as a
+//!    CNI plugin process does it, on SqliteStore holding 100, 1,000 and 5,000
+//!    claimed blocks (one per node): CPU per claim and bytes read from the
+//!    store, against the same claim on an empty store in the same run.
 //!
 //! Run: `cargo bench -p calinet-ipam --bench ipam`
 
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use calinet_ipam::block::{Block, Pick};
 use calinet_ipam::{
     AutoAssignRequest, BlockCidr, CountingStore, Family, HandleId, IpPool, IpPoolSpec, Ipam,
-    MemStore, NodeName, SqliteStore, Store, keys,
+    MemStore, NodeName, SqliteStore, Store, TxnOp, keys,
 };
 
 const TRIALS: usize = 7;
@@ -198,6 +202,95 @@ fn sqlite_figures(dir: &std::path::Path, trial: usize, now: SystemTime) -> Sqlit
     }
 }
 
+/// The claim bench's pool: 16,384 /26 blocks, room for every row.
+fn claim_pool() -> IpPool {
+    let mut spec = IpPoolSpec::with_cidr("10.64.0.0/12".parse().expect("cidr"));
+    spec.block_size = Some(26);
+    IpPool::new("claim", spec)
+}
+
+/// A store where `nodes` nodes each hold one block, placed where the
+/// allocator's own walk would put them (FNV-1a start per node, then the next
+/// free CIDR), written in one transaction.
+fn populated(path: &std::path::Path, nodes: usize) -> CountingStore<SqliteStore> {
+    use std::hash::Hasher;
+    let store = CountingStore::new(SqliteStore::open(path).expect("open"));
+    let ipam = Ipam::new(&store);
+    let pool = claim_pool();
+    ipam.put_pool(&pool).expect("pool");
+    let count = pool.block_count();
+    let mut taken = std::collections::HashSet::new();
+    let mut ops = Vec::with_capacity(nodes * 2);
+    for i in 0..nodes {
+        let node: NodeName = format!("node-{i}").parse().expect("node");
+        let mut h = fnv::FnvHasher::default();
+        h.write(node.as_str().as_bytes());
+        let mut k = u128::from(h.finish()) % count;
+        while !taken.insert(k) {
+            k = (k + 1) % count;
+        }
+        let cidr = pool.block(k);
+        let block = Block::new(cidr, Some(format!("host:{node}")), false);
+        ops.push(TxnOp::Create {
+            key: keys::block(&cidr),
+            value: block.to_json(),
+        });
+        ops.push(TxnOp::Create {
+            key: keys::affinity(&node, &cidr),
+            value: br#"{"state":"confirmed","deleted":false}"#.to_vec(),
+        });
+    }
+    if !ops.is_empty() {
+        store.txn(&ops).expect("populate");
+    }
+    store
+}
+
+/// (CPU microseconds per first AutoAssign, bytes read per first AutoAssign)
+/// for `reps` new nodes, each with a fresh allocator on the same store.
+fn claim_cost(
+    store: &CountingStore<SqliteStore>,
+    reps: usize,
+    tag: &str,
+    now: SystemTime,
+) -> (f64, f64) {
+    let mut cpu = Vec::new();
+    let mut bytes = Vec::new();
+    for r in 0..reps {
+        let node: NodeName = format!("new-{tag}-{r}").parse().expect("node");
+        let h: HandleId = format!("k8s-pod-network.{tag}{r}").parse().expect("handle");
+        let req = AutoAssignRequest::v4(h, node, 1);
+        let ipam = Ipam::new(store);
+        // Pools and configuration are read by every process anyway; the
+        // claim is what is measured.
+        ipam.cached_snapshot(now).expect("snapshot");
+        store.reset();
+        let t = thread_cpu();
+        black_box(ipam.auto_assign(&req, now).expect("assign"));
+        cpu.push((thread_cpu() - t).as_secs_f64() * 1e6);
+        bytes.push(store.bytes_read() as f64);
+    }
+    (median(cpu), median(bytes))
+}
+
+fn claim_rows(dir: &std::path::Path, now: SystemTime) {
+    const REPS: usize = 15;
+    let empty = populated(&dir.join("claim-0.db"), 0);
+    let (e_cpu, e_bytes) = claim_cost(&empty, REPS, "e", now);
+    println!(
+        "first AutoAssign (block claim) by a fresh allocator on SqliteStore, median of {REPS}:"
+    );
+    println!("  empty store: {e_cpu:.0} us CPU, {e_bytes:.0} bytes read");
+    for n in [100, 1_000, 5_000] {
+        let store = populated(&dir.join(format!("claim-{n}.db")), n);
+        let (cpu, bytes) = claim_cost(&store, REPS, &n.to_string(), now);
+        println!(
+            "  {n:>5} claimed blocks: {cpu:.0} us CPU ({:.2}x empty), {bytes:.0} bytes read",
+            cpu / e_cpu
+        );
+    }
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split(' ').next().unwrap_or("?").to_owned())
@@ -227,6 +320,11 @@ fn main() {
                 "block to_json: {:.0} ns",
                 (thread_cpu() - t).as_nanos() as f64 / 200_000.0
             );
+            return;
+        }
+        Ok("claim") => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            claim_rows(dir.path(), now);
             return;
         }
         Ok("bitmap") => {
@@ -272,6 +370,7 @@ fn main() {
          {mem:.0} pairs per wall-clock second",
         1e6 / mem_cpu
     );
+    claim_rows(dir.path(), now);
     println!(
         "AutoAssign on SqliteStore (steady state): {sq:.0} /s, {sq_rt:.2} round trips per AutoAssign; \
          Calico's datastore sequence on SqliteStore: {cal:.0} /s, {cal_rt:.2} round trips (speed-up {:.2}x)",

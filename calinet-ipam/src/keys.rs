@@ -12,6 +12,14 @@ pub fn block(cidr: &BlockCidr) -> String {
     format!("{}{}", blocks_prefix(cidr.family()), cidr.key_form())
 }
 
+/// Parse a block key (`/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26`)
+/// into its CIDR, without reading the value.
+pub fn parse_block(key: &str) -> Option<BlockCidr> {
+    let rest = key.strip_prefix("/calico/ipam/v2/assignment/")?;
+    let (_fam, form) = rest.split_once("/block/")?;
+    BlockCidr::from_key_form(form).ok()
+}
+
 /// `/calico/ipam/v2/host/` (prefix of all affinities).
 pub const HOSTS_PREFIX: &str = "/calico/ipam/v2/host/";
 

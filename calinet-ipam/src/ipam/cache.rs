@@ -3,7 +3,7 @@
 //! confirmed affine blocks and reservation masks. Nothing here is trusted for
 //! correctness: every write's revision check validates what it was based on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +37,69 @@ pub(super) struct Cache {
     pub(super) empty_seen: HashMap<BlockCidr, (Revision, SystemTime)>,
     /// GC candidates: affinity key -> (affinity revision, block revision).
     pub(super) gc_seen: HashMap<String, (Revision, Option<Revision>)>,
+    /// Per pool CIDR: which of its block positions are known to be taken.
+    pub(super) pool_index: FastMap<IpNet, PoolIndex>,
+}
+
+/// Which block positions (0 .. `IpPool::block_count()`) of one pool are
+/// taken (a block exists, or every address is reserved), as disjoint,
+/// non-adjacent inclusive intervals, so the next free position from any start
+/// is found in O(log intervals) however many blocks are claimed, also in IPv6
+/// pools with 2^70 positions. A hint only: the claim's create of the block key
+/// decides, so a position wrongly thought free costs one failed claim (and is
+/// then marked), and one wrongly thought taken is found by the rebuild the
+/// claim does before it concludes the pool is full.
+#[derive(Debug, Default)]
+pub(super) struct PoolIndex {
+    taken: BTreeMap<u128, u128>,
+    /// Built from a listing of the family's block keys (else it holds only
+    /// what this allocator learned by probing and claiming).
+    pub(super) complete: bool,
+}
+
+impl PoolIndex {
+    /// The interval holding `i`, if any.
+    fn interval(&self, i: u128) -> Option<(u128, u128)> {
+        self.taken
+            .range(..=i)
+            .next_back()
+            .filter(|(_, e)| **e >= i)
+            .map(|(s, e)| (*s, *e))
+    }
+
+    pub(super) fn is_taken(&self, i: u128) -> bool {
+        self.interval(i).is_some()
+    }
+
+    /// Mark position `i` taken, merging it with its neighbours.
+    pub(super) fn insert(&mut self, i: u128) {
+        if self.is_taken(i) {
+            return;
+        }
+        let (mut start, mut end) = (i, i);
+        if let Some(prev) = i.checked_sub(1).and_then(|p| self.interval(p)) {
+            self.taken.remove(&prev.0);
+            start = prev.0;
+        }
+        if let Some(next_end) = i.checked_add(1).and_then(|n| self.taken.remove(&n)) {
+            end = next_end;
+        }
+        self.taken.insert(start, end);
+    }
+
+    /// The first position at or after `from` (wrapping at `count`) that is not
+    /// known to be taken; `None` when all `count` are.
+    pub(super) fn next_free(&self, from: u128, count: u128) -> Option<u128> {
+        let after = |i: u128| self.interval(i).map_or(i, |(_, e)| e.saturating_add(1));
+        let i = after(from % count);
+        if i < count {
+            return Some(i);
+        }
+        // Wrapped: the intervals are coalesced, so the first position after the
+        // one holding 0 is free unless it runs into the interval we came from.
+        let i = after(0);
+        (i < count && !self.is_taken(i)).then_some(i)
+    }
 }
 
 pub(super) const HANDLE_CACHE_CAP: usize = 16_384;
@@ -244,5 +307,51 @@ impl<S: Store> Ipam<S> {
         if let Some(n) = c.node_blocks.get_mut(node) {
             *n.slot(fam) = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolIndex;
+
+    /// The interval index answers as a plain "taken" array does, for every
+    /// start, as positions are taken in a scattered order.
+    #[test]
+    fn pool_index_matches_a_brute_force_model() {
+        for count in [1u128, 2, 3, 7, 64, 100] {
+            let mut index = PoolIndex::default();
+            let mut model = vec![false; count as usize];
+            // A fixed permutation-ish order: multiples of a stride coprime to most counts.
+            for k in 0..count {
+                let i = (k * 37 + 11) % count;
+                index.insert(i);
+                model[i as usize] = true;
+                for from in 0..count {
+                    let want = (0..count)
+                        .map(|d| (from + d) % count)
+                        .find(|&p| !model[p as usize]);
+                    assert_eq!(
+                        index.next_free(from, count),
+                        want,
+                        "count {count} from {from}"
+                    );
+                }
+                for p in 0..count {
+                    assert_eq!(index.is_taken(p), model[p as usize]);
+                }
+            }
+            assert_eq!(index.next_free(0, count), None, "all {count} taken");
+            assert!(index.taken.len() == 1, "coalesced into one interval");
+        }
+    }
+
+    #[test]
+    fn pool_index_handles_the_ends_of_a_huge_ipv6_pool() {
+        let count = 1u128 << 74;
+        let mut index = PoolIndex::default();
+        index.insert(count - 1);
+        index.insert(0);
+        assert_eq!(index.next_free(count - 1, count), Some(1));
+        assert_eq!(index.next_free(5, count), Some(5));
     }
 }

@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hasher;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::cache::Cache;
+use super::cache::{Cache, PoolIndex};
 use super::commit::Attempt;
 use super::{Ipam, Snapshot, host_affinity};
 use crate::block::Block;
@@ -27,6 +28,33 @@ fn node_hash(node: &NodeName) -> u64 {
     h.finish()
 }
 
+/// Block positions of a pool read one by one before the allocator lists the
+/// family's block keys to build the pool's index: in a sparsely claimed pool
+/// (the usual case: the walk starts at a hashed point) the first read finds a
+/// free CIDR, so a one-shot process never lists.
+const PROBES: usize = 8;
+
+/// CIDRs found fully reserved that one claim may step over (as many as the
+/// walk visited before the index existed), so a huge IPv6 pool covered by a
+/// reservation ends the walk instead of stepping through 2^70 positions.
+const MAX_STEPS: usize = 4096;
+
+/// The position of `cidr` among `pool`'s blocks (the inverse of
+/// `IpPool::block`), if it is one of them.
+fn position(pool: &IpPool, cidr: &BlockCidr) -> Option<u128> {
+    let net = cidr.net();
+    let bs = pool.block_size();
+    if net.prefix_len() != bs || !pool.spec.cidr.contains(&net.network()) {
+        return None;
+    }
+    let (addr, base, bits) = match (net.network(), pool.spec.cidr.network()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return None,
+    };
+    Some((addr - base) >> (bits - bs))
+}
+
 impl<S: Store> Ipam<S> {
     /// Claim a block for `node`: walk each pool's blocks from a start point
     /// derived from the node name (wrapping around) and take the first CIDR
@@ -34,6 +62,26 @@ impl<S: Store> Ipam<S> {
     /// seen empty and unchanged for the grace period. Two-phase: a `pending`
     /// affinity first, then one transaction creating the block and confirming
     /// the affinity.
+    ///
+    /// # Finding a free CIDR
+    ///
+    /// The walk asks the pool's [`PoolIndex`] (kept in the cache) for the next
+    /// position not known to be taken, so its cost does not grow with the
+    /// number of claimed blocks. The index is in-process on purpose: a
+    /// datastore-side "claimed" key per pool, written in every claim's
+    /// transaction, would be one key every node's claim contends on (and
+    /// Calico, which does not know it, would leave it wrong). The create of
+    /// the block key stays the only arbiter; the index is a hint:
+    ///
+    /// - until it is built, up to [`PROBES`] positions are checked with a
+    ///   point read of the block key (one-shot processes in a sparse pool
+    ///   stop at the first);
+    /// - then it is built from one listing of the family's block keys (the
+    ///   CIDR is in the key; no block is decoded) and kept by this
+    ///   allocator's claims and lost races;
+    /// - a CIDR another allocator claimed since costs one failed claim, after
+    ///   which it is marked; a CIDR freed since is found when the index says
+    ///   the pool is full: it is then rebuilt once before reclaiming.
     pub(super) fn claim_block(
         &self,
         c: &mut Cache,
@@ -43,33 +91,68 @@ impl<S: Store> Ipam<S> {
         fam: Family,
         now: SystemTime,
     ) -> Result<Option<BlockCidr>> {
+        let mut rebuilt = false;
+        for pool in pools {
+            let count = pool.block_count();
+            let start = u128::from(node_hash(node)) % count;
+            let mut pos = start;
+            let mut probes = 0;
+            let mut steps = 0;
+            loop {
+                let index = c.pool_index.entry(pool.spec.cidr).or_default();
+                let Some(i) = index.next_free(pos, count) else {
+                    if rebuilt {
+                        break;
+                    }
+                    self.build_index(c, pools, fam)?;
+                    rebuilt = true;
+                    pos = start;
+                    continue;
+                };
+                let complete = index.complete;
+                pos = i;
+                let cidr = pool.block(i);
+                if Self::mask(c, snap, cidr).as_ref().is_some_and(|m| m.all()) {
+                    Self::mark_taken(c, pool, i);
+                    steps += 1;
+                    if steps > MAX_STEPS {
+                        break;
+                    }
+                    continue;
+                }
+                if !complete {
+                    if probes == PROBES {
+                        self.build_index(c, pools, fam)?;
+                        rebuilt = true;
+                        continue;
+                    }
+                    probes += 1;
+                    // A point read is cheaper than a pending affinity that
+                    // then fails to become a block.
+                    if self.store.get(&keys::block(&cidr))?.is_some() {
+                        Self::mark_taken(c, pool, i);
+                        continue;
+                    }
+                }
+                let won = self.try_claim(c, node, cidr)?;
+                Self::mark_taken(c, pool, i);
+                if won {
+                    return Ok(Some(cidr));
+                }
+                steps += 1;
+                if steps > MAX_STEPS {
+                    break;
+                }
+            }
+        }
+        // Reclaim an empty block of another node: only when no CIDR is free,
+        // so reading and decoding every block is acceptable here.
         let listed = self.store.list(&keys::blocks_prefix(fam))?;
         let mut existing: HashMap<BlockCidr, (Block, Revision)> = HashMap::new();
         for kv in &listed {
             let b = Block::from_json(&kv.key, &kv.value)?;
             existing.insert(b.cidr(), (b, kv.mod_revision));
         }
-        for pool in pools {
-            let count = pool.block_count();
-            let start = u128::from(node_hash(node)) % count;
-            // At most every existing block plus one free CIDR (plus fully
-            // reserved ones) is visited, even in huge IPv6 pools.
-            let limit = count.min(existing.len() as u128 + 1 + 4096);
-            for i in 0..limit {
-                let cidr = pool.block((start + i) % count);
-                if existing.contains_key(&cidr) {
-                    continue;
-                }
-                let mask = Self::mask(c, snap, cidr);
-                if mask.as_ref().is_some_and(|m| m.all()) {
-                    continue;
-                }
-                if self.try_claim(c, node, cidr)? {
-                    return Ok(Some(cidr));
-                }
-            }
-        }
-        // Reclaim an empty block of another node.
         let grace = self.opts.reclaim_grace;
         let aff = host_affinity(node);
         for pool in pools {
@@ -98,6 +181,32 @@ impl<S: Store> Ipam<S> {
             }
         }
         Ok(None)
+    }
+
+    fn mark_taken(c: &mut Cache, pool: &IpPool, i: u128) {
+        c.pool_index.entry(pool.spec.cidr).or_default().insert(i);
+    }
+
+    /// (Re)build the index of every pool in `pools` from one listing of the
+    /// family's block keys; only the keys are parsed.
+    fn build_index(&self, c: &mut Cache, pools: &[&IpPool], fam: Family) -> Result<()> {
+        let listed = self.store.list(&keys::blocks_prefix(fam))?;
+        let mut fresh: Vec<PoolIndex> = pools.iter().map(|_| PoolIndex::default()).collect();
+        for kv in &listed {
+            let Some(cidr) = keys::parse_block(&kv.key) else {
+                continue;
+            };
+            for (pool, index) in pools.iter().zip(&mut fresh) {
+                if let Some(i) = position(pool, &cidr) {
+                    index.insert(i);
+                }
+            }
+        }
+        for (pool, mut index) in pools.iter().zip(fresh) {
+            index.complete = true;
+            c.pool_index.insert(pool.spec.cidr, index);
+        }
+        Ok(())
     }
 
     /// Two-phase claim of a CIDR that has no block. Ok(false) = lost the race.

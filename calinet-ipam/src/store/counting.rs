@@ -1,4 +1,4 @@
-//! A wrapper that counts datastore round trips.
+//! A wrapper that counts datastore round trips and the bytes they read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,11 +36,13 @@ impl RoundTrips {
     }
 }
 
-/// Wraps a [`Store`] and counts every call (failed ones too).
+/// Wraps a [`Store`] and counts every call (failed ones too) and the key and
+/// value bytes its reads returned.
 #[derive(Debug, Default)]
 pub struct CountingStore<S> {
     inner: S,
     counts: [AtomicU64; 6],
+    read_bytes: AtomicU64,
 }
 
 impl<S: Store> CountingStore<S> {
@@ -49,6 +51,7 @@ impl<S: Store> CountingStore<S> {
         CountingStore {
             inner,
             counts: Default::default(),
+            read_bytes: AtomicU64::new(0),
         }
     }
     /// The wrapped store.
@@ -67,25 +70,46 @@ impl<S: Store> CountingStore<S> {
             txn: c(5),
         }
     }
-    /// Reset the counts to zero.
+    /// Key and value bytes returned by reads (`get`, `list`,
+    /// `list_with_revision`) so far: what a remote store would send.
+    pub fn bytes_read(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+    /// Reset the counts (and the bytes read) to zero.
     pub fn reset(&self) {
         for c in &self.counts {
             c.store(0, Ordering::Relaxed);
         }
+        self.read_bytes.store(0, Ordering::Relaxed);
     }
     fn bump(&self, i: usize) {
         self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+    fn read<'a>(&self, kvs: impl IntoIterator<Item = &'a KeyValue>) {
+        let n: usize = kvs
+            .into_iter()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 impl<S: Store> Store for CountingStore<S> {
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
         self.bump(0);
-        self.inner.get(key)
+        let r = self.inner.get(key);
+        if let Ok(Some(kv)) = &r {
+            self.read([kv]);
+        }
+        r
     }
     fn list(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
         self.bump(1);
-        self.inner.list(prefix)
+        let r = self.inner.list(prefix);
+        if let Ok(kvs) = &r {
+            self.read(kvs);
+        }
+        r
     }
     fn create(&self, key: &str, value: &[u8]) -> StoreResult<Revision> {
         self.bump(2);
@@ -106,7 +130,11 @@ impl<S: Store> Store for CountingStore<S> {
     /// Counted as a `list`.
     fn list_with_revision(&self, prefix: &str) -> StoreResult<Listing> {
         self.bump(1);
-        self.inner.list_with_revision(prefix)
+        let r = self.inner.list_with_revision(prefix);
+        if let Ok(l) = &r {
+            self.read(&l.kvs);
+        }
+        r
     }
     /// Not counted: a watch is one long-lived stream, not a round trip per
     /// change.

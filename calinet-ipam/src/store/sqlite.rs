@@ -9,7 +9,9 @@
 //!
 //! Watch history lives in the same file (table `history`, written in the
 //! same transaction as the change), so a watcher in another process sees
-//! every committed change; it polls the file (default every 10 ms). The
+//! every committed change. It polls (default every 10 ms) SQLite's
+//! `data_version`, which costs no page reads, and reads the history only
+//! after another connection committed (see `SqliteWatch`). The
 //! last [`SqliteStore::DEFAULT_WATCH_HISTORY`] revisions are kept, older ones
 //! are pruned (a compaction, reported to watchers that still need them).
 //!
@@ -421,7 +423,16 @@ fn key_bounds(prefix: &str) -> Option<String> {
     prefix_end(prefix).and_then(|e| String::from_utf8(e).ok())
 }
 
-/// A watch over an SQLite file: its own read connection, polling `history`.
+/// A watch over an SQLite file: its own read connection, polling `history`
+/// only when the file changed.
+///
+/// Each poll first asks SQLite's `PRAGMA data_version`, which changes when
+/// any other connection (in any process) has committed to the file since this
+/// connection last looked; it is answered from the WAL index in shared memory
+/// and reads no pages. Only then does the watch open a read transaction and
+/// read the history rows from its next revision on (through the history
+/// table's `(revision, seq)` key). An idle watch thus costs a shared-memory
+/// look per poll instead of a read transaction over the history.
 #[derive(Debug)]
 struct SqliteWatch {
     conn: Connection,
@@ -429,6 +440,8 @@ struct SqliteWatch {
     end: Option<String>,
     next: Revision,
     poll: Duration,
+    /// `data_version` at the last scan; `None` before the first.
+    seen_version: Option<i64>,
 }
 
 impl SqliteWatch {
@@ -478,24 +491,43 @@ impl SqliteWatch {
     }
 }
 
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 impl WatchSource for SqliteWatch {
     fn poll(&mut self, timeout: Duration) -> Result<Vec<WatchEvent>, WatchError> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let (compacted, current, events) = match self.scan() {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.sqlite_error_code(),
-                        Some(
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        )
-                    ) =>
-                {
-                    (0, 0, Vec::new())
-                }
+            let version = match self
+                .conn
+                .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            {
+                Ok(v) => Some(v),
+                // Busy: look at the history as before (it retries the same way).
+                Err(e) if is_busy(&e) => None,
                 Err(e) => return Err(self.fail(e)),
             };
+            if version.is_some() && version == self.seen_version {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(Vec::new());
+                }
+                std::thread::sleep(left.min(self.poll));
+                continue;
+            }
+            let (compacted, current, events) = match self.scan() {
+                Ok(x) => x,
+                // Busy: the version is not recorded, so the next poll scans again.
+                Err(e) if is_busy(&e) => (0, 0, Vec::new()),
+                Err(e) => return Err(self.fail(e)),
+            };
+            if !matches!((compacted, current), (0, 0)) {
+                self.seen_version = version;
+            }
             if self.next <= compacted {
                 return Err(WatchError::Compacted {
                     prefix: self.prefix.clone(),
@@ -565,6 +597,7 @@ impl Store for SqliteStore {
             end: key_bounds(prefix),
             next: from,
             poll: self.watch_poll,
+            seen_version: None,
         };
         Ok(Watcher::new(prefix, from, Box::new(source)))
     }

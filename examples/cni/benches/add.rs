@@ -2,7 +2,10 @@
 //! the CNI reference `ptp` plugin with `host-local` IPAM (Debian
 //! `containernetworking-plugins`, /usr/lib/cni), each ADD into a fresh pod
 //! namespace, from a lab node namespace, interleaved in the same run. Also the
-//! IPAM plugins alone: `calinet-ipam` vs `host-local`.
+//! IPAM plugins alone: `calinet-ipam` vs `host-local`. And a node's first
+//! ADD (the one that claims a block) in a datastore where 5,000 other nodes
+//! hold a block each, against the same in an empty datastore (target: within
+//! 2x).
 //!
 //! Run: `cargo bench -p calinet-cni --bench add` (root; otherwise it reports
 //! SKIPPED), or `bash scripts/bench-cni.sh`, which also builds the static
@@ -18,6 +21,9 @@ use common::{CALINET, CALINET_IPAM, Call, REFERENCE_DIR, calinet_config};
 
 const WARMUP: usize = 3;
 const RUNS: usize = 40;
+/// Nodes already holding a block in the "big" store of the first-ADD rows.
+const CLUSTER_NODES: usize = 5_000;
+const FIRST_ADD_RUNS: usize = 15;
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -66,6 +72,99 @@ fn builds() -> Vec<Build> {
     b
 }
 
+/// A datastore in which `nodes` nodes each hold one /26 block of
+/// `pool` (16,384 blocks), scattered over the pool (position `13 i`), as
+/// blocks and confirmed affinities written in one transaction. The plugin
+/// creates the pool itself on its first ADD.
+fn cluster_store(db: &Path, pool: &str, nodes: usize) {
+    use calinet_ipam::block::Block;
+    use calinet_ipam::{BlockCidr, NodeName, SqliteStore, Store, TxnOp, keys};
+    let store = SqliteStore::open(db).expect("open datastore");
+    let base: ipnet::Ipv4Net = pool.parse().expect("pool");
+    let base = u32::from(base.network());
+    let mut ops = Vec::with_capacity(nodes * 2);
+    for i in 0..nodes {
+        let pos = (i as u32 * 13) % 16_384;
+        let cidr: BlockCidr = format!("{}/26", std::net::Ipv4Addr::from(base + (pos << 6)))
+            .parse()
+            .expect("block cidr");
+        let node: NodeName = format!("cluster-{i}").parse().expect("node");
+        let block = Block::new(cidr, Some(format!("host:{node}")), false);
+        ops.push(TxnOp::Create {
+            key: keys::block(&cidr),
+            value: block.to_json(),
+        });
+        ops.push(TxnOp::Create {
+            key: keys::affinity(&node, &cidr),
+            value: br#"{"state":"confirmed","deleted":false}"#.to_vec(),
+        });
+    }
+    if !ops.is_empty() {
+        store.txn(&ops).expect("populate datastore");
+    }
+}
+
+/// A node's first ADD (a block claim) with 0 and `CLUSTER_NODES` claimed
+/// blocks in the datastore, interleaved; each run is a new node name.
+fn first_add_rows(lab: &testlab::Lab, host: &Path, dir: &Path, build: &Build) {
+    let stores = [
+        (
+            "empty datastore",
+            dir.join("first-empty.db"),
+            "10.80.0.0/12",
+            0,
+        ),
+        (
+            "5,000 nodes' blocks in the datastore",
+            dir.join("first-5000.db"),
+            "10.64.0.0/12",
+            CLUSTER_NODES,
+        ),
+    ];
+    for (_, db, pool, nodes) in &stores {
+        cluster_store(db, pool, *nodes);
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    let mut cpu: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    for r in 0..WARMUP + FIRST_ADD_RUNS {
+        for k in 0..stores.len() {
+            let slot = (r + k) % stores.len();
+            let (_, db, pool, _) = &stores[slot];
+            let config = calinet_config(db, pool, r#","ipv4_block_size":26"#).replace(
+                r#""nodename":"node-1""#,
+                &format!(r#""nodename":"first-{r}""#),
+            );
+            let pod = lab.pod(&format!("f{slot}-{r}")).expect("pod");
+            let call = Call::new("ADD", &format!("f{slot}-{r}"), &pod.path(), &config);
+            let out = call.exec(&build.plugin, Some(host));
+            out.ok();
+            if r >= WARMUP {
+                samples[slot].push(out.elapsed);
+                cpu[slot].push(out.cpu);
+            }
+            call.with_command("DEL")
+                .exec(&build.plugin, Some(host))
+                .ok();
+        }
+    }
+    println!(
+        "A node's first ADD (claims a block), {FIRST_ADD_RUNS} runs each (after {WARMUP} warm-up), {}:",
+        build.label
+    );
+    let empty = median(&mut samples[0]);
+    for (k, (label, ..)) in stores.iter().enumerate() {
+        let m = median(&mut samples[k]);
+        println!(
+            "  {:<44} median {}  p90 {}  CPU {}  ratio to empty {:.2} (target <= 2)",
+            label,
+            ms(m),
+            ms(p90(&mut samples[k])),
+            ms(median(&mut cpu[k])),
+            m.as_secs_f64() / empty.as_secs_f64()
+        );
+    }
+}
+
 #[derive(Default)]
 struct Samples {
     add: Vec<Duration>,
@@ -87,6 +186,16 @@ fn main() {
     let host_local = Path::new(REFERENCE_DIR).join("host-local");
     let host_local = host_local.to_str().expect("utf-8 path");
     let builds = builds();
+    if std::env::var("CNI_BENCH_ONLY").as_deref() == Ok("first") {
+        let lab = testlab::Lab::new("cni_first").expect("lab");
+        let seg = lab.segment("198.51.100.0/24").expect("segment");
+        let node = lab
+            .node("node1", &seg, "198.51.100.10".parse().unwrap())
+            .expect("node");
+        let dir = tempfile::tempdir().expect("temp dir");
+        first_add_rows(&lab, &node.path(), dir.path(), &builds[0]);
+        return;
+    }
 
     let lab = testlab::Lab::new("cni_bench").expect("lab");
     let seg = lab.segment("198.51.100.0/24").expect("segment");
@@ -232,6 +341,7 @@ fn main() {
             (mc.as_secs_f64() - mf.as_secs_f64()) / (mr.as_secs_f64() - mf.as_secs_f64())
         );
     }
+    first_add_rows(&lab, &host, dir.path(), &builds[0]);
     println!("IPAM plugin alone by exec:");
     println!("  {:<44} median {}", "host-local (files)", ms(mh));
     for (b, s) in builds.iter().zip(&mut ours) {

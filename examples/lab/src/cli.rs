@@ -129,6 +129,11 @@ pub struct UpArgs {
     /// every other node peers with; BGP modes only.
     #[arg(long, value_name = "NODE")]
     pub route_reflector: Option<String>,
+    /// Run a Prometheus server in the router's namespace scraping every
+    /// agent, and ask it every query of the agent's Grafana dashboard
+    /// (`run`: printed before the teardown; `up`: kept running until `down`).
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 impl UpArgs {
@@ -145,6 +150,7 @@ impl UpArgs {
             underlay_mtu: 1500,
             peer_router: false,
             route_reflector: None,
+            prometheus: false,
         }
     }
 
@@ -176,12 +182,19 @@ impl UpArgs {
         if let Some(rr) = &self.route_reflector {
             v.extend(["--route-reflector".into(), rr.into()]);
         }
+        if self.prometheus {
+            v.push("--prometheus".into());
+        }
         v
     }
 }
 
 /// The line `hold` prints once the lab is up (and its report written).
 const READY: &str = "LAB-READY";
+/// How long `--prometheus` waits for every dashboard query to have data
+/// (rates and quantiles need a few scrapes, one a second).
+const DASHBOARD_WAIT: Duration = Duration::from_secs(60);
+
 /// The prefix of the line `hold` prints when the lab did not come up.
 const FAILED: &str = "LAB-FAILED";
 
@@ -250,10 +263,20 @@ fn hold(args: &UpArgs) -> Result<i32> {
     };
     lab.state.holder = Some(std::process::id());
     state::save(&args.state_dir, &lab.state)?;
-    let text = lab
+    let mut text = lab
         .report()
         .map(|r| r.text)
         .unwrap_or_else(|e| format!("report failed: {}\n", chain(&e)));
+    // Kept running as long as this process holds the lab.
+    let _prometheus = if args.prometheus {
+        progress("starting Prometheus in the router's namespace");
+        let server = crate::prometheus::start(&lab.state)?;
+        let (dashboard, _) = crate::prometheus::dashboard_report(&lab.state, DASHBOARD_WAIT)?;
+        text.push_str(&dashboard);
+        Some(server)
+    } else {
+        None
+    };
     let path = args.state_dir.join("report.txt");
     std::fs::write(&path, text).map_err(|source| Error::Io {
         what: "write",
@@ -305,10 +328,26 @@ pub fn execute(command: &LabCommand) -> Result<i32> {
             if let Ok(r) = &r {
                 print!("{}", r.text);
             }
+            let dashboard = if args.prometheus {
+                progress("starting Prometheus in the router's namespace");
+                crate::prometheus::start(&lab.state).and_then(|server| {
+                    let d = crate::prometheus::dashboard_report(&lab.state, DASHBOARD_WAIT);
+                    drop(server);
+                    d
+                })
+            } else {
+                Ok((String::new(), true))
+            };
+            if let Ok((text, _)) = &dashboard {
+                print!("{text}");
+            }
             progress("tearing the lab down");
             drop(lab);
             let r = r?;
-            Ok(i32::from(r.probes.iter().any(|p| !p.reachable)))
+            let (_, answered) = dashboard?;
+            Ok(i32::from(
+                r.probes.iter().any(|p| !p.reachable) || !answered,
+            ))
         }
         LabCommand::Mode { mode, state_dir } => {
             let state = cluster::switch_mode(state_dir, *mode)?;

@@ -65,6 +65,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod probe;
+pub mod prometheus;
 pub mod report;
 pub mod state;
 pub mod store;

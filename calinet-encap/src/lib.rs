@@ -81,6 +81,7 @@
 //!   every remote as "another subnet" and tunnels.
 //! - Errors are returned for the whole input; nothing is decided from a bad input.
 
+#![forbid(unsafe_code)]
 mod decide;
 mod error;
 mod model;

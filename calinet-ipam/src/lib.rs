@@ -116,6 +116,7 @@
 //!   observations, never a node's last block) and [`Ipam::release_leaked`]
 //!   (allocations of handles the caller says are dead).
 
+#![forbid(unsafe_code)]
 pub mod block;
 pub mod conformance;
 mod encoding;

@@ -78,6 +78,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// The only unsafe code is the libnftnl test oracle (test builds only).
+#![cfg_attr(not(test), forbid(unsafe_code))]
+#![cfg_attr(test, deny(unsafe_code))]
 pub mod compile;
 pub mod index;
 pub mod ir;

@@ -27,6 +27,7 @@ use crate::ir::{Diff, Ruleset};
 
 mod encode;
 #[cfg(test)]
+#[allow(unsafe_code)] // FFI to libnftnl: the byte-for-byte oracle
 mod nftnl_oracle;
 #[cfg(test)]
 mod tests;

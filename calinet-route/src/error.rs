@@ -46,7 +46,7 @@ pub enum Error {
         message: String,
     },
     /// A netlink socket-level failure (send, receive, decode).
-    #[error("netlink transport failure during {context}: {source}")]
+    #[error("netlink transport failure during {context}")]
     Transport {
         /// What was being done.
         context: String,
@@ -71,7 +71,7 @@ pub enum Error {
         attempts: u32,
     },
     /// A network namespace could not be opened or entered.
-    #[error("network namespace {path}: {source}")]
+    #[error("network namespace {path}")]
     Netns {
         /// The namespace path.
         path: PathBuf,
@@ -80,7 +80,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A sysctl could not be written or read.
-    #[error("sysctl {path} in netns {netns}: {source}")]
+    #[error("sysctl {path} in netns {netns}")]
     Sysctl {
         /// The /proc/sys path.
         path: String,

@@ -122,6 +122,7 @@
 //!   error rather than a recreate. (This machine's kernel has no IPIP; that test is
 //!   reported as skipped.)
 
+#![forbid(unsafe_code)]
 pub mod backend;
 mod error;
 pub mod kernel;

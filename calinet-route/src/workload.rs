@@ -359,7 +359,7 @@ pub async fn setup_workload(
     // The veth pair, peer created directly in the pod's namespace, with a MAC
     // chosen here (random, locally administered, as the kernel would pick) so
     // that nothing has to ask the pod's namespace for it afterwards.
-    let pod_mac = random_mac()?;
+    let pod_mac = random_mac();
     let pod_fd = std::os::fd::AsRawFd::as_raw_fd(pod_ns.file());
     let peer = LinkUnspec::new_with_name(spec.pod_ifname.as_str())
         .mtu(spec.mtu)
@@ -415,19 +415,22 @@ pub async fn setup_workload(
 }
 
 /// A random, locally administered unicast MAC (what the kernel's
-/// `eth_random_addr` makes).
-fn random_mac() -> Result<MacAddr> {
+/// `eth_random_addr` makes). std seeds every `RandomState` from the operating
+/// system's random source, so its hasher gives unpredictable bits without
+/// unsafe code or another dependency; the time makes two calls differ.
+fn random_mac() -> MacAddr {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(now);
+    let bits = h.finish().to_le_bytes();
     let mut b = [0u8; 6];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        return Err(Error::Transport {
-            context: "getrandom for the pod interface's MAC".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    b.copy_from_slice(&bits[..6]);
     b[0] = (b[0] & 0xfe) | 0x02;
-    Ok(MacAddr(b))
+    MacAddr(b)
 }
 
 /// `IFLA_LINK` of a veth end: its peer's index (in the peer's namespace).

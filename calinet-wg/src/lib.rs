@@ -68,6 +68,7 @@
 //! refuses one that group or others can read. Keys never appear in `Debug`,
 //! errors or logs.
 
+#![forbid(unsafe_code)]
 pub mod backend;
 pub mod delta;
 mod error;

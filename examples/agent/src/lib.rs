@@ -45,6 +45,7 @@
 //! - [`prometheus`]: a Prometheus server scraping agents (config and launch).
 //! - [`show`]: `ipam show`, `get ippool`, `get workloadendpoint`, `node status`.
 
+#![forbid(unsafe_code)]
 pub mod agent;
 pub mod bgp;
 pub mod cli;

@@ -130,6 +130,7 @@ impl Workload {
             cfg.mtu,
         )
         .container_id(self.container.to_string())
+        .owner(self.container.to_string())
         .pod_ifname(self.pod_ifname.clone())
         .ipv4(family(
             cfg.ipam.assign_ipv4,
@@ -147,7 +148,8 @@ impl Workload {
         req
     }
 
-    /// The handle and interfaces (what DEL releases).
+    /// The handle and interfaces (what DEL releases), owned by the container
+    /// id: DEL removes only interfaces whose host side records it.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::new(
             self.handle.clone(),
@@ -155,6 +157,7 @@ impl Workload {
             self.netns.clone(),
         )
         .pod_ifname(self.pod_ifname.clone())
+        .owner(self.container.to_string())
     }
 
     /// The workload spec for these addresses (first IPv4, first IPv6).
@@ -287,8 +290,12 @@ impl From<calinet_attach::Error> for Error {
             A::NetnsUnusable { path, source } => Error::InvalidEnv {
                 var: "CNI_NETNS",
                 value: path.display().to_string(),
-                rule: format!("cannot be accessed: {source}"),
+                rule: format!("must be a network namespace that can be entered ({source})"),
             },
+            A::Plumbing {
+                source: calinet_route::Error::InterfaceInUse { netns, name, owner },
+                ..
+            } => Error::InterfaceInUse { netns, name, owner },
             A::UnknownPool { name } => Error::InvalidConfig {
                 field: "ipam.ipv4_pools/ipv6_pools".into(),
                 value: name,
@@ -428,7 +435,13 @@ pub fn gc(
             && let Some(ifname) = host_ifname_of(cfg, &attrs)
             && !kept_ifnames.contains(&ifname)
         {
-            p.teardown(&ifname, None, &eth0)?;
+            // Only the interface this container's ADD made (it records the
+            // container id): another container's of the same name stays.
+            let owner = h
+                .as_str()
+                .strip_prefix(&format!("{}.", cfg.name))
+                .unwrap_or(h.as_str());
+            p.teardown(&ifname, None, &eth0, Some(owner))?;
         }
         ipam.release(&h)?;
         released.push(h);

@@ -975,6 +975,7 @@ impl Agent {
                     orchestrator: "k8s".into(),
                     node: self.node.clone(),
                     pod: pod.metadata.name.clone(),
+                    container_id: None,
                     endpoint: "eth0".into(),
                     interface_name: w.spec.host_ifname.to_string(),
                     ip_networks: w
@@ -985,7 +986,9 @@ impl Agent {
                         .chain(w.spec.ipv6.map(IpAddr::V6))
                         .map(IpNet::from)
                         .collect(),
+                    mac: None,
                     profiles: vec![format!("kns.{}", pod.namespace())],
+                    service_account_name: None,
                     ports: pod
                         .spec
                         .containers
@@ -1012,8 +1015,10 @@ impl Agent {
             }
             wanted.insert(key);
         }
+        // Only endpoints the agent wrote: one with a containerID is a CNI
+        // ADD's, removed by that container's DEL.
         for (key, (w, _)) in &view.weps {
-            if w.spec.node == self.node && !wanted.contains(key) {
+            if w.spec.node == self.node && w.spec.container_id.is_none() && !wanted.contains(key) {
                 delete_if_present(self.store.as_ref(), key)?;
             }
         }

@@ -55,6 +55,7 @@ pub mod fake;
 mod ipam;
 mod kernel;
 mod request;
+pub mod wep;
 
 pub use crate::core::{
     AddressManager, AllocationPlan, Plumber, Released, add, allocate, plan_allocation, release,

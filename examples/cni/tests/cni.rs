@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use calinet_route::IfName;
-use common::{CALINET, CALINET_IPAM, Call, calinet_config, ipam_check, schema, stored_handles};
+use common::{
+    CALINET, CALINET_IPAM, Call, calinet_config, ipam_check, schema, stored_handles, stored_weps,
+};
 use serde_json::{Value, json};
 use testlab::{Lab, Netns, Node};
 
@@ -608,6 +610,10 @@ fn del_of_an_old_container_leaves_the_new_containers_interfaces() {
         stored_handles(&db),
         vec!["k8s-pod-network.ctr-b".to_string()]
     );
+    // The endpoint is B's (its ADD replaced A's record), and A's DEL left it.
+    let weps = stored_weps(&db);
+    assert_eq!(weps.len(), 1, "{weps:?}");
+    assert_eq!(weps[0]["spec"]["containerID"], "ctr-b");
     b.with_command("CHECK")
         .with_prev_result(&rb)
         .exec(CALINET, Some(&node.path()))
@@ -617,6 +623,7 @@ fn del_of_an_old_container_leaves_the_new_containers_interfaces() {
     assert!(cali_links(&node).is_empty());
     assert!(ns2.link("eth0").unwrap().is_none());
     assert!(stored_handles(&db).is_empty());
+    assert!(stored_weps(&db).is_empty());
 }
 
 /// Issue 17: DEL of a container id nobody added, with a namespace (and pod)
@@ -647,6 +654,7 @@ fn del_of_an_unknown_container_touches_nothing() {
         stored_handles(&db),
         vec!["k8s-pod-network.known".to_string()]
     );
+    assert_eq!(stored_weps(&db).len(), 1);
     let report = ipam_check(&db, &["known"]);
     assert!(
         report.is_clean() && report.addresses_in_use == 1,
@@ -656,6 +664,57 @@ fn del_of_an_unknown_container_touches_nothing() {
         .exec(CALINET, Some(&node.path()))
         .ok();
     assert_unplumbed(&node, &pod, ip);
+    assert!(stored_weps(&db).is_empty());
+}
+
+/// ADD records the pod as Calico's WorkloadEndpoint (what agents program
+/// routes and policy for); DEL removes it.
+#[test]
+fn add_records_a_workload_endpoint_and_del_removes_it() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_wep").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("wep").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.9.0/24", "");
+    let add = Call::new("ADD", "wep-1", &pod.path(), &cfg);
+    let r = add.exec(CALINET, Some(&node.path())).json();
+    let (ip, host_if) = assert_plumbed(&node, &pod, "wep-1", &r);
+    let weps = stored_weps(&db);
+    assert_eq!(weps.len(), 1, "{weps:?}");
+    let w = &weps[0];
+    assert_eq!(w["apiVersion"], "projectcalico.org/v3");
+    assert_eq!(w["kind"], "WorkloadEndpoint");
+    let node_name = w["spec"]["node"].as_str().expect("node").to_owned();
+    assert_eq!(
+        w["metadata"]["name"],
+        format!("{}-k8s-wep--1-eth0", node_name.replace('-', "--"))
+    );
+    assert_eq!(w["metadata"]["namespace"], "default");
+    assert_eq!(
+        w["metadata"]["labels"]["projectcalico.org/namespace"],
+        "default"
+    );
+    assert_eq!(
+        w["metadata"]["labels"]["projectcalico.org/orchestrator"],
+        "k8s"
+    );
+    assert_eq!(w["spec"]["orchestrator"], "k8s");
+    assert_eq!(w["spec"]["pod"], "wep-1");
+    assert_eq!(w["spec"]["containerID"], "wep-1");
+    assert_eq!(w["spec"]["endpoint"], "eth0");
+    assert_eq!(w["spec"]["interfaceName"], host_if.as_str());
+    assert_eq!(w["spec"]["ipNetworks"], json!([format!("{ip}/32")]));
+    assert_eq!(w["spec"]["mac"], r["interfaces"][1]["mac"]);
+    assert_eq!(w["spec"]["profiles"], json!(["kns.default"]));
+    // A retried ADD leaves one record.
+    add.exec(CALINET, Some(&node.path())).ok();
+    assert_eq!(stored_weps(&db).len(), 1);
+    add.with_command("DEL")
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+    assert_unplumbed(&node, &pod, ip);
+    assert!(stored_weps(&db).is_empty());
 }
 
 /// Issue 17: ADD into a namespace whose `eth0` another container's ADD made

@@ -192,6 +192,23 @@ struct Request {
     what: String,
 }
 
+fn alias_request(index: u32, name: &IfName, alias: &str) -> Request {
+    Request {
+        msg: RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()))
+                .build(),
+        ),
+        flags: 0,
+        what: format!("link set {name} alias {alias}"),
+    }
+}
+
+/// Records `alias` (a workload's owner) on the link `index`.
+async fn set_alias(conn: &mut Conn, index: u32, name: &IfName, alias: &str) -> Result<()> {
+    execute_all(conn, vec![alias_request(index, name, alias)]).await
+}
+
 fn up_request(index: u32, name: &IfName) -> Request {
     Request {
         msg: RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
@@ -360,6 +377,18 @@ pub async fn setup_owned_workload(
                 )
                 .await?;
                 changed_in_place.push(d);
+            }
+            // A workload plumbed before owners were recorded is adopted by
+            // the owner that finds it as specified; another owner's stays its.
+            if let Some(o) = owner
+                && host_owner(host, &spec.host_ifname).await?.is_none()
+            {
+                set_alias(host, existing.index, &spec.host_ifname, o).await?;
+                changed_in_place.push(Difference {
+                    item: format!("host link {} owner", spec.host_ifname),
+                    expected: o.to_owned(),
+                    observed: "none".into(),
+                });
             }
             let ll = if spec.ipv6.is_some() {
                 host_link_local(host, existing.index, Duration::ZERO).await?
@@ -586,15 +615,7 @@ async fn finish_setup(
     // The owner goes in a request of its own: the kernel ignores
     // IFLA_IFALIAS when it creates a link.
     if let Some(o) = owner {
-        host_batch.push(Request {
-            msg: RouteNetlinkMessage::SetLink(
-                LinkUnspec::new_with_index(host_link.index)
-                    .append_extra_attribute(LinkAttribute::IfAlias(o.to_owned()))
-                    .build(),
-            ),
-            flags: 0,
-            what: format!("link set {} alias {o}", spec.host_ifname),
-        });
+        host_batch.push(alias_request(host_link.index, &spec.host_ifname, o));
     }
     host_batch.push(up_request(host_link.index, &spec.host_ifname));
     if ipv4_only {

@@ -113,6 +113,17 @@ pub enum Error {
         /// Why it is not ours.
         reason: &'static str,
     },
+    /// The pod's namespace already has the interface, plumbed for another
+    /// owner (another container).
+    #[error("netns {netns} already has an interface {name}, plumbed for {owner:?}")]
+    InterfaceInUse {
+        /// The namespace.
+        netns: String,
+        /// The interface name.
+        name: String,
+        /// The owner recorded on its host-side peer.
+        owner: String,
+    },
     /// A postcondition did not hold after retries (e.g. the MAC did not stick).
     #[error("{what} on {name}: {detail}")]
     NotConverged {

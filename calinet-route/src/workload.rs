@@ -157,6 +157,9 @@ pub struct TeardownReport {
     pub pod_link_deleted: bool,
     /// The pod's namespace no longer existed.
     pub netns_missing: bool,
+    /// An interface that was left alone because another owner is recorded on
+    /// it ([`teardown_owned_workload`]): that owner (empty when none is).
+    pub kept_for: Option<String>,
 }
 
 fn ll_of(addrs: &[link::ObservedAddress]) -> Option<IpAddr> {
@@ -187,6 +190,23 @@ struct Request {
     msg: RouteNetlinkMessage,
     flags: u16,
     what: String,
+}
+
+fn alias_request(index: u32, name: &IfName, alias: &str) -> Request {
+    Request {
+        msg: RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()))
+                .build(),
+        ),
+        flags: 0,
+        what: format!("link set {name} alias {alias}"),
+    }
+}
+
+/// Records `alias` (a workload's owner) on the link `index`.
+async fn set_alias(conn: &mut Conn, index: u32, name: &IfName, alias: &str) -> Result<()> {
+    execute_all(conn, vec![alias_request(index, name, alias)]).await
 }
 
 fn up_request(index: u32, name: &IfName) -> Request {
@@ -308,7 +328,36 @@ pub async fn setup_workload(
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
 ) -> Result<SetupReport> {
+    setup_owned_workload(host, spec, protocol, None).await
+}
+
+/// [`setup_workload`] for a workload with an owner (a CNI container id, an
+/// agent's handle): the host side is created with `owner` as its alias
+/// (`IFLA_IFALIAS`), so the kernel keeps who a workload belongs to, and an
+/// interface named `pod_ifname` in the pod's namespace whose host-side peer
+/// records another owner fails with [`Error::InterfaceInUse`] before any
+/// change (the CNI specification requires ADD to fail when the interface
+/// exists).
+pub async fn setup_owned_workload(
+    host: &mut Conn,
+    spec: &WorkloadSpec,
+    protocol: RouteProtocol,
+    owner: Option<&str>,
+) -> Result<SetupReport> {
     spec.validate()?;
+    if let Some(owner) = owner {
+        let pod_ns = Netns::open(&spec.pod_netns)?;
+        if let PodInterface::Owned(other) =
+            pod_interface_owner(host, &pod_ns, &spec.pod_ifname).await?
+            && other != owner
+        {
+            return Err(Error::InterfaceInUse {
+                netns: pod_ns.to_string(),
+                name: spec.pod_ifname.to_string(),
+                owner: other,
+            });
+        }
+    }
     let mut rebuilt_because = Vec::new();
     if let Some(existing) = link::get_link(host, &spec.host_ifname).await? {
         let check = check_classified(host, spec, protocol).await?;
@@ -328,6 +377,18 @@ pub async fn setup_workload(
                 )
                 .await?;
                 changed_in_place.push(d);
+            }
+            // A workload plumbed before owners were recorded is adopted by
+            // the owner that finds it as specified; another owner's stays its.
+            if let Some(o) = owner
+                && host_owner(host, &spec.host_ifname).await?.is_none()
+            {
+                set_alias(host, existing.index, &spec.host_ifname, o).await?;
+                changed_in_place.push(Difference {
+                    item: format!("host link {} owner", spec.host_ifname),
+                    expected: o.to_owned(),
+                    observed: "none".into(),
+                });
             }
             let ll = if spec.ipv6.is_some() {
                 host_link_local(host, existing.index, Duration::ZERO).await?
@@ -396,7 +457,12 @@ pub async fn setup_workload(
         _ => None,
     });
     // From here on a failure must not leave a half-plumbed workload behind.
-    match finish_setup(host, &mut pod, &pod_ns, spec, protocol, created, pod_mac).await {
+    let new = NewVeth {
+        created,
+        pod_mac,
+        owner,
+    };
+    match finish_setup(host, &mut pod, &pod_ns, spec, protocol, new).await {
         Ok((host_ll, mac_attempts, pod_mac)) => Ok(SetupReport {
             changed: true,
             rebuilt_because,
@@ -441,19 +507,32 @@ fn peer_index(m: &netlink_packet_route::link::LinkMessage) -> Option<u32> {
     })
 }
 
-/// The steps after the veth pair exists: sysctls, MAC, addresses, up, routes.
-/// `created` is the host link the kernel echoed with its peer's index (asked
-/// for again when missing: kernels before 6.2 do not echo), `pod_mac` the MAC
-/// the pod side was created with.
+/// What [`setup_owned_workload`] knows of the veth pair it just created.
+struct NewVeth<'a> {
+    /// The host link the kernel echoed with its peer's index (asked for again
+    /// when missing: kernels before 6.2 do not echo).
+    created: Option<(crate::kernel::LinkState, Option<u32>)>,
+    /// The MAC the pod side was created with.
+    pod_mac: MacAddr,
+    /// The owner to record on the host side (its alias).
+    owner: Option<&'a str>,
+}
+
+/// The steps after the veth pair exists: owner, sysctls, MAC, addresses, up,
+/// routes.
 async fn finish_setup(
     host: &mut Conn,
     pod: &mut Conn,
     pod_ns: &Netns,
     spec: &WorkloadSpec,
     protocol: RouteProtocol,
-    created: Option<(crate::kernel::LinkState, Option<u32>)>,
-    pod_mac: MacAddr,
+    new: NewVeth<'_>,
 ) -> Result<(Option<IpAddr>, u32, Option<MacAddr>)> {
+    let NewVeth {
+        created,
+        pod_mac,
+        owner,
+    } = new;
     let (host_link, peer) = match created {
         Some(c) => c,
         None => (
@@ -535,7 +614,13 @@ async fn finish_setup(
     // IPv4 only: everything goes in these two batches. With IPv6 the pod's
     // routes wait for the host side's link-local address (their gateway).
     let ipv4_only = spec.ipv6.is_none();
-    let mut host_batch = vec![up_request(host_link.index, &spec.host_ifname)];
+    let mut host_batch = Vec::new();
+    // The owner goes in a request of its own: the kernel ignores
+    // IFLA_IFALIAS when it creates a link.
+    if let Some(o) = owner {
+        host_batch.push(alias_request(host_link.index, &spec.host_ifname, o));
+    }
+    host_batch.push(up_request(host_link.index, &spec.host_ifname));
     if ipv4_only {
         host_batch.extend(route_requests(host, &host_routes, &host_links)?);
     }
@@ -821,4 +906,156 @@ pub async fn teardown_workload(
         }
     }
     Ok(report)
+}
+
+/// A link's raw message, by name or by index (`None` when there is none).
+async fn link_message(
+    conn: &mut Conn,
+    name: Option<&IfName>,
+    index: u32,
+) -> Result<Option<netlink_packet_route::link::LinkMessage>> {
+    let (msg, what) = match name {
+        Some(n) => (
+            LinkUnspec::new_with_name(n.as_str()).build(),
+            format!("link show {n}"),
+        ),
+        None => (
+            LinkUnspec::new_with_index(index).build(),
+            format!("link show index {index}"),
+        ),
+    };
+    match conn
+        .request(&RouteNetlinkMessage::GetLink(msg), 0, &what)
+        .await?
+    {
+        Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })),
+        Err(n) if n.errno == libc::ENODEV => Ok(None),
+        Err(n) => Err(n.into_error(what)),
+    }
+}
+
+fn alias_of(m: &netlink_packet_route::link::LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+fn is_veth(m: &netlink_packet_route::link::LinkMessage) -> bool {
+    crate::kernel::link_from_message(m)
+        .and_then(|l| l.kind)
+        .as_deref()
+        == Some("veth")
+}
+
+/// What an interface in a pod's namespace is, as far as ownership goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PodInterface {
+    /// There is no interface of that name.
+    Absent,
+    /// A veth whose peer is a host-side interface in the host namespace that
+    /// records this owner (its alias).
+    Owned(String),
+    /// Something else: not a veth, a veth whose peer is not in the host
+    /// namespace, or a host side without a recorded owner.
+    Unowned,
+}
+
+/// Who owns the interface `pod_ifname` in `pod_ns`: the alias of its veth
+/// peer in `host`'s namespace. The peer is found by the pod side's
+/// `IFLA_LINK` and must point back at the pod side, so an unrelated host
+/// interface with the same index is never taken for it.
+pub async fn pod_interface_owner(
+    host: &mut Conn,
+    pod_ns: &Netns,
+    pod_ifname: &IfName,
+) -> Result<PodInterface> {
+    let mut pod = Conn::open(pod_ns).await?;
+    let Some(pod_link) = link_message(&mut pod, Some(pod_ifname), 0).await? else {
+        return Ok(PodInterface::Absent);
+    };
+    let peer_elsewhere = pod_link
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+    let Some(peer) = peer_index(&pod_link).filter(|_| is_veth(&pod_link) && peer_elsewhere) else {
+        return Ok(PodInterface::Unowned);
+    };
+    let Some(host_link) = link_message(host, None, peer).await? else {
+        return Ok(PodInterface::Unowned);
+    };
+    if !is_veth(&host_link) || peer_index(&host_link) != Some(pod_link.header.index) {
+        return Ok(PodInterface::Unowned);
+    }
+    Ok(match alias_of(&host_link) {
+        Some(a) if !a.is_empty() => PodInterface::Owned(a.to_owned()),
+        _ => PodInterface::Unowned,
+    })
+}
+
+/// Removes a workload only where it belongs to `owner`: the host side
+/// `host_ifname` when its alias is `owner`, else the interface `pod_ifname`
+/// in `pod_netns` when its host-side peer's alias is `owner` (see
+/// [`pod_interface_owner`]). An interface recording another owner, or none,
+/// is left alone and named in [`TeardownReport::kept_for`]. Tolerates
+/// missing interfaces and a missing namespace.
+pub async fn teardown_owned_workload(
+    host: &mut Conn,
+    host_ifname: &IfName,
+    pod_netns: Option<&Path>,
+    pod_ifname: &IfName,
+    owner: &str,
+) -> Result<TeardownReport> {
+    let mut report = TeardownReport::default();
+    if let Some(m) = link_message(host, Some(host_ifname), 0).await? {
+        match alias_of(&m) {
+            Some(a) if a == owner => {
+                report.host_link_deleted = link::delete_link(host, host_ifname).await?;
+            }
+            other => report.kept_for = Some(other.unwrap_or_default().to_owned()),
+        }
+    }
+    if report.host_link_deleted {
+        return Ok(report);
+    }
+    let Some(path) = pod_netns else {
+        return Ok(report);
+    };
+    let ns = match Netns::open(path) {
+        Ok(ns) => ns,
+        Err(calinet_netlink::Error::Netns { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            report.netns_missing = true;
+            return Ok(report);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match pod_interface_owner(host, &ns, pod_ifname).await? {
+        PodInterface::Absent => {}
+        PodInterface::Owned(o) if o == owner => {
+            let mut pod = Conn::open(&ns).await?;
+            report.pod_link_deleted = link::delete_link(&mut pod, pod_ifname).await?;
+        }
+        PodInterface::Owned(o) => report.kept_for = Some(o),
+        PodInterface::Unowned => {
+            report.kept_for.get_or_insert_with(String::new);
+        }
+    }
+    Ok(report)
+}
+
+/// The owner recorded on the host-side interface `host_ifname` (its alias):
+/// `None` when there is no such interface or it records none.
+pub async fn host_owner(host: &mut Conn, host_ifname: &IfName) -> Result<Option<String>> {
+    Ok(link_message(host, Some(host_ifname), 0)
+        .await?
+        .as_ref()
+        .and_then(alias_of)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned))
 }

@@ -773,9 +773,12 @@ impl Agent {
             wrote = true;
         }
 
-        // Releases: pod handles used on this node whose pod is gone. Through
-        // the attach core: the pod's interface (named from the allocation's
-        // namespace and pod) first, then the addresses.
+        // Releases: pod handles the agent allocated on this node whose pod is
+        // gone. Through the attach core: the pod's interface (named from the
+        // allocation's namespace and pod, removed only when it records the
+        // agent as its owner) first, then the addresses. An allocation with a
+        // `containerID` attribute was made by a CNI ADD: its DEL or GC
+        // releases it, never the absence of a Pod resource.
         let live: BTreeSet<String> = view
             .pods
             .values()
@@ -793,6 +796,7 @@ impl Agent {
                 && uses
                     .iter()
                     .any(|u| u.attr("node") == Some(self.node.as_str()))
+                && uses.iter().all(|u| u.attr("containerID").is_none())
                 && !live.contains(handle)
             {
                 let h: HandleId = handle.parse()?;
@@ -809,7 +813,8 @@ impl Agent {
                     Some(i) => calinet_attach::release(
                         &mut self.addresses,
                         Some(&mut self.plumber),
-                        &calinet_attach::Endpoint::new(h, i.clone(), None),
+                        &calinet_attach::Endpoint::new(h.clone(), i.clone(), None)
+                            .owner(agent_owner(&h)),
                     )
                     .map_err(attach_err)?,
                     None => calinet_attach::Released::addresses(
@@ -908,6 +913,7 @@ impl Agent {
                 desired.decisions.mtu.pod,
             )
             .pod(pod.namespace(), &pod.metadata.name)
+            .owner(agent_owner(&pod.handle()))
             .node_labels(labels.clone())
             .ipv6(ipv6.then(FamilyRequest::any));
             match calinet_attach::add(&mut ipam, &mut self.plumber, &req) {
@@ -950,9 +956,19 @@ impl Agent {
             if wanted.contains(&name) {
                 continue;
             }
+            // Only interfaces the agent made (their alias names the agent):
+            // a CNI plugin's workloads and unknown `cali*` veths stay (policy
+            // drops an unknown interface's traffic).
+            let Some(owner) = self
+                .rt
+                .block_on(self.dp.workload_owner(&name))?
+                .filter(|o| o.starts_with(AGENT_OWNER_PREFIX))
+            else {
+                continue;
+            };
             if self
                 .plumber
-                .teardown(&name, None, &eth0)
+                .teardown(&name, None, &eth0, Some(&owner))
                 .map_err(attach_err)?
             {
                 removed += 1;
@@ -986,6 +1002,7 @@ impl Agent {
                     orchestrator: "k8s".into(),
                     node: self.node.clone(),
                     pod: pod.metadata.name.clone(),
+                    container_id: None,
                     endpoint: "eth0".into(),
                     interface_name: w.spec.host_ifname.to_string(),
                     ip_networks: w
@@ -996,7 +1013,9 @@ impl Agent {
                         .chain(w.spec.ipv6.map(IpAddr::V6))
                         .map(IpNet::from)
                         .collect(),
+                    mac: None,
                     profiles: vec![format!("kns.{}", pod.namespace())],
+                    service_account_name: None,
                     ports: pod
                         .spec
                         .containers
@@ -1023,8 +1042,10 @@ impl Agent {
             }
             wanted.insert(key);
         }
+        // Only endpoints the agent wrote: one with a containerID is a CNI
+        // ADD's, removed by that container's DEL.
         for (key, (w, _)) in &view.weps {
-            if w.spec.node == self.node && !wanted.contains(key) {
+            if w.spec.node == self.node && w.spec.container_id.is_none() && !wanted.contains(key) {
                 delete_if_present(self.store.as_ref(), key)?;
             }
         }
@@ -1164,6 +1185,15 @@ impl AddressManager for ViewAddresses<'_> {
 /// The agent's error for an attach-core error: IPAM and netlink failures
 /// keep their kind (the errors metric's label); the rest are reported with
 /// their whole chain.
+/// What the agent records as the owner of the workloads it plumbs (the host
+/// side's alias): this prefix and the pod's handle. A CNI plugin records its
+/// container id, which cannot contain `:`, so the two never collide.
+const AGENT_OWNER_PREFIX: &str = "calinet-agent:";
+
+fn agent_owner(handle: &HandleId) -> String {
+    format!("{AGENT_OWNER_PREFIX}{handle}")
+}
+
 fn attach_err(e: calinet_attach::Error) -> Error {
     match e.into_cause() {
         calinet_attach::Error::Ipam { source, .. } => Error::Ipam(source),

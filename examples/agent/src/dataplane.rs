@@ -182,6 +182,11 @@ impl Dataplane {
             .collect())
     }
 
+    /// The owner recorded on a workload interface (its alias), if any.
+    pub async fn workload_owner(&mut self, name: &IfName) -> Result<Option<String>> {
+        Ok(calinet_route::workload::host_owner(self.rec.backend_mut().conn(), name).await?)
+    }
+
     /// Makes the kernel's tunnel links, routes and VTEP entries match
     /// `desired` (the workloads are attached before, by the agent).
     pub async fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {

@@ -200,6 +200,23 @@ pub fn plan(
             spec,
         });
     }
+    // Endpoints a CNI plugin plumbed on this node (a containerID says so):
+    // their host routes are part of the node's, so that reconciling the
+    // routes of Calico's protocol keeps them.
+    for (w, _) in view.weps.values() {
+        if w.spec.node != node || w.spec.container_id.is_none() {
+            continue;
+        }
+        let Ok(ifname) = IfName::new(&w.spec.interface_name) else {
+            continue;
+        };
+        for n in &w.spec.ip_networks {
+            routes.push(
+                calinet_route::RouteSpec::workload(n.addr(), ifname.clone())
+                    .protocol(RouteProtocol::CALICO),
+            );
+        }
+    }
     routes.sort_by_key(|r| r.destination);
     let mut peers = Vec::new();
     for (name, (n, _)) in &view.nodes {

@@ -87,9 +87,11 @@ pub fn desired_ruleset(
                 .collect(),
         });
     }
-    // Pods elsewhere count for selectors and named ports.
+    // Pods elsewhere count for selectors and named ports; on this node,
+    // endpoints a CNI plugin plumbed (with a containerID) are local ones.
     for (w, _) in view.weps.values() {
-        if w.spec.node == node {
+        let cni_local = w.spec.node == node && w.spec.container_id.is_some();
+        if w.spec.node == node && !cni_local {
             continue;
         }
         let ns = w
@@ -102,8 +104,12 @@ pub fn desired_ruleset(
         eps.push(Endpoint {
             name: key,
             namespace: Some(ns.clone()),
-            local: false,
-            interface: String::new(),
+            local: cni_local,
+            interface: if cni_local {
+                w.spec.interface_name.clone()
+            } else {
+                String::new()
+            },
             addrs: w.spec.ip_networks.iter().map(|n| n.addr()).collect(),
             labels: pod
                 .map(|p| without_reserved_labels(&p.metadata.labels))

@@ -186,62 +186,9 @@ impl Pod {
     }
 }
 
-/// Calico `WorkloadEndpoint`, written by the agent for each plumbed pod.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadEndpoint {
-    /// `projectcalico.org/v3`.
-    pub api_version: String,
-    /// `WorkloadEndpoint`.
-    pub kind: String,
-    /// Metadata (name `<node>-k8s-<pod>-eth0`, Calico's escaping).
-    pub metadata: ObjectMeta,
-    /// Spec.
-    pub spec: WorkloadEndpointSpec,
-}
-
-/// `WorkloadEndpoint` spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadEndpointSpec {
-    /// Orchestrator (`k8s`).
-    pub orchestrator: String,
-    /// Node.
-    pub node: String,
-    /// Pod name.
-    pub pod: String,
-    /// Endpoint (`eth0`).
-    pub endpoint: String,
-    /// Host-side interface.
-    pub interface_name: String,
-    /// Addresses with prefix (`/32`).
-    #[serde(rename = "ipNetworks")]
-    pub ip_networks: Vec<ipnet::IpNet>,
-    /// Profiles (`kns.<namespace>`).
-    #[serde(default)]
-    pub profiles: Vec<String>,
-    /// Named ports.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<WepPort>,
-}
-
-/// A named port of a workload endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WepPort {
-    /// Name.
-    pub name: String,
-    /// Protocol.
-    pub protocol: String,
-    /// Port.
-    pub port: u16,
-}
-
-/// Calico's WorkloadEndpoint name: `<node>-k8s-<pod>-<endpoint>` with `-`
-/// doubled inside each part.
-pub fn wep_name(node: &str, pod: &str, endpoint: &str) -> String {
-    let esc = |s: &str| s.replace('-', "--");
-    format!("{}-k8s-{}-{}", esc(node), esc(pod), esc(endpoint))
-}
+/// Calico `WorkloadEndpoint`: the CNI plugin writes one per container it
+/// ADDs, the agent one per pod it attaches (calinet-attach's type, shared).
+pub use calinet_attach::wep::{WepPort, WorkloadEndpoint, WorkloadEndpointSpec, wep_name};
 
 /// One parsed, validated input document.
 #[derive(Debug, Clone)]
@@ -286,7 +233,7 @@ pub mod keys {
     /// Profiles.
     pub const PROFILES: &str = "/calico/resources/v3/projectcalico.org/profiles/";
     /// WorkloadEndpoints (written by agents).
-    pub const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
+    pub const WEPS: &str = calinet_attach::wep::WEPS_PREFIX;
     /// Kubernetes Pods (calinet keeps them in the same store; Calico reads them
     /// from the Kubernetes API).
     pub const PODS: &str = "/calinet/k8s/v1/pods/";

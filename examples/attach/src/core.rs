@@ -27,16 +27,30 @@ pub trait AddressManager {
 
 /// The kernel edge.
 pub trait Plumber {
-    /// Ok when the namespace path exists ([`Error::NetnsMissing`] otherwise).
+    /// Ok when the path is a network namespace that can be entered
+    /// ([`Error::NetnsMissing`] when it does not exist,
+    /// [`Error::NetnsUnusable`] when it is something else).
     fn netns_exists(&mut self, path: &Path) -> Result<()>;
-    /// Creates (or re-creates) the workload's veth, addresses and routes;
-    /// writes nothing when they are already as specified.
-    fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed>;
+    /// Ok unless the namespace's interface `pod` is plumbed for an owner
+    /// other than `owner` (then [`Error::Plumbing`] with calinet-route's
+    /// `InterfaceInUse`).
+    fn interface_free(&mut self, netns: &Path, pod: &IfName, owner: &str) -> Result<()>;
+    /// Creates (or re-creates) the workload's veth, addresses and routes,
+    /// recording `owner` on the host side; writes nothing when they are
+    /// already as specified.
+    fn setup(&mut self, spec: &WorkloadSpec, owner: Option<&str>) -> Result<Plumbed>;
     /// Differences between the kernel and `spec` (empty when equal).
     fn check(&mut self, spec: &WorkloadSpec) -> Result<Vec<String>>;
     /// Removes the workload's interfaces; tolerates their absence and a
-    /// missing namespace. Returns whether an interface was removed.
-    fn teardown(&mut self, host: &IfName, netns: Option<&Path>, pod: &IfName) -> Result<bool>;
+    /// missing namespace. With an `owner`, only interfaces recording that
+    /// owner are removed. Returns whether an interface was removed.
+    fn teardown(
+        &mut self,
+        host: &IfName,
+        netns: Option<&Path>,
+        pod: &IfName,
+        owner: Option<&str>,
+    ) -> Result<bool>;
 }
 
 /// What an ADD will do, decided from the request and what the handle holds:
@@ -105,12 +119,18 @@ pub fn add(
     plumber
         .netns_exists(netns)
         .map_err(|e| fail(Step::CheckNetns, e))?;
+    // Also before allocating: the interface must not be another container's.
+    if let Some(owner) = &req.owner {
+        plumber
+            .interface_free(netns, &req.pod_ifname, owner)
+            .map_err(|e| fail(Step::CheckNetns, e))?;
+    }
     let allocation = allocate(ipam, req).map_err(|e| fail(Step::Allocate, e))?;
     let spec = match req.workload_spec(&allocation.nets) {
         Ok(s) => s,
         Err(e) => return Err(rollback(ipam, None, req, &allocation, Step::Spec, e)),
     };
-    match plumber.setup(&spec) {
+    match plumber.setup(&spec, req.owner.as_deref()) {
         Ok(plumbed) => Ok(Attached {
             allocation,
             spec,
@@ -140,8 +160,14 @@ fn rollback(
     let mut failures = Vec::new();
     // The host side only (its peer goes with it): an interface in the pod's
     // namespace that the failed setup did not get to replace may not be ours.
+    // With an owner, a host side recording another owner stays too.
     if let Some(p) = plumber
-        && let Err(e) = p.teardown(&req.host_ifname, None, &req.pod_ifname)
+        && let Err(e) = p.teardown(
+            &req.host_ifname,
+            None,
+            &req.pod_ifname,
+            req.owner.as_deref(),
+        )
     {
         failures.push(e);
     }
@@ -190,7 +216,10 @@ impl Released {
 
 /// DEL: removes the interfaces (with a plumber) and releases everything the
 /// handle holds. Idempotent: succeeds when either is already gone, and
-/// without a namespace. Interfaces go first, so an address is never free
+/// without a namespace. With an owner ([`Endpoint::owner`]) only interfaces
+/// recording that owner are removed: another container's (a pod re-created
+/// under the same name, an unknown container id) are left alone while this
+/// handle's addresses are still released. Interfaces go first, so an address is never free
 /// while still configured; when their removal fails nothing is released.
 pub fn release(
     ipam: &mut dyn AddressManager,
@@ -199,7 +228,12 @@ pub fn release(
 ) -> Result<Released> {
     let mut out = Released::default();
     if let Some(p) = plumber {
-        out.interface_removed = p.teardown(&ep.host_ifname, ep.netns.as_deref(), &ep.pod_ifname)?;
+        out.interface_removed = p.teardown(
+            &ep.host_ifname,
+            ep.netns.as_deref(),
+            &ep.pod_ifname,
+            ep.owner.as_deref(),
+        )?;
     }
     out.addresses = ipam.release(&ep.handle)?;
     Ok(out)
@@ -429,6 +463,38 @@ mod tests {
         assert_eq!(again, Released::default());
         assert!(held(&mut ipam, "c1").is_empty());
         assert!(p.calls.last().unwrap().ends_with("None"), "{:?}", p.calls);
+    }
+
+    #[test]
+    fn an_owned_release_leaves_another_owners_interface_and_add_refuses_it() {
+        let mut ipam = mem();
+        let mut p = RecordingPlumber::default();
+        // Two containers of one pod: the same host interface name.
+        let a = req("c1").owner("ctr-a");
+        let mut b = req("c1").owner("ctr-b");
+        b.handle = "k8s-pod-network.ctr-b".parse().unwrap();
+        b.netns = Some("/run/netns/other".into());
+        add(&mut ipam, &mut p, &a).unwrap();
+        add(&mut ipam, &mut p, &b).unwrap();
+        let r = release(&mut ipam, Some(&mut p), &a.endpoint()).unwrap();
+        assert!(!r.interface_removed, "B's interface is not A's to remove");
+        assert_eq!(r.addresses.len(), 1, "A's address is released");
+        assert_eq!(p.owners[&b.host_ifname], "ctr-b");
+        assert_eq!(held(&mut ipam, "ctr-b").len(), 1);
+
+        // Another container into B's namespace and interface: refused before
+        // anything is allocated.
+        let mut c = b.clone().owner("ctr-c");
+        c.handle = "k8s-pod-network.ctr-c".parse().unwrap();
+        let e = add(&mut ipam, &mut p, &c).unwrap_err();
+        assert_eq!(e.step(), Some(Step::CheckNetns), "{e}");
+        assert!(chain(&e).contains("ctr-b"), "{}", chain(&e));
+        assert!(held(&mut ipam, "ctr-c").is_empty());
+        assert!(
+            release(&mut ipam, Some(&mut p), &b.endpoint())
+                .unwrap()
+                .interface_removed
+        );
     }
 
     #[test]

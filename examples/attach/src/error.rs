@@ -46,8 +46,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The pod's network namespace exists but cannot be used.
-    #[error("network namespace {path} cannot be accessed")]
+    /// The pod's network namespace path exists but is not a network
+    /// namespace that can be entered (a regular file, a directory, no access).
+    #[error("{path} is not a usable network namespace")]
     NetnsUnusable {
         /// The namespace path.
         path: PathBuf,

@@ -21,6 +21,8 @@ pub struct RecordingPlumber {
     pub calls: Vec<String>,
     /// Workloads currently plumbed, by host interface.
     pub plumbed: BTreeMap<IfName, WorkloadSpec>,
+    /// The owner recorded on each plumbed host interface (when one was given).
+    pub owners: BTreeMap<IfName, String>,
     /// Fail every `setup` (as an `EEXIST` from the kernel).
     pub fail_setup: bool,
     /// Fail every `teardown`.
@@ -51,7 +53,28 @@ impl Plumber for RecordingPlumber {
         Ok(())
     }
 
-    fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed> {
+    fn interface_free(&mut self, netns: &Path, pod: &IfName, owner: &str) -> Result<()> {
+        self.calls
+            .push(format!("interface_free {}:{pod} {owner}", netns.display()));
+        let other = self
+            .plumbed
+            .iter()
+            .filter(|(_, s)| s.pod_netns == netns && &s.pod_ifname == pod)
+            .find_map(|(h, _)| self.owners.get(h).filter(|o| *o != owner));
+        match other {
+            Some(o) => Err(Error::Plumbing {
+                what: format!("{}:{pod}", netns.display()),
+                source: calinet_route::Error::InterfaceInUse {
+                    netns: netns.display().to_string(),
+                    name: pod.to_string(),
+                    owner: o.clone(),
+                },
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn setup(&mut self, spec: &WorkloadSpec, owner: Option<&str>) -> Result<Plumbed> {
         self.calls.push(format!(
             "setup {} {:?} {:?}",
             spec.host_ifname, spec.ipv4, spec.ipv6
@@ -62,8 +85,13 @@ impl Plumber for RecordingPlumber {
                 source: netlink("link add", 17, "File exists"),
             });
         }
-        let changed = self.plumbed.get(&spec.host_ifname) != Some(spec);
+        let changed = self.plumbed.get(&spec.host_ifname) != Some(spec)
+            || self.owners.get(&spec.host_ifname).map(String::as_str) != owner;
         self.plumbed.insert(spec.host_ifname.clone(), spec.clone());
+        match owner {
+            Some(o) => self.owners.insert(spec.host_ifname.clone(), o.to_owned()),
+            None => self.owners.remove(&spec.host_ifname),
+        };
         let mut p = Plumbed::new(changed);
         p.writes = u64::from(changed);
         p.host_mac = Some(MacAddr::WORKLOAD_HOST);
@@ -79,7 +107,13 @@ impl Plumber for RecordingPlumber {
         Ok(self.check_diffs.clone())
     }
 
-    fn teardown(&mut self, host: &IfName, netns: Option<&Path>, _pod: &IfName) -> Result<bool> {
+    fn teardown(
+        &mut self,
+        host: &IfName,
+        netns: Option<&Path>,
+        _pod: &IfName,
+        owner: Option<&str>,
+    ) -> Result<bool> {
         self.calls.push(format!(
             "teardown {host} {:?}",
             netns.map(|p| p.display().to_string())
@@ -90,6 +124,13 @@ impl Plumber for RecordingPlumber {
                 source: netlink("link del", 16, "Device or resource busy"),
             });
         }
+        // With an owner, only a workload recording that owner goes.
+        if let Some(o) = owner
+            && self.owners.get(host).map(String::as_str) != Some(o)
+        {
+            return Ok(false);
+        }
+        self.owners.remove(host);
         Ok(self.plumbed.remove(host).is_some())
     }
 }

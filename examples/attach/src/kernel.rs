@@ -93,7 +93,19 @@ impl KernelPlumber {
 impl Plumber for KernelPlumber {
     fn netns_exists(&mut self, path: &Path) -> Result<()> {
         match std::fs::metadata(path) {
-            Ok(_) => Ok(()),
+            // Entering it and coming back proves it is a network namespace:
+            // setns(2) refuses a regular file or a directory with EINVAL.
+            Ok(_) => {
+                Netns::open(path)
+                    .and_then(|ns| ns.run(|| ()))
+                    .map_err(|e| Error::NetnsUnusable {
+                        path: path.to_path_buf(),
+                        source: match calinet_route::Error::from(e) {
+                            calinet_route::Error::Netns { source, .. } => source,
+                            other => std::io::Error::other(other.to_string()),
+                        },
+                    })
+            }
             Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
                 Err(Error::NetnsMissing {
                     path: path.to_path_buf(),
@@ -107,7 +119,28 @@ impl Plumber for KernelPlumber {
         }
     }
 
-    fn setup(&mut self, spec: &WorkloadSpec) -> Result<Plumbed> {
+    fn interface_free(&mut self, netns: &Path, pod: &IfName, owner: &str) -> Result<()> {
+        let what = format!("{}:{pod}", netns.display());
+        let ns = Netns::open(netns)
+            .map_err(calinet_route::Error::from)
+            .map_err(plumb_err(what.clone()))?;
+        let found = self.with_conn(what.clone(), async |c, _| {
+            workload::pod_interface_owner(c, &ns, pod).await
+        })?;
+        match found {
+            workload::PodInterface::Owned(other) if other != owner => Err(Error::Plumbing {
+                what,
+                source: calinet_route::Error::InterfaceInUse {
+                    netns: ns.to_string(),
+                    name: pod.to_string(),
+                    owner: other,
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn setup(&mut self, spec: &WorkloadSpec, owner: Option<&str>) -> Result<Plumbed> {
         let what = format!(
             "{} <-> {}:{}",
             spec.host_ifname,
@@ -116,7 +149,7 @@ impl Plumber for KernelPlumber {
         );
         let before = self.writes();
         let report = self.with_conn(what, async |c, protocol| {
-            workload::setup_workload(c, spec, protocol).await
+            workload::setup_owned_workload(c, spec, protocol, owner).await
         })?;
         // The pod side is written over its own connection: one more write.
         let writes = self.writes().saturating_sub(before) + u64::from(report.changed);
@@ -139,10 +172,17 @@ impl Plumber for KernelPlumber {
         .map(|d| d.iter().map(ToString::to_string).collect())
     }
 
-    fn teardown(&mut self, host: &IfName, netns: Option<&Path>, pod: &IfName) -> Result<bool> {
+    fn teardown(
+        &mut self,
+        host: &IfName,
+        netns: Option<&Path>,
+        pod: &IfName,
+        owner: Option<&str>,
+    ) -> Result<bool> {
         let what = format!("teardown of {host}");
-        self.with_conn(what, async |c, _| {
-            workload::teardown_workload(c, host, netns, pod).await
+        self.with_conn(what, async |c, _| match owner {
+            Some(o) => workload::teardown_owned_workload(c, host, netns, pod, o).await,
+            None => workload::teardown_workload(c, host, netns, pod).await,
         })
         .map(|r| r.host_link_deleted || r.pod_link_deleted)
     }

@@ -44,6 +44,12 @@
 //! real edges; [`fake::RecordingPlumber`] records and injects faults for
 //! unit tests.
 //!
+//! Ownership: a request's [`Request::owner`] (the CNI plugin's container id,
+//! the agent's `calinet-agent:<handle>`) is recorded on the host veth (its
+//! alias); an ADD refuses an interface recorded for another owner, and a
+//! release with an owner removes only interfaces recording it. [`wep`] is
+//! Calico's WorkloadEndpoint, which both callers write.
+//!
 //! Does not own: which pods exist (the caller's datastore view or the
 //! container runtime), the CNI protocol, routes to other nodes, policy.
 
@@ -55,6 +61,7 @@ pub mod fake;
 mod ipam;
 mod kernel;
 mod request;
+pub mod wep;
 
 pub use crate::core::{
     AddressManager, AllocationPlan, Plumber, Released, add, allocate, plan_allocation, release,

@@ -66,17 +66,28 @@ pub struct Endpoint {
     pub pod_ifname: IfName,
     /// The pod's network namespace, when known.
     pub netns: Option<PathBuf>,
+    /// Who the interfaces belong to (recorded on the host side as its alias):
+    /// release removes only interfaces recording this owner. `None` removes
+    /// them by name.
+    pub owner: Option<String>,
 }
 
 impl Endpoint {
-    /// An endpoint with pod interface `eth0`.
+    /// An endpoint with pod interface `eth0`, no owner.
     pub fn new(handle: HandleId, host_ifname: IfName, netns: Option<PathBuf>) -> Self {
         Endpoint {
             handle,
             host_ifname,
             pod_ifname: IfName::new("eth0").expect("eth0 is a valid interface name"),
             netns,
+            owner: None,
         }
+    }
+
+    /// Sets the owner (see [`Endpoint::owner`]).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// Sets the interface name inside the pod.
@@ -139,6 +150,10 @@ pub struct Request {
     pub ipv6: Option<FamilyRequest>,
     /// MTU of both veth ends.
     pub mtu: u32,
+    /// Who the interfaces belong to: recorded on the host side (its alias),
+    /// checked before an ADD (another owner's interface is an error) and by
+    /// release. The CNI plugin uses the container id.
+    pub owner: Option<String>,
 }
 
 impl Request {
@@ -162,7 +177,14 @@ impl Request {
             ipv4: Some(FamilyRequest::any()),
             ipv6: None,
             mtu,
+            owner: None,
         }
+    }
+
+    /// Sets the owner (see [`Request::owner`]).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// Sets the Kubernetes pod.
@@ -211,6 +233,7 @@ impl Request {
             host_ifname: self.host_ifname.clone(),
             pod_ifname: self.pod_ifname.clone(),
             netns: self.netns.clone(),
+            owner: self.owner.clone(),
         }
     }
 

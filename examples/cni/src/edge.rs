@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use calinet_attach::wep::WorkloadEndpoint;
 use calinet_ipam::{Attributes, Family, HandleId, NodeName, Store, report};
 
 use crate::config::{IpamConfig, PoolRef};
@@ -72,6 +73,43 @@ impl<S: Store> AddressManager for StoreIpam<S> {
             }
         }
         Ok(out)
+    }
+
+    fn put_endpoint(&mut self, key: &str, wep: &WorkloadEndpoint) -> Result<()> {
+        let value = serde_json::to_vec(wep).expect("a WorkloadEndpoint serialises");
+        let store = self.ipam().store();
+        let written = match store.get(key) {
+            Ok(None) => store.create(key, &value),
+            Ok(Some(kv)) => store.update(key, &value, kv.mod_revision),
+            Err(e) => Err(e),
+        };
+        written
+            .map(|_| ())
+            .map_err(calinet_ipam::Error::Store)
+            .map_err(ipam_err(format!("writing WorkloadEndpoint {key}")))
+    }
+
+    fn delete_endpoints(&mut self, namespace: &str, pod: &str, container: &str) -> Result<usize> {
+        let prefix = format!("{}{namespace}/", calinet_attach::wep::WEPS_PREFIX);
+        let store = self.ipam().store();
+        let err = |e| {
+            ipam_err(format!("deleting WorkloadEndpoints under {prefix}"))(
+                calinet_ipam::Error::Store(e),
+            )
+        };
+        let mut deleted = 0;
+        for kv in store.list(&prefix).map_err(err)? {
+            // An endpoint that does not parse, or records another container
+            // (or none: an agent's), is not this DEL's to remove.
+            let Ok(w) = serde_json::from_slice::<WorkloadEndpoint>(&kv.value) else {
+                continue;
+            };
+            if w.spec.pod == pod && w.spec.container_id.as_deref() == Some(container) {
+                store.delete(&kv.key, kv.mod_revision).map_err(err)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     fn status(&mut self, cfg: &IpamConfig) -> Result<()> {

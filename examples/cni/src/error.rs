@@ -17,6 +17,7 @@
 //! | 102  | calinet: workload plumbing failed              | a netlink request failed                     |
 //! | 103  | calinet: CHECK found a difference              | kernel or stored state differs               |
 //! | 104  | calinet: other IPAM error                      | e.g. a corrupt block                         |
+//! | 105  | calinet: interface belongs to another container | ADD when `CNI_IFNAME` in `CNI_NETNS` was plumbed for another container id |
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -127,6 +128,20 @@ pub enum Error {
         #[source]
         source: calinet_route::Error,
     },
+    /// ADD found `CNI_IFNAME` in `CNI_NETNS` plumbed for another container:
+    /// the specification requires an error, and nothing was changed.
+    #[error(
+        "interface {name} in netns {netns} already exists and belongs to container {owner:?}; \
+         a container's interface name must be unused"
+    )]
+    InterfaceInUse {
+        /// The namespace.
+        netns: String,
+        /// The interface name (`CNI_IFNAME`).
+        name: String,
+        /// The container id recorded on it.
+        owner: String,
+    },
     /// A failed ADD was rolled back, and the rollback itself failed too.
     #[error("{original} (rollback also failed: {rollback})")]
     RollbackFailed {
@@ -168,6 +183,7 @@ impl Error {
             Error::InvalidConfig { .. } => 7,
             Error::Ipam { source, .. } => ipam_code(source),
             Error::Plumbing { .. } => 102,
+            Error::InterfaceInUse { .. } => 105,
             Error::RollbackFailed { original, .. } => original.code(),
             Error::CheckFailed { .. } => 103,
             Error::NotAvailable { .. } => 50,

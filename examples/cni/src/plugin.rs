@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use calinet_attach::wep::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec, wep_key, wep_name};
 use calinet_attach::{Endpoint, FamilyRequest, Request};
 use calinet_ipam::{Attributes, HandleId, NodeName};
 use calinet_route::{IfName, POD_GATEWAY_V4, WorkloadSpec};
@@ -34,6 +35,13 @@ pub trait AddressManager: calinet_attach::AddressManager {
     ) -> Result<Vec<(HandleId, Attributes)>>;
     /// Whether ADDs could be served with these settings (STATUS).
     fn status(&mut self, ipam: &IpamConfig) -> Result<()>;
+    /// Creates or replaces the WorkloadEndpoint at `key` (see
+    /// [`calinet_attach::wep`]).
+    fn put_endpoint(&mut self, key: &str, wep: &WorkloadEndpoint) -> Result<()>;
+    /// Deletes the WorkloadEndpoints in `namespace` of pod `pod` whose
+    /// `containerID` is `container` (another container's stays); returns how
+    /// many it deleted.
+    fn delete_endpoints(&mut self, namespace: &str, pod: &str, container: &str) -> Result<usize>;
 }
 
 /// How the plugin attaches a container.
@@ -130,6 +138,7 @@ impl Workload {
             cfg.mtu,
         )
         .container_id(self.container.to_string())
+        .owner(self.container.to_string())
         .pod_ifname(self.pod_ifname.clone())
         .ipv4(family(
             cfg.ipam.assign_ipv4,
@@ -147,7 +156,8 @@ impl Workload {
         req
     }
 
-    /// The handle and interfaces (what DEL releases).
+    /// The handle and interfaces (what DEL releases), owned by the container
+    /// id: DEL removes only interfaces whose host side records it.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::new(
             self.handle.clone(),
@@ -155,6 +165,62 @@ impl Workload {
             self.netns.clone(),
         )
         .pod_ifname(self.pod_ifname.clone())
+        .owner(self.container.to_string())
+    }
+
+    fn pod_namespace(&self) -> String {
+        self.pod
+            .as_ref()
+            .map(|(ns, _)| ns.clone())
+            .unwrap_or_default()
+    }
+
+    /// The WorkloadEndpoint an ADD records for a Kubernetes pod (`None`
+    /// without `K8S_POD_NAMESPACE`/`K8S_POD_NAME`). Its identity comes only
+    /// from what the runtime passed (`CNI_ARGS`), never from the pod's own
+    /// labels.
+    pub fn workload_endpoint(
+        &self,
+        node: &NodeName,
+        attached: &calinet_attach::Attached,
+    ) -> Option<WorkloadEndpoint> {
+        let (ns, pod) = self.pod.as_ref()?;
+        let labels = [
+            ("projectcalico.org/namespace".to_owned(), ns.clone()),
+            (
+                "projectcalico.org/orchestrator".to_owned(),
+                "k8s".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        Some(WorkloadEndpoint {
+            api_version: calinet_types::CALICO_API_VERSION.into(),
+            kind: "WorkloadEndpoint".into(),
+            metadata: ObjectMeta::named(wep_name(node.as_str(), pod, self.pod_ifname.as_str()))
+                .namespace(ns.clone())
+                .labels(labels),
+            spec: WorkloadEndpointSpec {
+                orchestrator: "k8s".into(),
+                node: node.to_string(),
+                pod: pod.clone(),
+                container_id: Some(self.container.to_string()),
+                endpoint: self.pod_ifname.to_string(),
+                interface_name: self.host_ifname.to_string(),
+                ip_networks: attached
+                    .spec
+                    .ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(attached.spec.ipv6.map(IpAddr::V6))
+                    .map(IpNet::from)
+                    .collect(),
+                mac: attached.plumbed.pod_mac.map(|m| m.to_string()),
+                profiles: vec![format!("kns.{ns}")],
+                service_account_name: None,
+                ports: Vec::new(),
+            },
+        })
     }
 
     /// The workload spec for these addresses (first IPv4, first IPv6).
@@ -206,7 +272,19 @@ pub fn add(
         Attach::Plugin(plumber) => {
             // CNI_NETNS is required before anything else is looked at.
             w.netns()?;
-            let attached = calinet_attach::add(ipam, plumber, &w.request(cfg, node))?;
+            let req = w.request(cfg, node);
+            let attached = calinet_attach::add(ipam, plumber, &req)?;
+            if let Some(wep) = w.workload_endpoint(node, &attached)
+                && let Err(e) =
+                    ipam.put_endpoint(&wep_key(&w.pod_namespace(), &wep.metadata.name), &wep)
+            {
+                // Nothing half-applied: what this ADD created goes again (a
+                // retry's earlier state stays for the retry after this one).
+                if attached.allocation.fresh {
+                    calinet_attach::release(ipam, Some(plumber), &req.endpoint())?;
+                }
+                return Err(e);
+            }
             let (spec, plumbed) = (attached.spec, attached.plumbed);
             let mtu = v.has_gc_status().then_some(cfg.mtu);
             result.interfaces = vec![
@@ -261,7 +339,11 @@ pub fn del(
         Attach::Plugin(p) => Some(p),
         Attach::IpamOnly => None,
     };
+    let plugin = plumber.is_some();
     calinet_attach::release(ipam, plumber, &w.endpoint())?;
+    if plugin && let Some((ns, pod)) = &w.pod {
+        ipam.delete_endpoints(ns, pod, w.container.as_str())?;
+    }
     Ok(())
 }
 
@@ -287,8 +369,12 @@ impl From<calinet_attach::Error> for Error {
             A::NetnsUnusable { path, source } => Error::InvalidEnv {
                 var: "CNI_NETNS",
                 value: path.display().to_string(),
-                rule: format!("cannot be accessed: {source}"),
+                rule: format!("must be a network namespace that can be entered ({source})"),
             },
+            A::Plumbing {
+                source: calinet_route::Error::InterfaceInUse { netns, name, owner },
+                ..
+            } => Error::InterfaceInUse { netns, name, owner },
             A::UnknownPool { name } => Error::InvalidConfig {
                 field: "ipam.ipv4_pools/ipv6_pools".into(),
                 value: name,
@@ -424,13 +510,25 @@ pub fn gc(
         if keep.contains(&h) {
             continue;
         }
+        let owner = h
+            .as_str()
+            .strip_prefix(&format!("{}.", cfg.name))
+            .unwrap_or(h.as_str())
+            .to_owned();
         if let Attach::Plugin(p) = &mut attach
             && let Some(ifname) = host_ifname_of(cfg, &attrs)
             && !kept_ifnames.contains(&ifname)
         {
-            p.teardown(&ifname, None, &eth0)?;
+            // Only the interface this container's ADD made (it records the
+            // container id): another container's of the same name stays.
+            p.teardown(&ifname, None, &eth0, Some(&owner))?;
         }
         ipam.release(&h)?;
+        if matches!(attach, Attach::Plugin(_))
+            && let (Some(ns), Some(pod)) = (attrs.get("namespace"), attrs.get("pod"))
+        {
+            ipam.delete_endpoints(ns, pod, &owner)?;
+        }
         released.push(h);
     }
     Ok(released)

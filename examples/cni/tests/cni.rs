@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use calinet_route::IfName;
-use common::{CALINET, CALINET_IPAM, Call, calinet_config, ipam_check, schema, stored_handles};
+use common::{
+    CALINET, CALINET_IPAM, Call, calinet_config, ipam_check, schema, stored_handles, stored_weps,
+};
 use serde_json::{Value, json};
 use testlab::{Lab, Netns, Node};
 
@@ -524,19 +526,27 @@ fn a_plumbing_failure_after_allocation_releases_the_address() {
     testlab::require_root!();
     let lab = Lab::new("cni_rollback").unwrap();
     let node = lab_node(&lab);
-    let (dir, db) = common::temp_db();
+    let pod = lab.pod("broken").unwrap();
+    // An `eth0` that is a veth pair made inside the pod's namespace is no
+    // leftover of ours: setup refuses to replace it, after the address was
+    // allocated.
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ])
+    .unwrap();
+    let (_dir, db) = common::temp_db();
     let cfg = calinet_config(&db, "172.16.5.0/24", "");
-    // A path that exists but is no network namespace: the veth's peer cannot
-    // be moved into it, after the address was allocated.
-    let not_a_netns = dir.path().join("not-a-netns");
-    std::fs::write(&not_a_netns, b"").unwrap();
-    let msg = Call::new("ADD", "broken", &not_a_netns, &cfg)
+    let msg = Call::new("ADD", "broken", &pod.path(), &cfg)
         .exec(CALINET, Some(&node.path()))
         .err(102);
-    assert!(msg.contains("not-a-netns"), "{msg}");
+    assert!(msg.contains("eth0"), "{msg}");
     assert!(
         cali_links(&node).is_empty(),
         "half-created veth left behind"
+    );
+    assert!(
+        pod.link("eth0").unwrap().is_some(),
+        "the foreign eth0 stays"
     );
     assert!(stored_handles(&db).is_empty());
     let report = ipam_check(&db, &[]);
@@ -544,6 +554,208 @@ fn a_plumbing_failure_after_allocation_releases_the_address() {
         report.is_clean() && report.addresses_in_use == 0,
         "{report:?}"
     );
+}
+
+/// A `CNI_NETNS` that exists but is no network namespace (a regular file, a
+/// directory) fails with code 4 before anything is allocated or created.
+#[test]
+fn a_netns_path_that_is_not_a_namespace_fails_before_allocating() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_notns").unwrap();
+    let node = lab_node(&lab);
+    let (dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.5.0/24", "");
+    let file = dir.path().join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    for path in [file.as_path(), dir.path()] {
+        let msg = Call::new("ADD", "nons", path, &cfg)
+            .exec(CALINET, Some(&node.path()))
+            .err(4);
+        assert!(msg.contains("CNI_NETNS"), "{msg}");
+        assert!(msg.contains("network namespace"), "{msg}");
+        assert!(cali_links(&node).is_empty());
+        assert!(stored_handles(&db).is_empty(), "allocated before the check");
+    }
+}
+
+/// Issue 17: two sandboxes of one pod (same host veth name); DEL of the old
+/// container releases its address and leaves the new one's networking alone.
+#[test]
+fn del_of_an_old_container_leaves_the_new_containers_interfaces() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_two_sandboxes").unwrap();
+    let node = lab_node(&lab);
+    let (ns1, ns2) = (lab.pod("sb1").unwrap(), lab.pod("sb2").unwrap());
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.6.0/24", "");
+    let pod_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web".to_string();
+    let mut a = Call::new("ADD", "ctr-a", &ns1.path(), &cfg);
+    a.args = Some(pod_args.clone());
+    let mut b = Call::new("ADD", "ctr-b", &ns2.path(), &cfg);
+    b.args = Some(pod_args);
+    a.exec(CALINET, Some(&node.path())).ok();
+    let rb = b.exec(CALINET, Some(&node.path())).json();
+    let host_if = IfName::calico_workload("default", "web").to_string();
+    let before = node.link(&host_if).unwrap().expect("B's host veth");
+    let b_eth0 = ns2.link("eth0").unwrap().expect("B's eth0");
+
+    a.with_command("DEL").exec(CALINET, Some(&node.path())).ok();
+    let after = node.link(&host_if).unwrap().expect("B's host veth stays");
+    assert_eq!(after.ifindex, before.ifindex);
+    assert_eq!(
+        ns2.link("eth0").unwrap().expect("B's eth0 stays").ifindex,
+        b_eth0.ifindex
+    );
+    assert_eq!(
+        stored_handles(&db),
+        vec!["k8s-pod-network.ctr-b".to_string()]
+    );
+    // The endpoint is B's (its ADD replaced A's record), and A's DEL left it.
+    let weps = stored_weps(&db);
+    assert_eq!(weps.len(), 1, "{weps:?}");
+    assert_eq!(weps[0]["spec"]["containerID"], "ctr-b");
+    b.with_command("CHECK")
+        .with_prev_result(&rb)
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+
+    b.with_command("DEL").exec(CALINET, Some(&node.path())).ok();
+    assert!(cali_links(&node).is_empty());
+    assert!(ns2.link("eth0").unwrap().is_none());
+    assert!(stored_handles(&db).is_empty());
+    assert!(stored_weps(&db).is_empty());
+}
+
+/// Issue 17: DEL of a container id nobody added, with a namespace (and pod)
+/// whose `eth0` is another container's, succeeds and touches nothing.
+#[test]
+fn del_of_an_unknown_container_touches_nothing() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_del_unknown").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("known").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.7.0/24", "");
+    let add = Call::new("ADD", "known", &pod.path(), &cfg);
+    let r = add.exec(CALINET, Some(&node.path())).json();
+    let (ip, host_if) = assert_plumbed(&node, &pod, "known", &r);
+    let index = node.link(&host_if).unwrap().unwrap().ifindex;
+
+    // Same pod arguments (so the same host veth name) and another pod's.
+    let mut ghost = add.with_command("DEL");
+    ghost.container = Some("ghost".into());
+    ghost.exec(CALINET, Some(&node.path())).ok();
+    ghost.args = Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=other".into());
+    ghost.exec(CALINET, Some(&node.path())).ok();
+
+    assert_eq!(node.link(&host_if).unwrap().unwrap().ifindex, index);
+    assert_plumbed(&node, &pod, "known", &r);
+    assert_eq!(
+        stored_handles(&db),
+        vec!["k8s-pod-network.known".to_string()]
+    );
+    assert_eq!(stored_weps(&db).len(), 1);
+    let report = ipam_check(&db, &["known"]);
+    assert!(
+        report.is_clean() && report.addresses_in_use == 1,
+        "{report:?}"
+    );
+    add.with_command("DEL")
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+    assert_unplumbed(&node, &pod, ip);
+    assert!(stored_weps(&db).is_empty());
+}
+
+/// ADD records the pod as Calico's WorkloadEndpoint (what agents program
+/// routes and policy for); DEL removes it.
+#[test]
+fn add_records_a_workload_endpoint_and_del_removes_it() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_wep").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("wep").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.9.0/24", "");
+    let add = Call::new("ADD", "wep-1", &pod.path(), &cfg);
+    let r = add.exec(CALINET, Some(&node.path())).json();
+    let (ip, host_if) = assert_plumbed(&node, &pod, "wep-1", &r);
+    let weps = stored_weps(&db);
+    assert_eq!(weps.len(), 1, "{weps:?}");
+    let w = &weps[0];
+    assert_eq!(w["apiVersion"], "projectcalico.org/v3");
+    assert_eq!(w["kind"], "WorkloadEndpoint");
+    let node_name = w["spec"]["node"].as_str().expect("node").to_owned();
+    assert_eq!(
+        w["metadata"]["name"],
+        format!("{}-k8s-wep--1-eth0", node_name.replace('-', "--"))
+    );
+    assert_eq!(w["metadata"]["namespace"], "default");
+    assert_eq!(
+        w["metadata"]["labels"]["projectcalico.org/namespace"],
+        "default"
+    );
+    assert_eq!(
+        w["metadata"]["labels"]["projectcalico.org/orchestrator"],
+        "k8s"
+    );
+    assert_eq!(w["spec"]["orchestrator"], "k8s");
+    assert_eq!(w["spec"]["pod"], "wep-1");
+    assert_eq!(w["spec"]["containerID"], "wep-1");
+    assert_eq!(w["spec"]["endpoint"], "eth0");
+    assert_eq!(w["spec"]["interfaceName"], host_if.as_str());
+    assert_eq!(w["spec"]["ipNetworks"], json!([format!("{ip}/32")]));
+    assert_eq!(w["spec"]["mac"], r["interfaces"][1]["mac"]);
+    assert_eq!(w["spec"]["profiles"], json!(["kns.default"]));
+    // A retried ADD leaves one record.
+    add.exec(CALINET, Some(&node.path())).ok();
+    assert_eq!(stored_weps(&db).len(), 1);
+    add.with_command("DEL")
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+    assert_unplumbed(&node, &pod, ip);
+    assert!(stored_weps(&db).is_empty());
+}
+
+/// Issue 17: ADD into a namespace whose `eth0` another container's ADD made
+/// fails (the specification requires an error) with nothing allocated or
+/// changed; a retried ADD of the owner still succeeds with the same address.
+#[test]
+fn add_over_another_containers_interface_fails_and_changes_nothing() {
+    testlab::require_root!();
+    let lab = Lab::new("cni_add_taken").unwrap();
+    let node = lab_node(&lab);
+    let pod = lab.pod("taken").unwrap();
+    let (_dir, db) = common::temp_db();
+    let cfg = calinet_config(&db, "172.16.8.0/24", "");
+    let d1 = Call::new("ADD", "d1", &pod.path(), &cfg);
+    let r1 = d1.exec(CALINET, Some(&node.path())).json();
+    let (ip, host_if) = assert_plumbed(&node, &pod, "d1", &r1);
+    let index = node.link(&host_if).unwrap().unwrap().ifindex;
+
+    // The same pod name (same host veth) and another one.
+    let mut d2 = Call::new("ADD", "d2", &pod.path(), &cfg);
+    d2.args = d1.args.clone();
+    for args in [
+        d1.args.clone(),
+        Call::new("ADD", "d2", &pod.path(), &cfg).args,
+    ] {
+        d2.args = args;
+        let msg = d2.exec(CALINET, Some(&node.path())).err(105);
+        assert!(msg.contains("eth0") && msg.contains("d1"), "{msg}");
+        assert_eq!(stored_handles(&db), vec!["k8s-pod-network.d1".to_string()]);
+        assert_eq!(node.link(&host_if).unwrap().unwrap().ifindex, index);
+        assert_eq!(cali_links(&node), vec![host_if.clone()]);
+    }
+
+    let again = d1.exec(CALINET, Some(&node.path())).json();
+    assert_eq!(result_ip(&again), ip);
+    assert_eq!(node.link(&host_if).unwrap().unwrap().ifindex, index);
+    d1.with_command("DEL")
+        .exec(CALINET, Some(&node.path()))
+        .ok();
+    assert_unplumbed(&node, &pod, ip);
+    assert!(stored_handles(&db).is_empty());
 }
 
 /// `calinet-ipam` under the reference `ptp` plugin, which execs it through

@@ -225,3 +225,15 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let db = dir.path().join("ipam.db");
     (dir, db)
 }
+
+/// WorkloadEndpoints in the SQLite file, as JSON.
+pub fn stored_weps(db: &Path) -> Vec<Value> {
+    use calinet_ipam::Store as _;
+    let store = SqliteStore::open(db).expect("open datastore");
+    store
+        .list("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .expect("list WorkloadEndpoints")
+        .into_iter()
+        .map(|kv| serde_json::from_slice(&kv.value).expect("WorkloadEndpoint JSON"))
+        .collect()
+}

@@ -31,6 +31,8 @@ needs=(
   "iproute2                     ip"
   "procps                       sysctl"
   "procps                       pgrep"
+  "util-linux                   nsenter"             # the lab's CNI test enters a node like a runtime
+  "util-linux                   unshare"             # the lab's per-node wireguard-go socket directory
   "iputils-ping                 ping"
   "tcpdump                      tcpdump"
   "openssl                      openssl"             # etcd TLS test certificates

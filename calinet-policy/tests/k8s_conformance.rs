@@ -197,7 +197,7 @@ fn rejected(yaml: &str) -> String {
 }
 
 fn knp_value(spec: &str) -> K8sNetworkPolicy {
-    serde_yaml::from_str(&knp("a", "p", spec)).unwrap()
+    serde_norway::from_str(&knp("a", "p", spec)).unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -958,7 +958,7 @@ fn validation_rejects_the_whole_stream() {
     let AnyResource::K8sNetworkPolicy(k) = &mut res[0] else {
         panic!()
     };
-    k.spec.ingress = Some(vec![serde_yaml::from_str("from: [{}]").unwrap()]);
+    k.spec.ingress = Some(vec![serde_norway::from_str("from: [{}]").unwrap()]);
     let e = PolicyModel::build(&res).unwrap_err();
     assert!(matches!(e, Error::Invalid { .. }), "{e}");
     assert!(e.to_string().contains("spec.ingress[0].from[0]"), "{e}");

@@ -436,11 +436,16 @@ impl Shared {
 
     /// Forget endpoint `i`'s connection and move on to the next endpoint.
     fn fail_over(&self, i: usize) {
+        let n = self.endpoints.len();
+        tracing::warn!(
+            from = %self.endpoints[i].url,
+            to = %self.endpoints[(i + 1) % n].url,
+            "etcd endpoint failed; failing over"
+        );
         *self.endpoints[i]
             .client
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
-        let n = self.endpoints.len();
         let _ = self
             .current
             .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
@@ -582,6 +587,14 @@ impl EtcdStore {
                     }
                 });
             }
+            tracing::info!(
+                op,
+                key,
+                endpoint = %endpoint,
+                attempt = attempts,
+                error = %e,
+                "etcd request failed; retrying"
+            );
             std::thread::sleep(policy.backoff(attempts));
         }
     }

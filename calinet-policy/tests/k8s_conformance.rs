@@ -189,10 +189,19 @@ fn knp(ns: &str, name: &str, spec: &str) -> String {
 }
 
 /// The error parsing `yaml` gives (it must fail).
+/// The error and its causes, as a caller printing the chain shows them.
 fn rejected(yaml: &str) -> String {
     match parse_yaml(yaml) {
         Ok(r) => panic!("accepted: {r:?}"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                text.push_str(&format!(": {c}"));
+                cur = c.source();
+            }
+            text
+        }
     }
 }
 

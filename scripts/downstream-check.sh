@@ -30,7 +30,7 @@ mkdir -p "$dir/src"
   echo
   echo '[dependencies]'
   # Older releases a downstream project may already have.
-  echo 'serde = { version = "=1.0.200", features = ["derive"] }'
+  echo 'serde = { version = "=1.0.203", features = ["derive"] }'
   echo 'tokio = "=1.41.1"'
   echo 'proptest = "=1.5.0"'
   for l in "${libs[@]}"; do
@@ -47,7 +47,7 @@ print(json.dumps(sorted(f for f in p["features"] if f != "default")))' "$name") 
   echo '[workspace]'
 } > "$dir/Cargo.toml"
 echo 'fn main() {}' > "$dir/src/main.rs"
-echo "downstream-check: $(grep -c ' = { path' "$dir/Cargo.toml") crates next to serde 1.0.200, tokio 1.41.1, proptest 1.5.0"
+echo "downstream-check: $(grep -c ' = { path' "$dir/Cargo.toml") crates next to serde 1.0.203, tokio 1.41.1, proptest 1.5.0"
 cd "$dir"
 CARGO_TARGET_DIR="${CALINET_DOWNSTREAM_TARGET:-$root/target/downstream}" cargo check --quiet --keep-going
 echo "downstream-check: resolved and built"

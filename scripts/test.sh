@@ -32,6 +32,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-featur
 step "downstream check (the library crates next to older serde, tokio, proptest)"
 bash scripts/downstream-check.sh || fail=1
 
+step "package check (cargo package; the unpacked packages' tests build)"
+bash scripts/package-check.sh || fail=1
+
+step "semver check (public API of the library crates against .ci/public-api)"
+bash scripts/semver-check.sh || fail=1
+
 if [[ "$(id -u)" != 0 ]]; then
   echo "calinet: not root: kernel tests will report SKIPPED (run with sudo to include them)"
 fi

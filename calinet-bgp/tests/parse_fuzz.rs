@@ -47,7 +47,7 @@ proptest! {
         let yaml = format!(
             "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: p}}\nspec: {{peerIP: {peer_ip:?}, nodeSelector: {sel:?}, asNumber: {asn}}}\n"
         );
-        if let Ok(p) = serde_yaml::from_str::<BgpPeer>(&yaml) {
+        if let Ok(p) = serde_norway::from_str::<BgpPeer>(&yaml) {
             // Valid or a named error; never a panic.
             if let Err(e) = p.validate() {
                 prop_assert!(e.to_string().starts_with("BGPPeer p: "), "{}", e);
@@ -57,8 +57,8 @@ proptest! {
 
     #[test]
     fn other_yaml_never_panics(text in "\\\\PC{0,80}") {
-        let _ = serde_yaml::from_str::<BgpConfiguration>(&text).map(|c| c.validate());
-        let _ = serde_yaml::from_str::<NodeBgpSpec>(&text).map(|n| n.validate("n"));
+        let _ = serde_norway::from_str::<BgpConfiguration>(&text).map(|c| c.validate());
+        let _ = serde_norway::from_str::<NodeBgpSpec>(&text).map(|n| n.validate("n"));
     }
 }
 

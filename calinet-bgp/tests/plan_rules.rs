@@ -17,14 +17,14 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn node(name: &str, yaml: &str) -> NodeInfo {
-    let mut n = NodeInfo::new(name, serde_yaml::from_str::<NodeBgpSpec>(yaml).unwrap());
+    let mut n = NodeInfo::new(name, serde_norway::from_str::<NodeBgpSpec>(yaml).unwrap());
     n.labels
         .insert("kubernetes.io/hostname".into(), name.into());
     n
 }
 
 fn peer(yaml: &str) -> BgpPeer {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_norway::from_str(yaml).unwrap()
 }
 
 /// n1, n2, n3 on 198.51.100.0/24 (IPv4 only) with one pool.
@@ -82,7 +82,7 @@ fn mesh_peers_every_other_node_with_one_active_side() {
 #[test]
 fn mesh_off_leaves_only_explicit_peers() {
     let mut input = cluster("n1");
-    input.config = Some(serde_yaml::from_str(
+    input.config = Some(serde_norway::from_str(
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false, asNumber: 64600}\n",
     ).unwrap());
     assert!(names(&input).is_empty());
@@ -295,7 +295,7 @@ fn exports_blocks_and_borrowed_but_not_from_disable_bgp_export_pools() {
 #[test]
 fn service_cidrs_are_exported() {
     let mut input = cluster("n1");
-    input.config = Some(serde_yaml::from_str(
+    input.config = Some(serde_norway::from_str(
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n  serviceExternalIPs: [{cidr: 203.0.113.0/24}]\n  serviceLoadBalancerIPs: [{cidr: 2001:db8:5::/112}]\n",
     ).unwrap());
     let p = plan(&input).unwrap();
@@ -437,7 +437,7 @@ fn validation_errors_name_resource_and_field() {
     assert!(with_peer("{peerIP: 192.0.2.1}").contains("spec.asNumber"));
     assert!(with_peer("{asNumber: 1}").contains("one of peerIP and peerSelector"));
     // Out of range AS numbers fail while reading the YAML.
-    let e = serde_yaml::from_str::<BgpPeer>(
+    let e = serde_norway::from_str::<BgpPeer>(
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 192.0.2.1, asNumber: 4294967296}\n",
     )
     .unwrap_err();
@@ -475,14 +475,14 @@ fn validation_errors_name_resource_and_field() {
 #[test]
 fn calico_yaml_round_trips_with_calico_field_names() {
     let yaml = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack1-tor\nspec:\n  nodeSelector: rack == 'rack-1'\n  peerIP: '[2001:db8::1]:1790'\n  asNumber: '1.10'\n  sourceAddress: UseNodeIP\n  maxRestartTime: 90s\n";
-    let p: BgpPeer = serde_yaml::from_str(yaml).unwrap();
+    let p: BgpPeer = serde_norway::from_str(yaml).unwrap();
     assert_eq!(p.spec.as_number.unwrap().get(), 65546);
     p.validate().unwrap();
     let back = serde_json::to_value(&p).unwrap();
     assert_eq!(back["spec"]["peerIP"], "[2001:db8::1]:1790");
     assert_eq!(back["spec"]["nodeSelector"], "rack == 'rack-1'");
     assert_eq!(back["spec"]["maxRestartTime"], "90s");
-    let n: NodeBgpSpec = serde_yaml::from_str(
+    let n: NodeBgpSpec = serde_norway::from_str(
         "ipv4Address: 192.168.10.10/24\nasNumber: 64513\nrouteReflectorClusterID: 224.0.0.1\n",
     )
     .unwrap();

@@ -169,7 +169,7 @@ fn ebgp_top_of_rack_with_password() {
     let secrets = tempfile::tempdir().unwrap();
     std::fs::create_dir(secrets.path().join("bgp-secrets")).unwrap();
     std::fs::write(secrets.path().join("bgp-secrets/tor"), "rack-secret\n").unwrap();
-    let peer: BgpPeer = serde_yaml::from_str(
+    let peer: BgpPeer = serde_norway::from_str(
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec:\n  peerIP: 198.51.100.50\n  asNumber: 65001\n  password: {secretKeyRef: {name: bgp-secrets, key: tor}}\n",
     )
     .unwrap();

@@ -144,13 +144,14 @@ pub enum Error {
         detail: String,
     },
     /// A YAML document did not decode.
-    #[error("YAML document {document}: {source}")]
+    #[error("YAML document {document} did not decode")]
     Yaml {
         /// Index of the document in the stream (0-based).
         document: usize,
-        /// The decoder's error (with line and column).
+        /// The decoder's error (with line and column), boxed so that the YAML
+        /// library's type is not part of this API.
         #[source]
-        source: serde_yaml::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A YAML document is of a kind calinet does not read.
     #[error("YAML document {document}: unsupported resource {api_version} {kind}")]

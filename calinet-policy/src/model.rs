@@ -1052,10 +1052,10 @@ struct Head {
     kind: String,
 }
 
-fn yaml_err(doc: usize, e: serde_yaml::Error) -> Error {
+fn yaml_err(doc: usize, e: serde_norway::Error) -> Error {
     Error::Yaml {
         document: doc,
-        source: e,
+        source: Box::new(e),
     }
 }
 
@@ -1063,27 +1063,27 @@ fn yaml_err(doc: usize, e: serde_yaml::Error) -> Error {
 /// NetworkPolicy resources; every resource is validated.
 pub fn parse_yaml(text: &str) -> Result<Vec<AnyResource>, Error> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| yaml_err(i, e))?;
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_norway::Value::deserialize(doc).map_err(|e| yaml_err(i, e))?;
         if value.is_null() {
             continue;
         }
-        let head: Head = serde_yaml::from_value(value.clone()).map_err(|e| yaml_err(i, e))?;
+        let head: Head = serde_norway::from_value(value.clone()).map_err(|e| yaml_err(i, e))?;
         let r = match (head.api_version.as_str(), head.kind.as_str()) {
             (CALICO_API, "Tier") => {
-                AnyResource::Tier(serde_yaml::from_value(value).map_err(|e| yaml_err(i, e))?)
+                AnyResource::Tier(serde_norway::from_value(value).map_err(|e| yaml_err(i, e))?)
             }
             (CALICO_API, "NetworkPolicy") => AnyResource::NetworkPolicy(
-                serde_yaml::from_value(value).map_err(|e| yaml_err(i, e))?,
+                serde_norway::from_value(value).map_err(|e| yaml_err(i, e))?,
             ),
             (CALICO_API, "GlobalNetworkPolicy") => AnyResource::GlobalNetworkPolicy(
-                serde_yaml::from_value(value).map_err(|e| yaml_err(i, e))?,
+                serde_norway::from_value(value).map_err(|e| yaml_err(i, e))?,
             ),
             (CALICO_API, "Profile") => {
-                AnyResource::Profile(serde_yaml::from_value(value).map_err(|e| yaml_err(i, e))?)
+                AnyResource::Profile(serde_norway::from_value(value).map_err(|e| yaml_err(i, e))?)
             }
             (K8S_API, "NetworkPolicy") => AnyResource::K8sNetworkPolicy(
-                serde_yaml::from_value(value).map_err(|e| yaml_err(i, e))?,
+                serde_norway::from_value(value).map_err(|e| yaml_err(i, e))?,
             ),
             (api, kind) => {
                 return Err(Error::UnknownKind {
@@ -1404,8 +1404,8 @@ spec:
         };
         assert_eq!(pr.spec.labels_to_apply["pcns.team"], "a");
         // Serialising and reading back gives the same resources.
-        let yaml = serde_yaml::to_string(p).unwrap();
-        let back: NetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
+        let yaml = serde_norway::to_string(p).unwrap();
+        let back: NetworkPolicy = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(&back, p);
     }
 
@@ -1430,8 +1430,16 @@ spec:
         assert_eq!(s.effective_types(), vec![PolicyType::Egress]);
     }
 
+    /// The error and its causes, as a caller printing the chain shows it.
     fn err(yaml: &str) -> String {
-        parse_yaml(yaml).unwrap_err().to_string()
+        let e = parse_yaml(yaml).unwrap_err();
+        let mut text = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            text.push_str(&format!(": {c}"));
+            cur = c.source();
+        }
+        text
     }
 
     #[test]
@@ -1603,7 +1611,7 @@ spec:
 
     #[test]
     fn kubernetes_defaults_and_errors() {
-        let mut k: K8sNetworkPolicy = serde_yaml::from_str(
+        let mut k: K8sNetworkPolicy = serde_norway::from_str(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: a}\nspec:\n  podSelector: {}\n",
         )
         .unwrap();

@@ -398,6 +398,13 @@ impl NetlinkBackend {
         self.buf = tx.into_buffer();
         sent?;
         self.installed = Some(rs.clone());
+        tracing::info!(
+            table = %rs.table,
+            messages = stats.messages,
+            bytes = stats.bytes,
+            touched_rules = stats.touched_rules,
+            "nftables policy applied"
+        );
         Ok(stats)
     }
 

@@ -189,15 +189,24 @@ fn knp(ns: &str, name: &str, spec: &str) -> String {
 }
 
 /// The error parsing `yaml` gives (it must fail).
+/// The error and its causes, as a caller printing the chain shows them.
 fn rejected(yaml: &str) -> String {
     match parse_yaml(yaml) {
         Ok(r) => panic!("accepted: {r:?}"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                text.push_str(&format!(": {c}"));
+                cur = c.source();
+            }
+            text
+        }
     }
 }
 
 fn knp_value(spec: &str) -> K8sNetworkPolicy {
-    serde_yaml::from_str(&knp("a", "p", spec)).unwrap()
+    serde_norway::from_str(&knp("a", "p", spec)).unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -958,7 +967,7 @@ fn validation_rejects_the_whole_stream() {
     let AnyResource::K8sNetworkPolicy(k) = &mut res[0] else {
         panic!()
     };
-    k.spec.ingress = Some(vec![serde_yaml::from_str("from: [{}]").unwrap()]);
+    k.spec.ingress = Some(vec![serde_norway::from_str("from: [{}]").unwrap()]);
     let e = PolicyModel::build(&res).unwrap_err();
     assert!(matches!(e, Error::Invalid { .. }), "{e}");
     assert!(e.to_string().contains("spec.ingress[0].from[0]"), "{e}");

@@ -138,6 +138,7 @@ pub mod spec;
 pub mod workload;
 
 pub use backend::{Backend, EntryOp, MemoryBackend, NetlinkBackend, RouteOp};
+pub use calinet_types::Family;
 pub use error::{Error, Result};
 pub use kernel::{LinkIndex, LinkState, ObservedVxlan};
 pub use netns::Netns;
@@ -145,7 +146,7 @@ pub use plan::{
     ObservedFdb, ObservedNeighbour, Plan, Replacement, plan_fdb, plan_neighbours, plan_routes,
 };
 pub use reconcile::{Pending, PendingReason, Reconciler, Report, ResyncTimer};
-pub use rule::{RuleFamily, RulePlan, RuleReport, RuleSpec, plan_rules, reconcile_rules};
+pub use rule::{RulePlan, RuleReport, RuleSpec, plan_rules, reconcile_rules};
 pub use spec::{
     CALICO_VNI, DEFAULT_WORKLOAD_PREFIX, FdbSpec, IfName, IpipSpec, LinkKind, LinkSpec, MAIN_TABLE,
     MacAddr, NeighbourSpec, Ownership, POD_GATEWAY_V4, RouteKey, RouteProtocol, RouteScope,

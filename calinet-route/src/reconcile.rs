@@ -202,6 +202,12 @@ impl<B: Backend> Reconciler<B> {
                 _ => failures.push(nack.into_error(op.to_string())),
             }
         }
+        for p in &pending {
+            tracing::info!(route = %p.entry, reason = ?p.reason, "route left pending until its device is up");
+        }
+        for f in &failures {
+            tracing::warn!(error = %f, "kernel rejected a route write");
+        }
         self.pending = pending.clone();
         Ok(Report {
             plan,
@@ -372,6 +378,55 @@ mod tests {
 
     fn own() -> Ownership {
         Ownership::default().interface_prefix("cali")
+    }
+
+    /// A tiny tracing layer that keeps every event as `LEVEL field=value...`.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!(" {}={v:?}", f.name()));
+                }
+            }
+            let mut fields = Fields(event.metadata().level().to_string());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+
+    /// Runs `f` with `Captured` as this thread's subscriber; returns the events.
+    fn capture(f: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let cap = Captured::default();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(cap.clone()), f);
+        cap.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_pending_route_is_logged_with_its_reason() {
+        let events = capture(|| {
+            block_on(async {
+                let mut rec = Reconciler::new(MemoryBackend::new(), own());
+                let a = RouteSpec::workload("10.0.0.1".parse().unwrap(), dev("cali1"));
+                rec.reconcile_routes(&[a]).await.unwrap();
+            })
+        });
+        assert_eq!(
+            events,
+            vec![
+                "INFO message=route left pending until its device is up \
+                 route=10.0.0.1/32 dev cali1 proto 80 scope link reason=DeviceMissing"
+                    .to_string()
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Routing rules (`ip rule`) as specs, and a reconciler that keeps the owned
 //! ones exactly as desired.
 //!
+//! The spec itself, [`RuleSpec`], is calinet-types' (re-exported here).
 //! A rule is owned when its protocol (`FRA_PROTOCOL`, what `ip rule` shows
 //! as `proto`) is the caller's (Calico's 80 by default), as routes are.
 //! Rules with selectors this spec does not model (source/destination
@@ -10,26 +11,26 @@
 //! after, so there is no moment without either.
 //!
 //! ```
-//! use calinet_route::RouteProtocol;
-//! use calinet_route::rule::{RuleFamily, RuleSpec, plan_rules};
+//! use calinet_route::rule::{RuleSpec, plan_rules};
+//! use calinet_route::{Family, RouteProtocol};
 //!
 //! // Calico's WireGuard rule: unmarked packets look up table 1.
-//! let wg = RuleSpec::lookup(RuleFamily::V4, 99, 1).fwmark(0x10_0000, 0x10_0000).invert();
+//! let wg = RuleSpec::lookup(Family::V4, 99, 1).fwmark(0x10_0000, 0x10_0000).invert();
 //! assert_eq!(wg.to_string(), "99: not from all fwmark 0x100000/0x100000 lookup 1 proto 80");
 //! // Observed: an old owned rule for table 2, and someone else's rule.
-//! let old = RuleSpec::lookup(RuleFamily::V4, 99, 2).fwmark(0x10_0000, 0x10_0000).invert();
-//! let theirs = RuleSpec::lookup(RuleFamily::V4, 100, 7).protocol(RouteProtocol::BOOT);
+//! let old = RuleSpec::lookup(Family::V4, 99, 2).fwmark(0x10_0000, 0x10_0000).invert();
+//! let theirs = RuleSpec::lookup(Family::V4, 100, 7).protocol(RouteProtocol::BOOT);
 //! let plan = plan_rules(&[wg.clone()], &[old.clone(), theirs], RouteProtocol::CALICO).unwrap();
 //! assert_eq!((plan.adds, plan.deletions), (vec![wg], vec![old]));
 //! ```
-
-use std::fmt;
-
 use calinet_netlink::consts::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_NOOP, RTM_DELRULE, RTM_GETRULE,
     RTM_NEWRULE,
 };
 use calinet_netlink::{Acks, DumpEnd, Netns, Protocol, Socket, Writer, attributes};
+
+use calinet_types::Family;
+pub use calinet_types::RuleSpec;
 
 use crate::error::{Error, Result};
 use crate::spec::RouteProtocol;
@@ -69,122 +70,11 @@ const UNMODELLED: [u16; 11] = [
     FRA_SPORT_RANGE,
     FRA_DPORT_RANGE,
 ];
-/// The kernel's `local` table rule sits at priority 0.
-const LOCAL_RULE_PRIORITY: u32 = 0;
-
-/// Address family of a rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RuleFamily {
-    /// IPv4 (`ip -4 rule`).
-    V4,
-    /// IPv6 (`ip -6 rule`).
-    V6,
-}
-
-impl RuleFamily {
-    fn af(self) -> u8 {
-        match self {
-            RuleFamily::V4 => libc::AF_INET as u8,
-            RuleFamily::V6 => libc::AF_INET6 as u8,
-        }
-    }
-}
-
-/// `[not] from all [fwmark M/MASK] lookup TABLE`, at a priority, tagged with a
-/// protocol.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub struct RuleSpec {
-    /// IPv4 or IPv6.
-    pub family: RuleFamily,
-    /// Priority (`pref`); lower runs first.
-    pub priority: u32,
-    /// Firewall mark to match, with its mask (`fwmark M/MASK`).
-    pub fwmark: Option<(u32, u32)>,
-    /// Table to look up.
-    pub table: u32,
-    /// `not`: the rule matches packets that do NOT match its selectors.
-    pub invert: bool,
-    /// The protocol the rule is tagged with; ownership is decided by it.
-    pub protocol: RouteProtocol,
-}
-
-impl RuleSpec {
-    /// `from all lookup TABLE` at `priority`, protocol 80 (Calico's).
-    pub fn lookup(family: RuleFamily, priority: u32, table: u32) -> Self {
-        RuleSpec {
-            family,
-            priority,
-            fwmark: None,
-            table,
-            invert: false,
-            protocol: RouteProtocol::CALICO,
-        }
-    }
-
-    /// Matches packets whose mark, masked with `mask`, is `mark`.
-    pub fn fwmark(mut self, mark: u32, mask: u32) -> Self {
-        self.fwmark = Some((mark, mask));
-        self
-    }
-
-    /// Inverts the match (`not`).
-    pub fn invert(mut self) -> Self {
-        self.invert = true;
-        self
-    }
-
-    /// Tags the rule with `protocol`.
-    pub fn protocol(mut self, protocol: RouteProtocol) -> Self {
-        self.protocol = protocol;
-        self
-    }
-
-    /// Checks the rules the kernel would otherwise enforce half-way, or not at
-    /// all.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |rule: &str| {
-            Err(Error::InvalidEntry {
-                what: "rule",
-                entry: self.to_string(),
-                rule: rule.to_string(),
-            })
-        };
-        if self.table == 0 {
-            return bad("table 0 (unspec) cannot be looked up");
-        }
-        if self.priority == LOCAL_RULE_PRIORITY {
-            return bad("priority 0 belongs to the kernel's local-table rule");
-        }
-        if let Some((mark, mask)) = self.fwmark {
-            if mask == 0 {
-                return bad("an fwmark mask of 0 matches every packet; leave fwmark out instead");
-            }
-            if mark & !mask != 0 {
-                return bad("the fwmark has bits outside its mask, so no packet can match");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for RuleSpec {
-    /// As `ip rule` prints it, plus the protocol:
-    /// `99: not from all fwmark 0x100000/0x100000 lookup 1 proto 80`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.priority)?;
-        if self.invert {
-            f.write_str("not ")?;
-        }
-        f.write_str("from all ")?;
-        if let Some((mark, mask)) = self.fwmark {
-            write!(f, "fwmark {mark:#x}/{mask:#x} ")?;
-        }
-        write!(f, "lookup {} proto {}", self.table, self.protocol.0)?;
-        if self.family == RuleFamily::V6 {
-            f.write_str(" (ipv6)")?;
-        }
-        Ok(())
+/// The kernel's address family number of `family`.
+fn af(family: Family) -> u8 {
+    match family {
+        Family::V4 => libc::AF_INET as u8,
+        Family::V6 => libc::AF_INET6 as u8,
     }
 }
 
@@ -242,9 +132,9 @@ pub fn plan_rules(
 
 /// `struct fib_rule_hdr`: family, dst_len, src_len, tos, table, res1, res2,
 /// action, flags.
-fn fib_rule_hdr(family: RuleFamily, table: u32, action: u8, flags: u32) -> [u8; 12] {
+fn fib_rule_hdr(family: Family, table: u32, action: u8, flags: u32) -> [u8; 12] {
     let mut h = [0u8; 12];
-    h[0] = family.af();
+    h[0] = af(family);
     // Tables above 255 travel in FRA_TABLE only (RT_TABLE_UNSPEC here).
     h[4] = u8::try_from(table).unwrap_or(0);
     h[7] = action;
@@ -292,8 +182,8 @@ pub fn parse_rule(payload: &[u8]) -> Result<Option<RuleSpec>> {
         });
     };
     let family = match i32::from(h[0]) {
-        libc::AF_INET => RuleFamily::V4,
-        libc::AF_INET6 => RuleFamily::V6,
+        libc::AF_INET => Family::V4,
+        libc::AF_INET6 => Family::V6,
         _ => return Ok(None),
     };
     let flags = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
@@ -341,7 +231,7 @@ pub fn dump_rules(sock: &Socket) -> Result<Vec<RuleSpec>> {
     let mut rx = vec![0u8; 1 << 16];
     'attempt: for attempt in 1..=DUMP_ATTEMPTS {
         let mut out = Vec::new();
-        for (i, family) in [RuleFamily::V4, RuleFamily::V6].into_iter().enumerate() {
+        for (i, family) in [Family::V4, Family::V6].into_iter().enumerate() {
             let seq = attempt * 2 + i as u32;
             let mut w = Writer::new();
             let m = w.begin_message(RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq);
@@ -445,7 +335,7 @@ mod tests {
     use calinet_netlink::messages;
 
     fn wg() -> RuleSpec {
-        RuleSpec::lookup(RuleFamily::V4, 99, 1)
+        RuleSpec::lookup(Family::V4, 99, 1)
             .fwmark(0x10_0000, 0x10_0000)
             .invert()
     }
@@ -478,12 +368,7 @@ mod tests {
         for (value, ours) in [(u32::MAX, true), (0, false)] {
             let mut w = Writer::new();
             let mm = w.begin_message(RTM_NEWRULE, 0, 1);
-            w.family_header(&fib_rule_hdr(
-                RuleFamily::V4,
-                1,
-                FR_ACT_TO_TBL,
-                FIB_RULE_INVERT,
-            ));
+            w.family_header(&fib_rule_hdr(Family::V4, 1, FR_ACT_TO_TBL, FIB_RULE_INVERT));
             w.attr_u32(FRA_TABLE, 1);
             w.attr_u32(FRA_SUPPRESS_PREFIXLEN, value);
             w.attr_u8(FRA_PROTOCOL, 80);
@@ -502,7 +387,7 @@ mod tests {
     fn unmodelled_rules_are_not_read_as_ours() {
         let mut w = Writer::new();
         let m = w.begin_message(RTM_NEWRULE, 0, 1);
-        w.family_header(&fib_rule_hdr(RuleFamily::V4, 5, FR_ACT_TO_TBL, 0));
+        w.family_header(&fib_rule_hdr(Family::V4, 5, FR_ACT_TO_TBL, 0));
         w.attr_u32(FRA_PRIORITY, 7);
         w.attr_u8(FRA_PROTOCOL, 80);
         w.attr_str(FRA_IIFNAME, "eth0");
@@ -515,8 +400,8 @@ mod tests {
 
     #[test]
     fn plan_adds_missing_deletes_only_owned() {
-        let theirs = RuleSpec::lookup(RuleFamily::V4, 99, 1).protocol(RouteProtocol::BOOT);
-        let stale = RuleSpec::lookup(RuleFamily::V6, 99, 1);
+        let theirs = RuleSpec::lookup(Family::V4, 99, 1).protocol(RouteProtocol::BOOT);
+        let stale = RuleSpec::lookup(Family::V6, 99, 1);
         let p = plan_rules(
             &[wg()],
             &[theirs.clone(), stale.clone()],
@@ -533,7 +418,7 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_naming_the_rule() {
         let e = plan_rules(
-            &[RuleSpec::lookup(RuleFamily::V4, 99, 0)],
+            &[RuleSpec::lookup(Family::V4, 99, 0)],
             &[],
             RouteProtocol::CALICO,
         )
@@ -543,7 +428,7 @@ mod tests {
             e.contains("invalid rule 99: from all lookup 0 proto 80: table 0"),
             "{e}"
         );
-        let e = RuleSpec::lookup(RuleFamily::V4, 99, 1)
+        let e = RuleSpec::lookup(Family::V4, 99, 1)
             .fwmark(0x3, 0x1)
             .validate()
             .unwrap_err()
@@ -557,6 +442,6 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("never be removed"), "{e}");
-        assert!(RuleSpec::lookup(RuleFamily::V4, 0, 1).validate().is_err());
+        assert!(RuleSpec::lookup(Family::V4, 0, 1).validate().is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Kernel test (root): routing rules reconciled in a testlab namespace, checked
 //! with `ip rule` (the independent oracle).
 
-use calinet_route::rule::{RuleFamily, RuleSpec, reconcile_rules};
+use calinet_route::Family;
+use calinet_route::rule::{RuleSpec, reconcile_rules};
 use calinet_route::{Netns, RouteProtocol};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
@@ -37,10 +38,10 @@ fn rules_are_added_kept_changed_and_deleted_without_touching_others() -> Res {
     let before4 = rules(&ns, "-4");
     let before6 = rules(&ns, "-6");
 
-    let wg = RuleSpec::lookup(RuleFamily::V4, 99, 1)
+    let wg = RuleSpec::lookup(Family::V4, 99, 1)
         .fwmark(0x10_0000, 0x10_0000)
         .invert();
-    let v6 = RuleSpec::lookup(RuleFamily::V6, 98, 2);
+    let v6 = RuleSpec::lookup(Family::V6, 98, 2);
     let report = reconcile_rules(&netns, &[wg.clone(), v6.clone()], RouteProtocol::CALICO)?;
     assert_eq!(report.writes, 2);
     let now4 = rules(&ns, "-4");
@@ -56,7 +57,7 @@ fn rules_are_added_kept_changed_and_deleted_without_touching_others() -> Res {
     assert_eq!(again.writes, 0, "{:?}", again.plan);
 
     // Change: the table moves from 1 to 7; the old owned rule goes, the new one comes.
-    let moved = RuleSpec::lookup(RuleFamily::V4, 99, 7)
+    let moved = RuleSpec::lookup(Family::V4, 99, 7)
         .fwmark(0x10_0000, 0x10_0000)
         .invert();
     let changed = reconcile_rules(&netns, &[moved, v6], RouteProtocol::CALICO)?;
@@ -85,8 +86,8 @@ fn rules_are_added_kept_changed_and_deleted_without_touching_others() -> Res {
     );
 
     // Bad input: refused before anything is written, naming the rule.
-    let bad = RuleSpec::lookup(RuleFamily::V4, 90, 0);
-    let good = RuleSpec::lookup(RuleFamily::V4, 91, 3);
+    let bad = RuleSpec::lookup(Family::V4, 90, 0);
+    let good = RuleSpec::lookup(Family::V4, 91, 3);
     let err = reconcile_rules(&netns, &[good, bad], RouteProtocol::CALICO).unwrap_err();
     assert!(err.to_string().contains("90: from all lookup 0"), "{err}");
     assert_eq!(rules(&ns, "-4"), before4, "nothing half-applied");

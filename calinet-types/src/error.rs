@@ -51,6 +51,14 @@ pub enum Error {
         /// The rule it broke.
         rule: String,
     },
+    /// A routing rule spec is inconsistent.
+    #[error("invalid rule {entry}: {rule}")]
+    InvalidRule {
+        /// The rule, printed like `ip rule`.
+        entry: String,
+        /// The rule it broke.
+        rule: String,
+    },
     /// A link or workload spec is inconsistent.
     #[error("invalid link spec {name}: {rule}")]
     InvalidLink {

@@ -64,6 +64,7 @@ mod names;
 mod node;
 #[cfg(feature = "proptest")]
 pub mod proptest_support;
+mod rule;
 mod spec;
 
 pub use error::{Error, Result};
@@ -72,6 +73,7 @@ pub use mac::MacAddr;
 pub use meta::{Extra, ObjectMeta};
 pub use names::{DEFAULT_WORKLOAD_PREFIX, IFNAME_MAX_LEN, IfName, NodeName};
 pub use node::{CALICO_API_VERSION, Node, NodeBgp, NodeSpec, NodeStatus, NodeWireguard};
+pub use rule::RuleSpec;
 pub use spec::{
     CALICO_VNI, FdbSpec, IpipSpec, LinkKind, LinkSpec, MAIN_TABLE, NeighbourSpec, POD_GATEWAY_V4,
     RouteKey, RouteProtocol, RouteScope, RouteSpec, RouteType, TUNL0, VXLAN_PORT, VxlanSpec,

@@ -132,16 +132,6 @@ pub enum Error {
         /// Public key of the peer.
         peer: String,
     },
-    /// calinet-route could not apply the device's routing rule.
-    #[cfg(feature = "route")]
-    #[error("routing rule `{rule}` could not be applied")]
-    Rule {
-        /// The rule, as `ip rule` shows it.
-        rule: String,
-        /// The cause.
-        #[source]
-        source: Box<calinet_route::Error>,
-    },
     /// `wg showconf` text could not be parsed.
     #[error("showconf line {line_no}: {reason}")]
     Showconf {

@@ -51,15 +51,14 @@
 //!
 //! [`routing::device_mtu`] (host MTU - 60, - 80 on IPv6), the device's table
 //! as calinet-types `RouteSpec`s (`throw` routes for nodes without a usable
-//! key), and with the `route` feature the rule `not from all fwmark M/M lookup T`
-//! priority 99 as a calinet-route `RuleSpec` (`routing::rule_spec`), applied by
-//! calinet-route's rule reconciler (`routing::apply_rule`), and
-//! `rule_decision`, which holds the rule back until device and routes exist.
+//! key), the rule `not from all fwmark M/M lookup T` priority 99 as a
+//! calinet-types `RuleSpec` (`routing::rule_spec`, programmed by
+//! calinet-route's `reconcile_rules`), and `rule_decision`, which holds the
+//! rule back until device and routes exist.
 //!
 //! # Features
 //!
-//! `route` (the fwmark rule as a calinet-route spec, and applying it), `tokio`
-//! (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
+//! `tokio` (`backend::uapi::AsyncUapiBackend`), `proptest` (strategies and invariant
 //! checkers in `proptest_support`).
 //!
 //! # Keys

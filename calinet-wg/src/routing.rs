@@ -1,15 +1,15 @@
 //! Routing the device needs: its MTU, its routing table (as calinet-types
-//! `RouteSpec`s, which calinet-route programs), and (behind the `route`
-//! feature) the rule `not from all fwmark M/M lookup T` (priority 99) as a
-//! calinet-route `RuleSpec`, applied by calinet-route's rule reconciler
-//! (`apply_rule`).
+//! `RouteSpec`s) and the rule `not from all fwmark M/M lookup T` (priority
+//! 99, a calinet-types `RuleSpec`); calinet-route programs both.
 //!
 //! Order matters: the rule sends every unmarked packet to table T, so it is
 //! added only after the device is up and the table's routes exist
 //! (`rule_decision` says when); otherwise traffic to peers would hit an
 //! empty table and fall through unencrypted or be dropped mid-update.
 
-use crate::model::Family;
+use calinet_types::RuleSpec;
+
+use crate::model::{DeviceSettings, Family, RULE_PRIORITY};
 
 /// The device MTU: the host MTU (smallest MTU of the up uplinks) minus
 /// WireGuard's overhead, 60 bytes over IPv4 and 80 over IPv6 (seed: 9001 -> 8941).
@@ -17,47 +17,15 @@ pub fn device_mtu(host_mtu: u32, family: Family) -> u32 {
     host_mtu.saturating_sub(crate::model::overhead(family))
 }
 
-#[cfg(feature = "route")]
-pub use rule::{apply_rule, rule_spec};
-
-#[cfg(feature = "route")]
-mod rule {
-    use calinet_route::rule::{RuleFamily, RuleSpec, reconcile_rules};
-    use calinet_route::{Netns, RouteProtocol};
-
-    use crate::error::{Error, Result};
-    use crate::model::{DeviceSettings, Family, RULE_PRIORITY};
-
-    /// Calico's rule for `settings`: `not from all fwmark M/M lookup T`,
-    /// priority 99, protocol 80. Unmarked packets look up the device's table;
-    /// packets WireGuard itself sends (marked M) take the normal path.
-    pub fn rule_spec(settings: &DeviceSettings) -> RuleSpec {
-        let family = match settings.family {
-            Family::V4 => RuleFamily::V4,
-            Family::V6 => RuleFamily::V6,
-        };
-        RuleSpec::lookup(family, RULE_PRIORITY, settings.table)
-            .fwmark(settings.fwmark, settings.fwmark)
-            .invert()
-    }
-
-    /// Adds (`want`) or removes the device's rule in `netns` through
-    /// calinet-route's rule reconciler, which owns every rule of protocol 80
-    /// there (so a caller with more such rules passes them to
-    /// `calinet_route::reconcile_rules` itself). Returns whether it wrote.
-    /// Call with `want` only once the device and its routes exist
-    /// (`rule_decision`).
-    pub fn apply_rule(netns: &Netns, settings: &DeviceSettings, want: bool) -> Result<bool> {
-        let rule = rule_spec(settings);
-        let desired = if want { vec![rule.clone()] } else { Vec::new() };
-        let report = reconcile_rules(netns, &desired, RouteProtocol::CALICO).map_err(|source| {
-            Error::Rule {
-                rule: rule.to_string(),
-                source: Box::new(source),
-            }
-        })?;
-        Ok(report.writes > 0)
-    }
+/// Calico's rule for `settings`: `not from all fwmark M/M lookup T`,
+/// priority 99, protocol 80. Unmarked packets look up the device's table;
+/// packets WireGuard itself sends (marked M) take the normal path.
+/// calinet-route's `reconcile_rules` programs it; add it only once the
+/// device and its routes exist (`rule_decision`).
+pub fn rule_spec(settings: &DeviceSettings) -> RuleSpec {
+    RuleSpec::lookup(settings.family, RULE_PRIORITY, settings.table)
+        .fwmark(settings.fwmark, settings.fwmark)
+        .invert()
 }
 
 pub use with_route::{RuleDecision, missing_routes, route_specs, rule_decision};
@@ -142,7 +110,6 @@ mod with_route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DeviceSettings;
 
     #[test]
     fn mtu_follows_the_seed() {
@@ -152,7 +119,6 @@ mod tests {
         assert_eq!(device_mtu(40, Family::V4), 0);
     }
 
-    #[cfg(feature = "route")]
     #[test]
     fn calico_rule_spec() {
         let r = rule_spec(&DeviceSettings::calico_v4());

@@ -1,8 +1,8 @@
 //! Lab test (root): three nodes, each running wireguard-go with its own
 //! device name, programmed by calinet-wg through the UAPI backend; pod
 //! traffic crosses the underlay only as WireGuard UDP. Routes go through
-//! calinet-route (real netlink), the fwmark rule as a calinet-route
-//! `RuleSpec` through calinet-route's rule reconciler.
+//! calinet-route (real netlink), the fwmark rule (calinet-wg's `rule_spec`)
+//! through calinet-route's rule reconciler.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,10 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use calinet_route::Backend as _;
+use calinet_route::RouteProtocol;
 use calinet_wg::backend::sync;
 use calinet_wg::backend::uapi::UapiBackend;
 use calinet_wg::routing::{
-    RuleDecision, apply_rule, device_mtu, missing_routes, route_specs, rule_decision,
+    RuleDecision, device_mtu, missing_routes, route_specs, rule_decision, rule_spec,
 };
 use calinet_wg::{
     DeviceSettings, Family, IfName, NodeState, PrivateKey, compute_device, key, normalized,
@@ -111,9 +112,11 @@ fn program(n: &LabNode, states: &[NodeState]) -> Res<calinet_wg::backend::ApplyR
         "missing: {:?}",
         missing_routes(&desired, &observed)
     );
-    apply_rule(&ns, &n.settings, true)?;
+    let rule = [rule_spec(&n.settings)];
+    calinet_route::reconcile_rules(&ns, &rule, RouteProtocol::CALICO)?;
     // Idempotent: a second apply writes nothing.
-    assert!(!apply_rule(&ns, &n.settings, true)?);
+    let again = calinet_route::reconcile_rules(&ns, &rule, RouteProtocol::CALICO)?;
+    assert_eq!(again.writes, 0, "{again:?}");
     Ok(report)
 }
 

@@ -43,6 +43,10 @@ impl<T> Attempt<T> {
     }
 }
 
+/// Conflicts in one operation after which a warning is logged: a few are
+/// normal under contention, this many means nodes are fighting over a key.
+const CONFLICT_WARN_AFTER: u32 = 10;
+
 impl<S: Store> Ipam<S> {
     /// Run `step` until it is done, retrying conflicts as the options say.
     pub(super) fn retry<T>(
@@ -58,7 +62,20 @@ impl<S: Store> Ipam<S> {
                 Attempt::Again => {}
                 Attempt::Conflict(keys) => {
                     conflicts += 1;
+                    if conflicts == CONFLICT_WARN_AFTER {
+                        tracing::warn!(
+                            conflicts,
+                            max_retries = self.opts.max_retries,
+                            key = keys.first().map(String::as_str),
+                            "IPAM write keeps conflicting; still retrying"
+                        );
+                    }
                     if conflicts > self.opts.max_retries {
+                        tracing::error!(
+                            conflicts,
+                            key = keys.first().map(String::as_str),
+                            "IPAM write gave up after conflicts"
+                        );
                         return Err(Error::Conflict {
                             operation: operation(),
                             attempts: conflicts,

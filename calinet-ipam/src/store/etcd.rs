@@ -242,9 +242,10 @@ pub enum EtcdError {
         attempts: u32,
         /// The request was sent but its answer lost: a write may have happened.
         outcome_unknown: bool,
-        /// The client's error.
+        /// The client's error (an `etcd_client::Error`, boxed so that the
+        /// client library's type is not part of this API).
         #[source]
-        source: etcd_client::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// The configuration broke a rule.
     #[error("invalid etcd configuration: {rule}")]
@@ -435,11 +436,16 @@ impl Shared {
 
     /// Forget endpoint `i`'s connection and move on to the next endpoint.
     fn fail_over(&self, i: usize) {
+        let n = self.endpoints.len();
+        tracing::warn!(
+            from = %self.endpoints[i].url,
+            to = %self.endpoints[(i + 1) % n].url,
+            "etcd endpoint failed; failing over"
+        );
         *self.endpoints[i]
             .client
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
-        let n = self.endpoints.len();
         let _ = self
             .current
             .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
@@ -569,7 +575,7 @@ impl EtcdStore {
                     endpoint,
                     attempts,
                     outcome_unknown,
-                    source: e,
+                    source: Box::new(e),
                 };
                 return Err(if failure == Failure::Permanent {
                     store_err(op, key, err)
@@ -581,6 +587,14 @@ impl EtcdStore {
                     }
                 });
             }
+            tracing::info!(
+                op,
+                key,
+                endpoint = %endpoint,
+                attempt = attempts,
+                error = %e,
+                "etcd request failed; retrying"
+            );
             std::thread::sleep(policy.backoff(attempts));
         }
     }
@@ -702,7 +716,7 @@ impl Store for EtcdStore {
                         if revision > 0
                             && source
                                 .downcast_ref::<EtcdError>()
-                                .is_some_and(|e| matches!(e, EtcdError::Endpoint { source, .. } if is_compacted(source))) =>
+                                .is_some_and(|e| matches!(e, EtcdError::Endpoint { source, .. } if source.downcast_ref().is_some_and(is_compacted))) =>
                     {
                         continue 'restart;
                     }
@@ -922,7 +936,7 @@ async fn run_watch(
                         endpoint: sh.endpoints[i].url.clone(),
                         attempts: failures + 1,
                         outcome_unknown: false,
-                        source: err,
+                        source: Box::new(err),
                     },
                 ),
             }));
@@ -1037,7 +1051,7 @@ mod tests {
             endpoint: "http://10.0.0.1:2379".into(),
             attempts: 1,
             outcome_unknown: true,
-            source: status(tonic::Code::Unavailable, "connection reset"),
+            source: Box::new(status(tonic::Code::Unavailable, "connection reset")),
         };
         assert!(e.outcome_unknown());
         let text = e.to_string();

@@ -53,5 +53,13 @@ pub fn sync(
         return Ok((delta, ApplyReport::default()));
     }
     let report = backend.apply(ifname, &delta)?;
+    // Counts and the device only: keys (even public ones) stay out of logs.
+    tracing::info!(
+        device = %ifname,
+        added_or_changed = delta.peers.iter().filter(|p| !p.remove).count(),
+        removed = delta.peers.iter().filter(|p| p.remove).count(),
+        device_fields = delta.has_device_fields(),
+        "WireGuard peers changed"
+    );
     Ok((delta, report))
 }

@@ -172,6 +172,57 @@ mod tests {
         }
     }
 
+    /// A tiny tracing layer that keeps every event as `LEVEL field=value...`.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!(" {}={v:?}", f.name()));
+                }
+            }
+            let mut fields = Fields(event.metadata().level().to_string());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+
+    /// Runs `f` with `Captured` as this thread's subscriber; returns the events.
+    fn capture(f: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let cap = Captured::default();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(cap.clone()), f);
+        cap.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn changed_peers_are_logged_without_keys() {
+        let (nodes, key) = seed::nodes();
+        let s = DeviceSettings::calico_v4();
+        let want = compute_device(&seed::local(), &key, &s, &nodes, &Default::default()).device;
+        let mut b = RecordingBackend::with_device(&s.ifname);
+        let events = capture(|| {
+            sync(&mut b, &s.ifname, &want).unwrap();
+            // Converged: nothing changes, nothing is logged.
+            sync(&mut b, &s.ifname, &want).unwrap();
+        });
+        assert_eq!(
+            events,
+            vec![
+                "INFO message=WireGuard peers changed device=wireguard.cali \
+                 added_or_changed=3 removed=0 device_fields=true"
+                    .to_string()
+            ]
+        );
+    }
+
     #[test]
     fn sync_converges_and_second_sync_is_free() {
         let (nodes, key) = seed::nodes();

@@ -360,7 +360,7 @@ impl Origin<'_> {
     }
 
     /// Deserialises with the failing field's path in the error.
-    fn decode<T: DeserializeOwned>(&self, value: serde_yaml::Value) -> Result<T> {
+    fn decode<T: DeserializeOwned>(&self, value: serde_norway::Value) -> Result<T> {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             self.err(path, e.into_inner().to_string())
@@ -394,9 +394,9 @@ impl Parsed {
 /// The first problem fails the whole input.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Parsed>> {
     let mut out = Vec::new();
-    for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (document, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let origin = Origin { file, document };
-        let value = serde_yaml::Value::deserialize(de)
+        let value = serde_norway::Value::deserialize(de)
             .map_err(|e| origin.err(".", format!("invalid YAML: {e}")))?;
         if value.is_null() {
             continue;
@@ -410,15 +410,15 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Parsed>> {
     Ok(out)
 }
 
-fn string_field(origin: Origin<'_>, value: &serde_yaml::Value, field: &str) -> Result<String> {
+fn string_field(origin: Origin<'_>, value: &serde_norway::Value, field: &str) -> Result<String> {
     match value.get(field) {
-        Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
+        Some(serde_norway::Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(origin.err(field, "must be a string")),
         None => Err(origin.err(field, "is missing")),
     }
 }
 
-fn parse_one(origin: Origin<'_>, value: serde_yaml::Value) -> Result<Resource> {
+fn parse_one(origin: Origin<'_>, value: serde_norway::Value) -> Result<Resource> {
     if !value.is_mapping() {
         return Err(origin.err(".", "a resource document must be a mapping"));
     }

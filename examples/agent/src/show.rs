@@ -28,7 +28,7 @@ pub enum Output {
 fn encode<T: Serialize>(value: &T, output: Output) -> Result<String> {
     match output {
         Output::Json => Ok(serde_json::to_string_pretty(value).expect("serialisable") + "\n"),
-        Output::Yaml => serde_yaml::to_string(value).map_err(|e| Error::Usage(e.to_string())),
+        Output::Yaml => serde_norway::to_string(value).map_err(|e| Error::Usage(e.to_string())),
         _ => unreachable!("tables are rendered by the caller"),
     }
 }

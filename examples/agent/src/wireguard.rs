@@ -205,7 +205,11 @@ impl WgPlane {
     pub fn rule(&mut self, settings: &DeviceSettings, want: bool) -> Result<bool> {
         let rule = calinet_wg::routing::rule_spec(settings);
         let netns = calinet_route::Netns::current().map_err(calinet_route::Error::from)?;
-        let wrote = calinet_wg::routing::apply_rule(&netns, settings, want)?;
+        // The reconciler owns every protocol-80 rule here; the agent has no
+        // other, so the desired set is this rule or nothing.
+        let desired = if want { vec![rule.clone()] } else { Vec::new() };
+        let wrote =
+            calinet_route::reconcile_rules(&netns, &desired, RouteProtocol::CALICO)?.writes > 0;
         if wrote {
             tracing::info!(%rule, added = want, "WireGuard routing rule");
         }

@@ -97,7 +97,7 @@ pub use selector::{Labels, ParseError, Selector};
 #[non_exhaustive]
 pub enum Error {
     /// A selector in a resource did not parse.
-    #[error("{resource}: {field}: {source}")]
+    #[error("{resource}: {field}: invalid selector")]
     Selector {
         /// The resource (kind/name) holding the selector.
         resource: String,
